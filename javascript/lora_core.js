@@ -1,0 +1,432 @@
+// lora_core: LoRA tab behaviour in the page. Loaded as is by AUTOMATIC1111 (javascript/*.js) and by
+// the standalone app (served from /lora_core/static/lora_core.js). Works with the gradio 3.41 DOM
+// (A1111) and the gradio 6 DOM (standalone): it only relies on elem_ids and on textareas inside them.
+//
+// * Clicking a card (.lora-core-card[data-lora-tag]) toggles "<lora:alias:weight>, trigger words"
+//   in the prompt box that last had focus (txt2img_prompt / img2img_prompt), then fires an `input`
+//   event so gradio's state follows the textarea.
+// * Card buttons ☆ and ⓘ are relayed to Python through a hidden textbox + button (see ui/tab.py).
+// * Typing "<lora:" in a prompt box opens suggestions (name, thumbnail) from /lora_core/api/suggest.
+//
+// Every string taken from the page's data-* attributes or from the suggest route is untrusted: it
+// goes into the DOM only through textContent / value / attribute properties, never innerHTML.
+(function () {
+  "use strict";
+  if (window.__loraCoreLoaded) {
+    return;
+  }
+  window.__loraCoreLoaded = true;
+
+  var PROMPT_IDS = ["txt2img_prompt", "img2img_prompt"];
+  var ALL_PROMPT_IDS = PROMPT_IDS.concat(["txt2img_neg_prompt", "img2img_neg_prompt"]);
+  var API_PREFIX = "/lora_core/api";
+  var lastPrompt = null;
+
+  function root() {
+    // A1111 defines gradioApp(); gradio may render into a shadow root of <gradio-app>.
+    try {
+      if (typeof window.gradioApp === "function") {
+        return window.gradioApp();
+      }
+    } catch (e) {
+      /* fall through */
+    }
+    var app = document.querySelector("gradio-app");
+    if (app && app.shadowRoot) {
+      return app.shadowRoot;
+    }
+    return document;
+  }
+
+  function byId(id) {
+    var r = root();
+    return (r.getElementById ? r.getElementById(id) : null) || r.querySelector("#" + id) || document.getElementById(id);
+  }
+
+  function textareaOf(id) {
+    var el = byId(id);
+    if (!el) {
+      return null;
+    }
+    if (el.tagName === "TEXTAREA" || el.tagName === "INPUT") {
+      return el;
+    }
+    return el.querySelector("textarea") || el.querySelector("input");
+  }
+
+  function promptIdOf(textarea, ids) {
+    for (var i = 0; i < ids.length; i++) {
+      var holder = byId(ids[i]);
+      if (holder && (holder === textarea || holder.contains(textarea))) {
+        return ids[i];
+      }
+    }
+    return null;
+  }
+
+  function isVisible(el) {
+    return !!(el && (el.offsetWidth || el.offsetHeight || el.getClientRects().length));
+  }
+
+  function targetPrompt() {
+    if (lastPrompt && lastPrompt.isConnected) {
+      return lastPrompt;
+    }
+    // Nothing focused yet: the first visible prompt box (the active tab's), else the first one.
+    var first = null;
+    for (var i = 0; i < PROMPT_IDS.length; i++) {
+      var ta = textareaOf(PROMPT_IDS[i]);
+      if (ta && !first) {
+        first = ta;
+      }
+      if (ta && isVisible(ta)) {
+        return ta;
+      }
+    }
+    return first;
+  }
+
+  function fireInput(el) {
+    el.dispatchEvent(new Event("input", { bubbles: true }));
+    el.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+
+  function escapeRegExp(s) {
+    return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  }
+
+  // Join prompt pieces with ", " and tidy the separators a removal leaves behind.
+  function tidy(text) {
+    return text
+      .replace(/[ \t]+,/g, ",")
+      .replace(/,(\s*,)+/g, ",")
+      .replace(/^[\s,]+/, "")
+      .replace(/[\s,]+$/, "")
+      .replace(/[ \t]{2,}/g, " ");
+  }
+
+  function appendPiece(text, piece) {
+    var t = text.replace(/\s+$/, "");
+    if (!t) {
+      return piece;
+    }
+    return /,$/.test(t) ? t + " " + piece : t + ", " + piece;
+  }
+
+  // Toggle a LoRA in the prompt text. Returns the new text.
+  function toggleLora(text, name, tag, triggers) {
+    var tagRe = new RegExp("<(?:lora|lyco):" + escapeRegExp(name) + "(?::[^>]*)?>", "gi");
+    if (tagRe.test(text)) {
+      var out = text.replace(tagRe, "");
+      if (triggers) {
+        out = out.split(triggers).join("");
+      }
+      return tidy(out);
+    }
+    var piece = triggers ? tag + ", " + triggers : tag;
+    return appendPiece(text, piece);
+  }
+  window.loraCoreToggleLora = toggleLora; // exposed for tests and other extensions
+
+  function setPromptText(ta, text) {
+    ta.value = text;
+    fireInput(ta);
+    try {
+      ta.focus();
+      ta.setSelectionRange(text.length, text.length);
+    } catch (e) {
+      /* not focusable: fine */
+    }
+  }
+
+  function onCardClick(card) {
+    var tag = card.getAttribute("data-lora-tag");
+    if (!tag) {
+      return; // error entries carry no tag
+    }
+    var ta = targetPrompt();
+    if (!ta) {
+      return;
+    }
+    var name = card.getAttribute("data-lora-name") || "";
+    var triggers = card.getAttribute("data-lora-triggers") || "";
+    setPromptText(ta, toggleLora(ta.value, name, tag, triggers));
+  }
+
+  function sendAction(action, key) {
+    var box = textareaOf("lora_core_action");
+    var holder = byId("lora_core_action_btn");
+    var button = holder && (holder.tagName === "BUTTON" ? holder : holder.querySelector("button"));
+    if (!box || !button) {
+      return;
+    }
+    // The nonce makes every click a change, even on the same card twice.
+    box.value = JSON.stringify({ action: action, key: key, nonce: Date.now() + Math.random() });
+    fireInput(box);
+    // Let gradio read the new value before the click event is sent.
+    setTimeout(function () {
+      button.click();
+    }, 50);
+  }
+
+  function addTrainingTag(tag) {
+    var ta = textareaOf("lora_core_edit_activation");
+    if (!ta) {
+      return;
+    }
+    var existing = ta.value.split(",").map(function (s) {
+      return s.trim();
+    });
+    if (existing.indexOf(tag) >= 0) {
+      return;
+    }
+    ta.value = appendPiece(ta.value, tag);
+    fireInput(ta);
+  }
+
+  function eventTarget(ev) {
+    // Events from inside a shadow root are retargeted; the composed path has the real element.
+    var path = ev.composedPath ? ev.composedPath() : null;
+    var t = path && path.length ? path[0] : ev.target;
+    return t && t.nodeType === 1 ? t : t && t.parentElement;
+  }
+
+  document.addEventListener(
+    "click",
+    function (ev) {
+      var t = eventTarget(ev);
+      if (!t || !t.closest) {
+        return;
+      }
+      var chip = t.closest(".lora-core-train-tag");
+      if (chip) {
+        ev.preventDefault();
+        addTrainingTag(chip.getAttribute("data-tag") || "");
+        return;
+      }
+      var card = t.closest(".lora-core-card");
+      if (!card) {
+        return;
+      }
+      var key = card.getAttribute("data-lora-key") || "";
+      if (t.closest(".lora-core-fav-btn")) {
+        ev.preventDefault();
+        sendAction("fav", key);
+        return;
+      }
+      if (t.closest(".lora-core-info-btn")) {
+        ev.preventDefault();
+        sendAction("details", key);
+        return;
+      }
+      onCardClick(card);
+    },
+    true
+  );
+
+  document.addEventListener(
+    "keydown",
+    function (ev) {
+      var t = eventTarget(ev);
+      if (ev.key === "Enter" && t && t.classList && t.classList.contains("lora-core-card")) {
+        ev.preventDefault();
+        onCardClick(t);
+      }
+    },
+    true
+  );
+
+  document.addEventListener(
+    "focusin",
+    function (ev) {
+      var t = eventTarget(ev);
+      if (t && t.tagName === "TEXTAREA" && promptIdOf(t, PROMPT_IDS)) {
+        lastPrompt = t;
+      }
+    },
+    true
+  );
+
+  // ---- autocomplete for "<lora:" ------------------------------------------------------------
+  var popup = null;
+  var popupFor = null;
+  var items = [];
+  var active = 0;
+  var pending = null;
+  var requestSeq = 0;
+
+  function closePopup() {
+    if (popup) {
+      popup.remove();
+    }
+    popup = null;
+    popupFor = null;
+    items = [];
+  }
+
+  function partialAtCaret(ta) {
+    var before = ta.value.slice(0, ta.selectionStart);
+    var m = /<(lora|lyco):([^<>:,\n]*)$/i.exec(before);
+    return m ? { start: before.length - m[0].length, query: m[2], kind: m[1].toLowerCase() } : null;
+  }
+
+  function formatWeight(w) {
+    var n = Number(w);
+    if (!isFinite(n) || n === 0) {
+      n = 1;
+    }
+    return String(Math.round(n * 1000) / 1000);
+  }
+
+  function choose(ta, item) {
+    var p = partialAtCaret(ta);
+    if (!p) {
+      closePopup();
+      return;
+    }
+    var tag = "<" + p.kind + ":" + item.tag_name + ":" + formatWeight(item.preferred_weight) + ">";
+    var after = ta.value.slice(ta.selectionStart);
+    // Swallow the rest of a half-typed tag after the caret ("<lora:ab|c:1>").
+    var rest = /^[^<>\s,]*(:[^<>]*)?>/.exec(after);
+    if (rest) {
+      after = after.slice(rest[0].length);
+    }
+    var text = ta.value.slice(0, p.start) + tag + after;
+    ta.value = text;
+    var caret = p.start + tag.length;
+    ta.setSelectionRange(caret, caret);
+    fireInput(ta);
+    closePopup();
+  }
+
+  function renderPopup(ta) {
+    if (!items.length) {
+      closePopup();
+      return;
+    }
+    if (!popup) {
+      popup = document.createElement("div");
+      popup.className = "lora-core-suggest";
+      popup.setAttribute("role", "listbox");
+      document.body.appendChild(popup);
+    }
+    popupFor = ta;
+    popup.textContent = "";
+    items.forEach(function (item, i) {
+      var row = document.createElement("div");
+      row.className = "lora-core-suggest-item" + (i === active ? " lora-core-suggest-active" : "");
+      row.setAttribute("role", "option");
+      if (item.thumbnail) {
+        var img = document.createElement("img");
+        img.src = item.thumbnail;
+        img.alt = "";
+        img.loading = "lazy";
+        row.appendChild(img);
+      } else {
+        var ph = document.createElement("span");
+        ph.className = "lora-core-suggest-noimg";
+        row.appendChild(ph);
+      }
+      var label = document.createElement("span");
+      label.className = "lora-core-suggest-name";
+      label.textContent = item.alias || item.name;
+      row.appendChild(label);
+      if (item.family) {
+        var fam = document.createElement("span");
+        fam.className = "lora-core-suggest-family";
+        fam.textContent = item.family;
+        row.appendChild(fam);
+      }
+      row.addEventListener("mousedown", function (ev) {
+        ev.preventDefault(); // keep focus in the textarea
+        choose(ta, item);
+      });
+      popup.appendChild(row);
+    });
+    var rect = ta.getBoundingClientRect();
+    popup.style.left = window.scrollX + rect.left + "px";
+    popup.style.top = window.scrollY + rect.bottom + 2 + "px";
+    popup.style.minWidth = Math.min(rect.width, 420) + "px";
+  }
+
+  function suggest(ta) {
+    var p = partialAtCaret(ta);
+    if (!p) {
+      closePopup();
+      return;
+    }
+    var seq = ++requestSeq;
+    var url = API_PREFIX + "/suggest?limit=12&q=" + encodeURIComponent(p.query);
+    fetch(url, { credentials: "same-origin" })
+      .then(function (r) {
+        return r.ok ? r.json() : { items: [] };
+      })
+      .then(function (data) {
+        if (seq !== requestSeq) {
+          return; // a newer keystroke won
+        }
+        items = (data && Array.isArray(data.items) ? data.items : []).filter(function (it) {
+          return it && typeof it.tag_name === "string";
+        });
+        active = 0;
+        renderPopup(ta);
+      })
+      .catch(function () {
+        closePopup();
+      });
+  }
+
+  document.addEventListener(
+    "input",
+    function (ev) {
+      var t = eventTarget(ev);
+      if (!t || t.tagName !== "TEXTAREA" || !promptIdOf(t, ALL_PROMPT_IDS)) {
+        return;
+      }
+      if (!ev.isTrusted) {
+        return; // our own synthetic events (insertions) must not reopen the popup
+      }
+      clearTimeout(pending);
+      pending = setTimeout(function () {
+        suggest(t);
+      }, 120);
+    },
+    true
+  );
+
+  document.addEventListener(
+    "keydown",
+    function (ev) {
+      if (!popup || !items.length) {
+        return;
+      }
+      var t = eventTarget(ev);
+      if (t !== popupFor) {
+        return;
+      }
+      if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+        active = (active + (ev.key === "ArrowDown" ? 1 : items.length - 1)) % items.length;
+        renderPopup(t);
+      } else if (ev.key === "Enter" || ev.key === "Tab") {
+        choose(t, items[active]);
+      } else if (ev.key === "Escape") {
+        closePopup();
+      } else {
+        return;
+      }
+      ev.preventDefault();
+      ev.stopPropagation();
+    },
+    true
+  );
+
+  document.addEventListener(
+    "focusout",
+    function (ev) {
+      if (popup && eventTarget(ev) === popupFor) {
+        setTimeout(closePopup, 150);
+      }
+    },
+    true
+  );
+})();

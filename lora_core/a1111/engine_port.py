@@ -1,0 +1,54 @@
+"""The only place that knows the calling conventions of `lora_core.engine.Engine`, `Binding` and
+`LoraCache`. Imported lazily (torch): the webui has torch loaded anyway, the tab path must not.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def family_of(sd_model: Any) -> str | None:
+    """A1111's model flags -> our family name; None when no model is loaded."""
+    if sd_model is None:
+        return None
+    if getattr(sd_model, "is_sdxl", False):
+        return "sdxl"
+    if getattr(sd_model, "is_sd2", False):
+        return "sd2"
+    if getattr(sd_model, "is_sd1", True):
+        return "sd1"
+    return None
+
+
+def create_cache(cache_count: int | None, cache_mb: int | None) -> Any:
+    """Parsed LoRA files, kept across checkpoint switches (one cache for all engines)."""
+    from lora_core.patcher import LoraCache
+
+    return LoraCache(max_count=cache_count, max_mb=cache_mb)
+
+
+def set_cache_limits(cache: Any, cache_count: int | None, cache_mb: int | None) -> None:
+    # Takes effect at the next load (LoraCache evicts when it stores a file).
+    cache.max_count = cache_count
+    cache.max_bytes = None if cache_mb is None else int(cache_mb * 1024 * 1024)
+
+
+def create_engine(sd_model: Any, cache: Any) -> Any:
+    """An Engine bound to A1111's LDM model: UNet `model.diffusion_model`, SD1
+    `cond_stage_model.transformer`, SD2 OpenCLIP `cond_stage_model.model` (fused in_proj), SDXL
+    `conditioner.embedders.0/1`. The binding holds the live parameters, so it stays valid when
+    the webui moves the model between devices (lowvram/medvram)."""
+    from lora_core.engine import Engine
+    from lora_core.targets import Binding
+
+    binding = Binding.from_ldm(dict(sd_model.named_parameters()), family=family_of(sd_model))
+    return Engine(binding, cache=cache)
+
+
+def activate(engine: Any, tag_text: str, library: Any) -> Any:
+    """Applies exactly the LoRAs of `tag_text` (empty: none); returns the engine's PatchReport."""
+    _clean, report = engine.activate(tag_text, library)
+    return report
+
+
+def restore(engine: Any) -> None:
+    engine.restore()

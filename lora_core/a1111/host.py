@@ -1,0 +1,271 @@
+"""lora_core inside AUTOMATIC1111: owns the library, the Engine and the model binding.
+
+One `A1111Host` is created by the extension's script. It turns the webui's calls (extra network
+activate/deactivate, model loaded, infotext pasted, API requests) into library and engine calls.
+The engine (torch) is created on the first generation; browsing and settings never import torch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from lora_core.a1111 import infotext
+from lora_core.a1111.requests import tag_text
+from lora_core.a1111.settings import Settings
+from lora_core.tags import parse_prompt
+
+log = logging.getLogger(__name__)
+
+# How long a generation waits for a LoRA's hash (for the infotext) before going on without it.
+HASH_WAIT_SECONDS = 60.0
+
+
+class A1111Host:
+    def __init__(self, webui: Any, extension_dir: str):
+        self.webui = webui
+        self.extension_dir = extension_dir
+        self.settings = Settings(lambda: webui.shared.opts)
+        self._lock = threading.RLock()
+        self._library = None
+        self._engine = None          # one Engine per loaded model object (see _engine_for)
+        self._cache = None           # parsed LoRA files, shared by the engines
+        self._bound_model = None     # the sd_model object the engine's binding points into
+        self._patched = False        # True while LoRA deltas may be merged into _bound_model
+
+    # ------------------------------------------------------------------ library
+    def lora_dirs(self) -> list[str]:
+        """`--lora-dir` and the LyCORIS back-compat folder (the built-in's options), existing ones."""
+        cmd = self.webui.shared.cmd_opts
+        models = getattr(self.webui.paths, "models_path", "models")
+        candidates = [getattr(cmd, "lora_dir", None) or os.path.join(models, "Lora"),
+                      getattr(cmd, "lyco_dir_backcompat", None) or os.path.join(models, "LyCORIS")]
+        dirs: list[str] = []
+        for d in candidates:
+            d = os.path.abspath(d)
+            if d not in dirs and (os.path.isdir(d) or not dirs):
+                dirs.append(d)
+        return dirs
+
+    def data_dir(self) -> str:
+        cmd = self.webui.shared.cmd_opts
+        given = getattr(cmd, "lora_core_data_dir", None)
+        if given:
+            return os.path.abspath(given)
+        return os.path.join(getattr(self.webui.paths, "data_path", self.extension_dir), "lora_core")
+
+    def library(self) -> Any:
+        with self._lock:
+            if self._library is None:
+                from lora_core.library import Library
+
+                self._library = Library(self.lora_dirs(), self.data_dir())
+                self._scan(self._library)
+            return self._library
+
+    def refresh(self) -> Any:
+        """Rescans the folders; returns the scan report."""
+        return self._scan(self.library())
+
+    @staticmethod
+    def _scan(library: Any) -> Any:
+        # hashes=True queues missing hashes on the library's background worker: pasted
+        # `Lora hashes` can only be matched against files whose hash is known.
+        report = library.scan(hashes=True)
+        for problem in getattr(report, "problems", None) or []:
+            log.warning("lora_core: %s", problem)
+        return report
+
+    def entries(self) -> list[Any]:
+        return list(self.library().all())
+
+    def current_family(self) -> str | None:
+        from lora_core.a1111.engine_port import family_of
+
+        return family_of(getattr(self.webui.shared, "sd_model", None))
+
+    def preferred_name(self, entry: Any) -> str:
+        """The name to write into a tag for `entry`: the LoRA tab's choice (alias unless ambiguous)
+        when `Library.find` resolves it to this very file, else the file name, else folder/name."""
+        from lora_core.ui.entry_view import view_of
+
+        for name in (view_of(entry).tag_name, entry.name, getattr(entry, "rel_name", None)):
+            if not name:
+                continue
+            try:
+                if self.library().find(name).path == entry.path:
+                    return name
+            except Exception:  # noqa: BLE001 - ambiguous or unknown: try the next form
+                continue
+        return getattr(entry, "rel_name", None) or entry.name
+
+    def short_hash(self, entry: Any) -> str | None:
+        """A1111's 12-hex Lora short hash (the addnet hash), computing it when not indexed yet."""
+        short = getattr(entry, "autov3", None)
+        if short:
+            return short
+        library = self.library()
+        try:
+            library.request_hashes([entry.path])
+            library.wait_for_hashes(HASH_WAIT_SECONDS)
+            return library.entry(entry.path).autov3
+        except Exception:  # noqa: BLE001 - a missing hash only drops it from the infotext
+            log.warning("lora_core: could not hash %s", entry.path, exc_info=True)
+            return None
+
+    # ------------------------------------------------------------------ engine
+    def _engine_for(self, sd_model: Any) -> Any:
+        """The engine, bound to `sd_model` (re-bound when the webui swapped the model object)."""
+        from lora_core.a1111 import engine_port
+
+        if self._engine is not None and self._bound_model is sd_model:
+            return self._engine
+        if self._patched:
+            self._restore_locked()
+        if self._cache is None:
+            self._cache = engine_port.create_cache(*self.settings.cache_limits())
+        self._engine = engine_port.create_engine(sd_model, self._cache)
+        self._bound_model = sd_model
+        log.info("lora_core: bound to the loaded %s model", engine_port.family_of(sd_model))
+        return self._engine
+
+    def activate(self, p: Any, params_list: list) -> None:
+        """The webui's ExtraNetwork.activate: make the model carry exactly these LoRAs."""
+        text = tag_text(params_list)
+        sd_model = getattr(self.webui.shared, "sd_model", None)
+        if sd_model is None:
+            if text:
+                log.warning("lora_core: no model loaded; ignoring %s", text)
+            return
+        from lora_core.a1111 import engine_port
+
+        with self._lock:
+            if not text and not self._patched:
+                return  # nothing merged, nothing asked: no engine work (and no torch import)
+            engine = self._engine_for(sd_model)
+            library = self.library() if text else self._library
+            report = engine_port.activate(engine, text, library)
+            self._patched = bool(text)
+        parsed = parse_prompt(text) if text else None
+        self._report(p, parsed, report)
+        self._write_infotext(p, parsed, report)
+
+    def deactivate(self, p: Any) -> None:
+        """After the batches: keep the merge for the next generation, or restore (setting)."""
+        if not self.settings.get("lora_core_keep_applied"):
+            self.restore()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._restore_locked()
+
+    def _restore_locked(self) -> None:
+        if self._engine is not None and self._patched:
+            from lora_core.a1111 import engine_port
+
+            engine_port.restore(self._engine)
+        self._patched = False
+
+    def set_cache_limits(self) -> None:
+        if self._cache is not None:
+            from lora_core.a1111 import engine_port
+
+            engine_port.set_cache_limits(self._cache, *self.settings.cache_limits())
+
+    # ------------------------------------------------------------------ model lifecycle
+    def before_model_change(self) -> None:
+        """Called (via the sd_models wrappers) before the webui loads or drops weights."""
+        self.restore()
+
+    def on_model_loaded(self, sd_model: Any) -> None:
+        """A checkpoint was loaded: forget the old binding (re-bound at the next generation).
+
+        If the weights were loaded into the bound model without our guard seeing it, the merged
+        deltas are gone with them, and so is any meaning of our backups: drop them unwritten.
+        """
+        with self._lock:
+            if self._engine is not None and self._patched:
+                if sd_model is self._bound_model:
+                    log.warning("lora_core: weights were reloaded while LoRAs were merged; dropping backups")
+                else:  # the previous model object may stay in the webui's model cache: clean it
+                    self._restore_locked()
+            self._engine = None  # its binding and backups belong to the weights that were replaced
+            self._bound_model = None
+            self._patched = False
+
+    # ------------------------------------------------------------------ infotext
+    def _report(self, p: Any, parsed: Any, report: Any) -> None:
+        """Logs every warning; puts real problems (unknown name, bad tag, unusable file) into
+        the image comments. The tag parser's soft advice (weights out of range, ...) stays in
+        the log."""
+        warnings = list(getattr(report, "warnings", None) or [])
+        for message in warnings:
+            log.warning("lora_core: %s", message)
+        advice = set(parsed.warnings) if parsed is not None else set()
+        problems = [w for w in warnings if w not in advice]
+        if problems and self.settings.get("lora_core_warn_in_infotext") and callable(getattr(p, "comment", None)):
+            p.comment("LoRA problems: " + "; ".join(problems))
+
+    def _write_infotext(self, p: Any, parsed: Any, report: Any) -> None:
+        """`Lora hashes`, keyed like A1111's by the name as written in the prompt (an alias stays
+        an alias), so pasting into another webui matches tags to hashes."""
+        if not self.settings.get("lora_core_add_hashes_to_infotext"):
+            return
+        mentioned: dict[str, str] = {}
+        for req in parsed.requests if parsed is not None else []:
+            try:
+                mentioned.setdefault(os.path.abspath(self.library().find(req.name).path), req.name)
+            except Exception:  # noqa: BLE001 - unknown names were reported already
+                continue
+        pairs = []
+        for r in list(getattr(report, "loras", None) or []):
+            if getattr(r, "refused", None) or not getattr(r, "path", None):
+                continue
+            entry = self._entry(r.path)
+            short = self.short_hash(entry) if entry is not None else None
+            if short:
+                pairs.append((mentioned.get(os.path.abspath(r.path), r.name), short))
+        text = infotext.format_hashes(pairs)
+        extra = getattr(p, "extra_generation_params", None)
+        if isinstance(extra, dict):
+            if text:
+                extra[infotext.FIELD] = text
+            else:
+                extra.pop(infotext.FIELD, None)
+
+    def _entry(self, path: str) -> Any:
+        try:
+            return self.library().entry(path)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def infotext_pasted(self, _infotext: str, params: dict) -> None:
+        """on_infotext_pasted: point tags at the local files that have the pasted hashes."""
+        if not self.settings.get("lora_core_rewrite_pasted_names"):
+            return
+        hashes = infotext.parse_hashes(params.get(infotext.FIELD))
+        if not hashes:
+            return
+
+        def resolve(short: str) -> str | None:
+            try:
+                found = self.library().by_hash(short)
+            except Exception:  # noqa: BLE001 - unknown hash: keep the pasted name
+                log.debug("lora_core: hash lookup failed for %s", short, exc_info=True)
+                return None
+            usable = [e for e in found or [] if not getattr(e, "error", None)]
+            return self.preferred_name(usable[0]) if usable else None
+
+        for key in ("Prompt", "Negative prompt"):
+            if isinstance(params.get(key), str):
+                params[key] = infotext.rewrite_prompt(params[key], hashes, resolve)
+
+    # ------------------------------------------------------------------ teardown
+    def unload(self) -> None:
+        """Script unload (Reload UI / shutdown): give the model its own weights back."""
+        try:
+            self.restore()
+        finally:
+            self._engine = None
+            self._bound_model = None

@@ -1,0 +1,82 @@
+"""Making lora_core, not the built-in Lora extension, handle `<lora:...>` when both are enabled.
+
+The webui loads built-in extensions before user extensions and runs `before_ui` callbacks in
+reverse registration order, so the built-in's registration (done in `before_ui`) would run after
+ours and win. We therefore move our `before_ui` callback to the front of the list (it then runs
+last), re-assert the registration when the app starts, and let our infotext handler run first.
+Every replacement is logged.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+NETWORK_NAME = "lora"
+ALIASES = ("lyco",)
+ROUTES = ("/sdapi/v1/loras", "/sdapi/v1/refresh-loras")
+
+
+def register_network(extra_networks: Any, network: Any) -> None:
+    """Puts `network` under `lora` and its aliases, replacing whatever was there (logged once)."""
+    registry = extra_networks.extra_network_registry
+    previous = registry.get(NETWORK_NAME)
+    if previous is not None and previous is not network:
+        log.info("lora_core: replacing the <lora:...> handler %s.%s (built-in Lora extension) with lora_core",
+                 type(previous).__module__, type(previous).__name__)
+    extra_networks.register_extra_network(network)
+    for alias in ALIASES:
+        old = extra_networks.extra_network_aliases.get(alias)
+        if old is not None and old is not network:
+            log.info("lora_core: <%s:...> now handled by lora_core", alias)
+        extra_networks.register_extra_network_alias(network, alias)
+        # An alias is only consulted when no network has that name.
+        if registry.get(alias) not in (None, network):
+            log.info("lora_core: removing network registered as %r so the alias applies", alias)
+            del registry[alias]
+
+
+def register_page(ui_extra_networks: Any, page: Any) -> None:
+    """Registers our cards page and drops any other page with the same name (the built-in's)."""
+    pages = ui_extra_networks.extra_pages
+    for other in [p for p in pages if getattr(p, "name", None) == page.name and p is not page]:
+        log.info("lora_core: replacing the %r extra networks page of %s", page.name, type(other).__module__)
+        pages.remove(other)
+    if page not in pages:
+        ui_extra_networks.register_page(page)
+
+
+def _callbacks(script_callbacks: Any, key: str) -> list | None:
+    cmap = getattr(script_callbacks, "callback_map", None)
+    if isinstance(cmap, dict) and isinstance(cmap.get(key), list):
+        return cmap[key]
+    return None
+
+
+def move_to_front(script_callbacks: Any, key: str, fn: Any) -> bool:
+    """Moves the callback entry for `fn` to index 0 of callback list `key` (webui internals; a
+    webui without `callback_map` keeps the normal order and we rely on the app_started re-check)."""
+    callbacks = _callbacks(script_callbacks, key)
+    if callbacks is None:
+        return False
+    for i, entry in enumerate(callbacks):
+        if getattr(entry, "callback", None) == fn:  # == : bound methods are new objects each time
+            callbacks.insert(0, callbacks.pop(i))
+            return True
+    return False
+
+
+def replace_routes(app: Any, paths: tuple[str, ...] = ROUTES) -> int:
+    """Removes routes already mounted at `paths` (FastAPI serves the first match, and the built-in
+    mounts the same paths); returns how many were removed."""
+    router = getattr(app, "router", None)
+    routes = getattr(router, "routes", None)
+    if not isinstance(routes, list):
+        return 0
+    old = [r for r in routes if getattr(r, "path", None) in paths]
+    for r in old:
+        routes.remove(r)
+    if old:
+        log.info("lora_core: replacing %d existing route(s) %s", len(old), sorted({r.path for r in old}))
+    return len(old)

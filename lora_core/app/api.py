@@ -1,0 +1,190 @@
+"""REST routes: A1111-compatible `/sdapi/v1/loras` + `/sdapi/v1/refresh-loras`, and the JSON routes
+the page's JavaScript uses (autocomplete, paging, thumbnails) plus the JS/CSS files themselves.
+
+`register_routes(app, library_provider, ...)` adds them to any FastAPI app: the standalone server's,
+or A1111's (from `script_callbacks.on_app_started(lambda demo, app: register_routes(app, ...))`).
+No torch here. Responses are JSON (never HTML), so untrusted names cannot run as markup; the JS
+inserts them as text.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from lora_core.ui.controller import SORTS, full_metadata, resolve_tag_name
+from lora_core.ui.entry_view import preview_url_for, view_of
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC_FILES = {  # the only files the static route serves
+    "lora_core.js": (ROOT / "javascript" / "lora_core.js", "text/javascript; charset=utf-8"),
+    "style.css": (ROOT / "style.css", "text/css; charset=utf-8"),
+}
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+               ".gif": "image/gif"}
+MAX_PAGE_SIZE = 500
+SDAPI_PAGE = 1000
+
+
+def iter_entries(library: Any):
+    """Every entry of the library (`Library.all()`, else page by page through `search`)."""
+    every = getattr(library, "all", None)
+    if callable(every):
+        yield from every()
+        return
+    page = 0
+    while True:
+        result = library.search("", page=page, page_size=SDAPI_PAGE, sort="name")
+        yield from result.items
+        if (page + 1) * SDAPI_PAGE >= int(result.total) or not result.items:
+            return
+        page += 1
+
+
+def sdapi_lora(entry: Any) -> dict:
+    """One item of `GET /sdapi/v1/loras`, shaped like A1111's (name, alias, path, metadata).
+
+    metadata is the library's header summary (family, algorithm, network dim/alpha, base model,
+    top training tags, ...) rather than the raw safetensors metadata: listing 50,000 files must not
+    reread 50,000 headers. `GET {prefix}/lora?path=` returns the full metadata of one file.
+    """
+    return {
+        "name": entry.name,
+        "alias": entry.alias or entry.name,
+        "path": entry.path,
+        "metadata": dict(getattr(entry, "summary", {}) or {}),
+        "family": getattr(entry, "family", "unknown"),
+        "error": getattr(entry, "error", None),
+    }
+
+
+def register_routes(
+    app: Any,
+    library_provider: Callable[[], Any],
+    *,
+    prefix: str = "/lora_core/api",
+    sdapi: bool = True,
+    rescan: Callable[[], Any] | None = None,
+) -> None:
+    """Add the routes to a FastAPI `app`.
+
+    library_provider: zero-argument callable returning the `Library`.
+    sdapi: also register `GET /sdapi/v1/loras` and `POST /sdapi/v1/refresh-loras` (a host that
+        already serves them, like A1111's built-in Lora extension, may pass False).
+    rescan: what refresh-loras runs (default: `library_provider().scan()`).
+    """
+    from fastapi import HTTPException, Query
+    from fastapi.responses import FileResponse, JSONResponse, Response
+
+    def lib():
+        return library_provider()
+
+    def do_rescan():
+        return rescan() if rescan is not None else lib().scan()
+
+    if sdapi:
+        @app.get("/sdapi/v1/loras")
+        def list_loras():
+            return JSONResponse([sdapi_lora(e) for e in iter_entries(lib())])
+
+        @app.post("/sdapi/v1/refresh-loras")
+        def refresh_loras():
+            report = do_rescan()
+            total = getattr(report, "total", None)
+            return JSONResponse({"ok": True, "total": total})
+
+    @app.get(prefix + "/suggest")
+    def suggest(q: str = "", limit: int = Query(12, ge=1, le=50)):
+        """Autocomplete for `<lora:`: name/alias prefix matches first (the library ranks them)."""
+        library = lib()
+        result = library.search(q.strip(), page=0, page_size=limit, sort="name")
+        items = []
+        for e in result.items:
+            if getattr(e, "error", None):
+                continue
+            tag_name, ambiguous = resolve_tag_name(library, e)
+            v = view_of(e, tag_name=tag_name, ambiguous=ambiguous)
+            items.append({
+                "name": v.name, "alias": v.alias, "tag_name": v.tag_name, "family": v.family,
+                "preferred_weight": v.preferred_weight, "ambiguous": v.ambiguous,
+                "thumbnail": preview_url_for(prefix, v.key, v.mtime) if _has_picture(e) else None,
+            })
+        return JSONResponse({"items": items, "total": int(result.total)})
+
+    @app.get(prefix + "/loras")
+    def page_of_loras(q: str = "", page: int = Query(1, ge=1), page_size: int = Query(50, ge=1, le=MAX_PAGE_SIZE),
+                      sort: str = "name", family: str | None = None, folder: str | None = None,
+                      favorites_only: bool = False):
+        result = lib().search(q, page=page - 1, page_size=page_size, sort=SORTS.get(sort, sort if sort in SORTS.values() else "name"),
+                              family=family or None, folder=folder or None, favorites_only=favorites_only)
+        return JSONResponse({
+            "total": int(result.total), "page": page, "page_size": page_size,
+            "items": [_entry_json(e) for e in result.items],
+        })
+
+    @app.get(prefix + "/lora")
+    def one_lora(path: str):
+        entry = _known_entry(lib(), path)
+        if entry is None:
+            raise HTTPException(status_code=404, detail="not in the LoRA library")
+        data = _entry_json(entry)
+        data["metadata"] = full_metadata(entry.path)
+        return JSONResponse(data)
+
+    @app.get(prefix + "/thumb")
+    def thumb(path: str):
+        """The preview image of a library entry. Only previews of indexed entries are served."""
+        library = lib()
+        entry = _known_entry(library, path)
+        if entry is None:
+            raise HTTPException(status_code=404, detail="not in the LoRA library")
+        image = None
+        thumbnail = getattr(library, "thumbnail", None)
+        if callable(thumbnail):
+            try:
+                image = thumbnail(entry)
+            except Exception:  # noqa: BLE001 - fall back to the preview file itself
+                log.debug("thumbnail failed for %s", entry.path, exc_info=True)
+        image = image or getattr(entry, "preview", None)
+        if not image or not os.path.isfile(image):
+            raise HTTPException(status_code=404, detail="no preview")
+        media = IMAGE_TYPES.get(Path(image).suffix.lower())
+        if media is None:
+            raise HTTPException(status_code=404, detail="no preview")
+        return FileResponse(image, media_type=media, headers={"Cache-Control": "max-age=86400",
+                                                              "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/lora_core/static/{name}")
+    def static(name: str):
+        if name not in STATIC_FILES:
+            raise HTTPException(status_code=404)
+        path, media = STATIC_FILES[name]
+        return Response(path.read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"})
+
+
+def _has_picture(e: Any) -> bool:
+    return bool(getattr(e, "preview", None)) or bool((getattr(e, "summary", None) or {}).get("cover_images"))
+
+
+def _known_entry(library: Any, path: str) -> Any:
+    getter = getattr(library, "entry", None)
+    if not callable(getter):
+        return None
+    try:
+        return getter(path)
+    except (KeyError, LookupError, ValueError, OSError):
+        return None
+
+
+def _entry_json(e: Any) -> dict:
+    to_dict = getattr(e, "to_dict", None)
+    data = to_dict() if callable(to_dict) else dict(vars(e))
+    return {k: v for k, v in data.items() if _jsonable(v)}
+
+
+def _jsonable(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool, list, tuple, dict))
+

@@ -1,0 +1,269 @@
+"""The embedded demo model and demo LoRAs, used when no checkpoint is installed.
+
+The demo model is a tiny SD1-layout pipeline (narrow UNet, 2-layer CLIP text encoder with the real
+CLIP vocabulary, small VAE) whose weights come from a fixed seed: its pictures are coloured noise,
+but generation, LoRA tags, weights and restore all work end to end in about a second. Everything
+about it lives in this module so a trained demo model can replace it later (`load_demo_handle`).
+
+The demo LoRAs patch the UNet's conv_out with a rank-1 conv LoRA whose down-projection averages the
+incoming activations, so it acts like a bias on the predicted noise; its direction is calibrated
+against this model so that each LoRA gives a clear colour cast.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEMO_SEED = 1234
+DEMO_NAME = "lora_core-demo"
+DEMO_SIZE = 64
+DEMO_VERSION = 1  # bump when the demo model or its LoRAs change (rewrites the demo LoRAs)
+DEMO_LORA_FOLDER = "demo"
+LABEL = ("Demo model (tiny, random weights: images are coloured noise). "
+         "Put a Stable Diffusion checkpoint (.safetensors: SD1, SD2 or SDXL) in models/Stable-diffusion "
+         "and select it to generate real images.")
+
+
+@dataclass(frozen=True)
+class DemoLora:
+    name: str
+    activation_text: str
+    preferred_weight: float
+    rgb_shift: tuple[float, float, float]  # wanted mean colour change at weight 1, in 0..1 units
+    description: str
+
+
+DEMO_LORAS = (
+    DemoLora("demo_warm", "warm light", 0.8, (0.1, 0.03, -0.1), "Warm colour cast (demo)."),
+    DemoLora("demo_cool", "cool light", 0.8, (-0.1, 0.0, 0.1), "Cool blue colour cast (demo)."),
+    DemoLora("demo_green", "green tint", 1.0, (-0.05, 0.1, -0.05), "Green tint (demo)."),
+)
+
+
+def build_demo_components(data_dir, seed: int = DEMO_SEED) -> dict:
+    """Tiny SD1-layout components with weights drawn from `seed` (global RNG left untouched)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lora_core.app.checkpoints import CONFIG_ROOT, tokenizer_for
+    from lora_core.app.samplers import DEFAULT_SAMPLER, make_scheduler
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=DEMO_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
+            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+            attention_head_dim=8, norm_num_groups=8,
+        )
+        torch.manual_seed(seed + 1)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu",
+        ))
+        torch.manual_seed(seed + 2)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=(8, 16, 16, 16),
+            layers_per_block=1, latent_channels=4, norm_num_groups=1, sample_size=DEMO_SIZE,
+        )
+        # Random residual branches bury the latent under noise; with them off the decoder is a
+        # smooth upsampling colour map of the latent, so latent (and LoRA) changes show as colour.
+        with torch.no_grad():
+            for name, module in vae.decoder.named_modules():
+                if name.endswith(("conv2", "to_out.0")):
+                    module.weight.zero_()
+                    module.bias.zero_()
+    for m in (unet, text_encoder, vae):
+        m.eval().requires_grad_(False)
+    sched_cfg = json.loads((CONFIG_ROOT / "sd15" / "scheduler" / "scheduler_config.json").read_text())
+    return {
+        "unet": unet, "vae": vae, "text_encoder": text_encoder,
+        "tokenizer": tokenizer_for(CONFIG_ROOT / "sd15", "tokenizer", data_dir),
+        "scheduler": make_scheduler(DEFAULT_SAMPLER, sched_cfg),
+    }
+
+
+def _weights_hash(components: dict) -> str:
+    h = hashlib.sha256()
+    for part in ("unet", "text_encoder", "vae"):
+        for name, tensor in sorted(components[part].state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
+def load_demo_handle(data_dir):
+    from lora_core.app.pipeline import PipelineHandle, build_pipeline
+
+    components = build_demo_components(data_dir)
+    return PipelineHandle(
+        build_pipeline("sd1", components), family="sd1", is_demo=True, label=LABEL, checkpoint_path=None,
+        model_name=DEMO_NAME, model_hash=_weights_hash(components),
+        base_scheduler_config=dict(components["scheduler"].config), default_size=DEMO_SIZE,
+    )
+
+
+# --------------------------------------------------------------------------------- demo LoRAs
+def _conv_out_factors(unet, up_vector):
+    """kohya conv-LoRA factors for conv_out: down averages every input, up picks latent channels."""
+    import torch
+
+    w = unet.conv_out.weight
+    c_in, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    down = torch.full((1, c_in, kh, kw), 1.0 / (c_in * kh * kw))
+    up = torch.as_tensor(up_vector, dtype=torch.float32).reshape(w.shape[0], 1, 1, 1)
+    return down, up
+
+
+@contextmanager
+def _patched_conv_out(unet, down, up, weight: float):
+    """Temporarily add weight·(up@down) to conv_out; the original tensor is put back bit for bit."""
+    import torch
+
+    param = unet.conv_out.weight
+    original = param.detach().clone()
+    with torch.no_grad():
+        param.add_((up.flatten(1) @ down.flatten(1)).reshape(param.shape) * weight)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            param.copy_(original)
+
+
+def _mean_rgb(handle, seed: int):
+    import numpy as np
+
+    from lora_core.app.pipeline import GenerationParams
+
+    params = GenerationParams(prompt="", steps=12, cfg=7.0, seed=seed, width=DEMO_SIZE, height=DEMO_SIZE,
+                              sampler="Euler")
+    img = handle.generate(params)[0]
+    return np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(0) / 255.0
+
+
+def calibrate_colour_directions(handle, probe: float = 0.5, seed: int = 7):
+    """3x4 matrix: mean-RGB change per unit of conv_out LoRA `up` on each latent channel."""
+    import numpy as np
+
+    unet = handle.pipe.unet
+    base = _mean_rgb(handle, seed)
+    columns = []
+    for c in range(unet.conv_out.weight.shape[0]):
+        vec = np.zeros(unet.conv_out.weight.shape[0])
+        vec[c] = probe
+        down, up = _conv_out_factors(unet, vec)
+        with _patched_conv_out(unet, down, up, 1.0):
+            columns.append((_mean_rgb(handle, seed) - base) / probe)
+    return np.stack(columns, axis=1), base
+
+
+def demo_lora_tensors(handle, spec: DemoLora, jacobian, base, seed: int = 7) -> dict:
+    import numpy as np
+    import torch
+
+    unet = handle.pipe.unet
+    target = np.asarray(spec.rgb_shift)
+    up_vec = np.linalg.pinv(jacobian) @ target
+    # one correction step: the VAE is not linear, so rescale to hit the wanted shift along target
+    down, up = _conv_out_factors(unet, up_vec)
+    with _patched_conv_out(unet, down, up, 1.0):
+        achieved = _mean_rgb(handle, seed) - base
+    ratio = float(achieved @ target / (target @ target))
+    if ratio > 0.2:
+        up_vec = up_vec / ratio
+    down, up = _conv_out_factors(unet, up_vec)
+    return {
+        "lora_unet_conv_out.lora_down.weight": down.contiguous(),
+        "lora_unet_conv_out.lora_up.weight": up.contiguous(),
+        "lora_unet_conv_out.alpha": torch.tensor(1.0),
+    }
+
+
+def _metadata(spec: DemoLora, model_hash: str | None) -> dict[str, str]:
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": "1",
+        "ss_network_alpha": "1.0",
+        "ss_network_args": json.dumps({"conv_dim": "1", "conv_alpha": "1.0"}),
+        "ss_base_model_version": "sd_v1",
+        "ss_v2": "False",
+        "ss_sd_model_name": DEMO_NAME,
+        "ss_new_sd_model_hash": model_hash or "",
+        "ss_output_name": spec.name,
+        "ss_resolution": f"({DEMO_SIZE}, {DEMO_SIZE})",
+        "ss_num_epochs": "1",
+        "ss_training_comment": f"lora_core demo LoRA for the built-in demo model: {spec.description}",
+        "ss_tag_frequency": json.dumps({"demo": {spec.activation_text: 1}}),
+        "modelspec.title": spec.name,
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+    }
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False) -> list[Path]:
+    """Write the demo LoRAs (+ .json sidecar + preview PNG) into lora_root/demo on first run.
+
+    A marker in data_dir remembers it was done, so LoRAs the user deleted do not come back.
+    Needs the demo handle (the LoRAs are calibrated against the demo model). Returns written paths.
+    """
+    from safetensors.torch import save
+
+    marker = Path(data_dir) / "demo_loras.json"
+    if not force and marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("version") == DEMO_VERSION:
+                return []
+        except (OSError, ValueError):
+            pass
+    folder = Path(lora_root) / DEMO_LORA_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with handle.lock:
+        jacobian, base = calibrate_colour_directions(handle)
+        for spec in DEMO_LORAS:
+            tensors = demo_lora_tensors(handle, spec, jacobian, base)
+            path = folder / f"{spec.name}.safetensors"
+            _atomic_write_bytes(path, save(tensors, metadata=_metadata(spec, handle.model_hash)))
+            sidecar = {
+                "description": spec.description,
+                "activation text": spec.activation_text,
+                "preferred weight": spec.preferred_weight,
+                "sd version": "SD1",
+                "notes": "Made by lora_core for its built-in demo model; it has no effect on real checkpoints' style.",
+            }
+            (folder / f"{spec.name}.json").write_text(json.dumps(sidecar, indent=2))
+            _write_preview(handle, tensors, spec, folder / f"{spec.name}.preview.png")
+            written.append(path)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"version": DEMO_VERSION, "folder": str(folder)}))
+    logger.info("wrote %d demo LoRAs to %s", len(written), folder)
+    return written
+
+
+def _write_preview(handle, tensors: dict, spec: DemoLora, path: Path) -> None:
+    from lora_core.app.pipeline import GenerationParams
+
+    down = tensors["lora_unet_conv_out.lora_down.weight"]
+    up = tensors["lora_unet_conv_out.lora_up.weight"]
+    params = GenerationParams(prompt=spec.activation_text, steps=20, cfg=7.0, seed=1, width=DEMO_SIZE,
+                              height=DEMO_SIZE, sampler="Euler a")
+    with _patched_conv_out(handle.pipe.unet, down, up, spec.preferred_weight):
+        image = handle.generate(params)[0]
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)

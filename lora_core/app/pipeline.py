@@ -1,0 +1,186 @@
+"""PipelineHandle: one loaded diffusers pipeline (a real checkpoint or the embedded demo model).
+
+Hosts get: family, is_demo, label, binding (lora_core.targets over the UNet and text encoders) and
+a thread-safe, seed-deterministic `generate(params, progress, cancel)`.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from lora_core.app.samplers import DEFAULT_SAMPLER, canonical_sampler, make_scheduler
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+DEFAULT_SIZE = {"demo": 64, "sd1": 512, "sd2": 768, "sdxl": 1024}
+
+
+class ParamError(ValueError):
+    """Generation settings out of range; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    prompt: str = ""  # already cleaned of <lora:...> tags
+    negative: str = ""
+    steps: int = 20
+    cfg: float = 7.0
+    seed: int = -1  # -1: pick one at random
+    width: int = 512
+    height: int = 512
+    sampler: str = DEFAULT_SAMPLER
+    batch_count: int = 1
+
+    def validated(self) -> "GenerationParams":
+        """A copy with the sampler spelled canonically and a concrete seed; ParamError if out of range."""
+        try:
+            steps, cfg, seed = int(self.steps), float(self.cfg), int(self.seed)
+            width, height, batch = int(self.width), int(self.height), int(self.batch_count)
+        except (TypeError, ValueError) as exc:
+            raise ParamError(f"invalid generation setting: {exc}") from None
+        if not 1 <= steps <= 150:
+            raise ParamError(f"steps must be between 1 and 150 (got {steps})")
+        if not 0.0 <= cfg <= 30.0:
+            raise ParamError(f"CFG scale must be between 0 and 30 (got {cfg})")
+        for name, v in (("width", width), ("height", height)):
+            if not 64 <= v <= 2048 or v % 8:
+                raise ParamError(f"{name} must be a multiple of 8 between 64 and 2048 (got {v})")
+        if not 1 <= batch <= 16:
+            raise ParamError(f"batch count must be between 1 and 16 (got {batch})")
+        if seed < 0:
+            seed = random.SystemRandom().randint(0, MAX_SEED)
+        elif seed > MAX_SEED:
+            raise ParamError(f"seed must be at most {MAX_SEED} (got {seed})")
+        try:
+            sampler = canonical_sampler(self.sampler)
+        except ValueError as exc:
+            raise ParamError(str(exc)) from None
+        return replace(self, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
+                       batch_count=batch, sampler=sampler)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class PipelineHandle:
+    """A loaded model. Build with `PipelineHandle.load(checkpoint_or_None, data_dir=...)`."""
+
+    def __init__(self, pipe, *, family: str, is_demo: bool, label: str, checkpoint_path: Path | None,
+                 model_name: str, model_hash: str | None, base_scheduler_config: dict,
+                 default_size: int, notes: list[str] | None = None):
+        self.pipe = pipe
+        self.family = family
+        self.is_demo = is_demo
+        self.label = label
+        self.checkpoint_path = checkpoint_path
+        self.model_name = model_name
+        self.model_hash = model_hash  # A1111 short hash (first 10 hex of sha256), None for the demo
+        self.default_size = default_size
+        self.notes = list(notes or [])
+        self._scheduler_config = dict(base_scheduler_config)
+        self._binding = None
+        # One generation at a time; the session also holds it around LoRA activation + generation.
+        self.lock = threading.RLock()
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, checkpoint=None, *, data_dir, config_root=None, dtype=None) -> "PipelineHandle":
+        """A real single-file checkpoint, or the embedded demo model when checkpoint is None."""
+        if checkpoint is None:
+            from lora_core.app import demo
+
+            return demo.load_demo_handle(data_dir)
+        from lora_core.app.checkpoints import load_checkpoint, file_sha256
+
+        path = Path(checkpoint)
+        loaded = load_checkpoint(path, data_dir, config_root=config_root, dtype=dtype)
+        pipe = build_pipeline(loaded.family, loaded.components)
+        model_hash = file_sha256(path, data_dir)[:10]
+        label = f"{path.stem} ({loaded.family.upper()}, {model_hash})"
+        return cls(pipe, family=loaded.family, is_demo=False, label=label, checkpoint_path=path,
+                   model_name=path.stem, model_hash=model_hash,
+                   base_scheduler_config=dict(loaded.components["scheduler"].config),
+                   default_size=DEFAULT_SIZE[loaded.family], notes=loaded.notes)
+
+    @property
+    def binding(self):
+        """lora_core.targets Binding over this pipeline's UNet and text encoders (built once)."""
+        if self._binding is None:
+            from lora_core.targets import Binding
+
+            encoders = [self.pipe.text_encoder]
+            if getattr(self.pipe, "text_encoder_2", None) is not None:
+                encoders.append(self.pipe.text_encoder_2)
+            self._binding = Binding.from_diffusers(self.pipe.unet, encoders)
+        return self._binding
+
+    # -------------------------------------------------------------- generation
+    def generate(self, params: GenerationParams, progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None) -> list:
+        """Images for params (batch_count images, seeds seed, seed+1, ...). Each image's
+        `.info["seed"]` holds its seed. On cancel the images finished so far are returned."""
+        import torch
+
+        params = params.validated()
+        total = params.steps * params.batch_count
+        images = []
+        with self.lock, torch.inference_mode():
+            for i in range(params.batch_count):
+                if cancel is not None and cancel.is_set():
+                    break
+                seed = params.seed + i
+                done_before = i * params.steps
+
+                def on_step_end(pipe, step, timestep, callback_kwargs, _done=done_before):
+                    if progress is not None:
+                        progress(_done + step + 1, total)
+                    if cancel is not None and cancel.is_set():
+                        raise _Cancelled()
+                    return callback_kwargs
+
+                # a fresh scheduler per image: multistep samplers keep state between calls
+                self.pipe.scheduler = make_scheduler(params.sampler, self._scheduler_config)
+                generator = torch.Generator("cpu").manual_seed(seed)
+                try:
+                    out = self.pipe(
+                        prompt=params.prompt, negative_prompt=params.negative or None,
+                        num_inference_steps=params.steps, guidance_scale=params.cfg,
+                        width=params.width, height=params.height, generator=generator,
+                        callback_on_step_end=on_step_end, output_type="pil",
+                    )
+                except _Cancelled:
+                    logger.info("generation cancelled after %d of %d images", len(images), params.batch_count)
+                    break
+                image = out.images[0]
+                image.info["seed"] = seed
+                images.append(image)
+        return images
+
+
+def build_pipeline(family: str, components: dict):
+    """A diffusers txt2img pipeline over ready components, with progress bars off (we report our own)."""
+    if family == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(
+            vae=components["vae"], text_encoder=components["text_encoder"],
+            text_encoder_2=components["text_encoder_2"], tokenizer=components["tokenizer"],
+            tokenizer_2=components["tokenizer_2"], unet=components["unet"], scheduler=components["scheduler"],
+            force_zeros_for_empty_prompt=True, add_watermarker=False,
+        )
+    else:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+            unet=components["unet"], scheduler=components["scheduler"], safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,303 @@
+"""`python -m lora_core serve`: the standalone web UI (txt2img + the LoRA tab) and the REST API.
+
+The page is a gradio app mounted on a FastAPI app that also carries `lora_core.app.api`'s routes;
+`javascript/lora_core.js` and `style.css` are the same files A1111 loads from the extension.
+Binds 127.0.0.1 unless --host says otherwise. Heavy imports (torch, diffusers, gradio) happen in
+`run()` / `build_*()` only, so `python -m lora_core --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+API_PREFIX = "/lora_core/api"
+PROMPT_ELEM_ID = "txt2img_prompt"        # same ids as A1111, so javascript/lora_core.js finds them
+NEGATIVE_ELEM_ID = "txt2img_neg_prompt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--models-dir", default="models",
+                        help="folder with Stable-diffusion/ (checkpoints) and Lora/ (default: models)")
+    parser.add_argument("--data-dir", default=None, help="index, thumbnails and caches (default: data)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint to load first (default: the first one, or the demo model)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from lora_core.app.session import Session
+
+    models_dir = Path(args.models_dir)
+    data_dir = Path(args.data_dir) if args.data_dir else Path("data")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    session = Session(models_dir, data_dir, checkpoint=args.checkpoint)
+    app = build_app(session)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach this address can use the UI", args.host)
+    print(f"lora_core: open http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=int(args.port), log_level="warning")
+    return 0
+
+
+# -- session access ------------------------------------------------------------------------------
+# Small helpers so the UI reads the session through one place (and fails soft if a method is absent).
+
+def session_library(session: Any) -> Any:
+    return getattr(session, "library")
+
+
+def session_pipeline(session: Any) -> Any:
+    for name in ("pipeline", "handle", "pipe"):
+        value = getattr(session, name, None)
+        if value is not None:
+            return value() if callable(value) and not hasattr(value, "is_demo") else value
+    return None
+
+
+def session_family(session: Any) -> str | None:
+    pipe = session_pipeline(session)
+    family = getattr(pipe, "family", None) or getattr(session, "family", None)
+    # The demo model is SD1-shaped; its demo LoRAs say family "sd1" too.
+    return {"demo": "sd1"}.get(family, family) or None
+
+
+def session_checkpoints(session: Any) -> list[str]:
+    for name in ("checkpoints", "list_checkpoints", "checkpoint_names"):
+        fn = getattr(session, name, None)
+        if callable(fn):
+            return [str(c) for c in fn()]
+    return []
+
+
+def session_current_checkpoint(session: Any) -> str | None:
+    for name in ("current_checkpoint", "checkpoint_name", "checkpoint"):
+        value = getattr(session, name, None)
+        if callable(value):
+            value = value()
+        if isinstance(value, (str, os.PathLike)):
+            return str(value)
+    pipe = session_pipeline(session)
+    return getattr(pipe, "label", None)
+
+
+def session_switch(session: Any, name: str) -> Any:
+    for method in ("switch_checkpoint", "load_checkpoint", "set_checkpoint"):
+        fn = getattr(session, method, None)
+        if callable(fn):
+            return fn(name)
+    raise RuntimeError("this session cannot switch checkpoints")
+
+
+def demo_banner_html(session: Any, models_dir: str | os.PathLike | None = None) -> str:
+    """A plain statement that the demo model is loaded and where a real checkpoint goes ('' otherwise)."""
+    pipe = session_pipeline(session)
+    if not getattr(pipe, "is_demo", False):
+        return ""
+    folder = Path(models_dir or getattr(session, "models_dir", "models")) / "Stable-diffusion"
+    return (
+        '<div class="lora-core-demo-banner" id="lora_core_demo_notice"><b>Demo model loaded.</b> '
+        "This is a tiny model built into lora_core for trying the app out; it makes small abstract "
+        "pictures, not real Stable Diffusion images. To use a real model, put a checkpoint "
+        f"(<code>.safetensors</code>, SD1/SD2/SDXL) in <code>{html.escape(str(folder))}</code>, then "
+        "press ↻ next to the Checkpoint list and pick it.</div>"
+    )
+
+
+# -- UI ------------------------------------------------------------------------------------------
+
+def _default_size(session: Any) -> int:
+    pipe = session_pipeline(session)
+    if getattr(pipe, "is_demo", False):
+        return 64
+    return {"sdxl": 1024, "sd2": 768}.get(session_family(session) or "", 512)
+
+
+def _sampler_names() -> tuple[list[str], str]:
+    from lora_core.app.samplers import DEFAULT_SAMPLER, sampler_names
+
+    return sampler_names(), DEFAULT_SAMPLER
+
+
+def _messages_html(messages: list[str], run_id: float | None = None) -> str:
+    """Status lines under the image. data-run changes with every generation (scripts and tests can
+    tell a finished run from the previous one even when the images are identical)."""
+    if not messages and run_id is None:
+        return ""
+    items = "".join(f"<li>{html.escape(str(m))}</li>" for m in messages)
+    run = f' data-run="{run_id!r}"' if run_id is not None else ""
+    return f'<ul class="lora-core-messages"{run}>{items}</ul>'
+
+
+def build_blocks(session: Any, models_dir: str | os.PathLike | None = None) -> Any:
+    """The standalone page: checkpoint picker, demo banner, txt2img tab and the LoRA tab."""
+    import gradio as gr
+
+    from lora_core.app import infotext as infotext_mod
+    from lora_core.ui import TabSettings, create_lora_panel
+    from lora_core.ui.entry_view import view_of
+
+    samplers, default_sampler = _sampler_names()
+    size = _default_size(session)
+    settings = TabSettings(current_family=lambda: session_family(session), api_prefix=API_PREFIX)
+
+    with gr.Blocks(title="lora_core", analytics_enabled=False) as demo:
+        banner = gr.HTML(value=demo_banner_html(session, models_dir), elem_id="lora_core_banner")
+        with gr.Row():
+            checkpoints = session_checkpoints(session)
+            current = session_current_checkpoint(session)
+            ckpt = gr.Dropdown(choices=checkpoints, value=current if current in checkpoints else None,
+                               label="Checkpoint", elem_id="lora_core_checkpoint", scale=4,
+                               allow_custom_value=False)
+            ckpt_refresh = gr.Button("↻", elem_id="lora_core_checkpoint_refresh", scale=0, min_width=50)
+            ckpt_status = gr.HTML(value="", elem_id="lora_core_checkpoint_status")
+        with gr.Tabs():
+            # render_children: keep the hidden tab's prompt box in the page, so a card clicked in the
+            # LoRA tab can insert its tag into it (javascript/lora_core.js looks it up by id).
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img", render_children=True):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id=PROMPT_ELEM_ID,
+                                            placeholder="a photo of a cat <lora:name:0.8>   (type <lora: for suggestions)")
+                        negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=NEGATIVE_ELEM_ID)
+                    with gr.Column(scale=1, min_width=160):
+                        generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        sampler = gr.Dropdown(choices=samplers, value=default_sampler, label="Sampler",
+                                              elem_id="txt2img_sampling")
+                        steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="txt2img_steps")
+                        cfg = gr.Slider(0.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="txt2img_cfg_scale")
+                        with gr.Row():
+                            width = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id="txt2img_width")
+                            height = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id="txt2img_height")
+                        with gr.Row():
+                            seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="txt2img_seed")
+                            batch = gr.Slider(1, 16, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                        paste = gr.Textbox(label="Paste parameters (A1111 infotext)", lines=3,
+                                           elem_id="txt2img_paste_box")
+                        paste_btn = gr.Button("Apply pasted parameters", elem_id="txt2img_paste")
+                    with gr.Column(scale=1):
+                        gallery = gr.Gallery(label="Images", elem_id="txt2img_gallery", columns=2, format="png",
+                                             height=420)
+                        info = gr.Textbox(label="Generation info", lines=3, interactive=False, elem_id="txt2img_info")
+                        messages = gr.HTML(value="", elem_id="txt2img_messages")
+            with gr.Tab("LoRA", id="lora", elem_id="tab_lora", render_children=True):
+                panel = create_lora_panel(lambda: session_library(session), settings)
+
+        def on_generate(p, n, st, c, sd, w, h, sm, bc, progress=gr.Progress()):
+            def cb(step, total):
+                progress((int(step), int(total)), desc="Sampling")
+
+            started = time.perf_counter()
+            try:
+                images, text, msgs = session.txt2img(
+                    p or "", n or "", int(st), float(c), int(sd if sd is not None else -1),
+                    int(w), int(h), sm, int(bc), progress=cb,
+                )
+            except Exception as exc:  # noqa: BLE001 - show the reason, keep the app alive
+                log.exception("generation failed")
+                return [], "", _messages_html([f"Generation failed: {exc}"], started)
+            images = list(images)
+            done = f"{len(images)} image(s) in {time.perf_counter() - started:.1f} s"
+            return images, text or "", _messages_html([done, *list(msgs or [])], started)
+
+        generate.click(on_generate, inputs=[prompt, negative, steps, cfg, seed, width, height, sampler, batch],
+                       outputs=[gallery, info, messages])
+        prompt.submit(on_generate, inputs=[prompt, negative, steps, cfg, seed, width, height, sampler, batch],
+                      outputs=[gallery, info, messages])
+
+        def on_paste(text, *current):
+            parsed = infotext_mod.parse_infotext(text or "")
+            fields = parsed.generation_fields()
+            notes: list[str] = []
+            new_prompt = fields.get("prompt", "")
+            hashes = parsed.lora_hashes()
+            if hashes:
+                lib = session_library(session)
+
+                def name_for_hash(short: str) -> str | None:
+                    try:
+                        entry = lib.by_hash(short)
+                    except Exception:  # noqa: BLE001 - unknown hash: keep the pasted name
+                        return None
+                    return view_of(entry).tag_name if entry is not None else None
+
+                new_prompt, notes = infotext_mod.relink_loras(new_prompt, hashes, name_for_hash)
+            order = ["prompt", "negative", "steps", "cfg", "seed", "width", "height", "sampler"]
+            values = {"prompt": new_prompt, **{k: v for k, v in fields.items() if k != "prompt"}}
+            out = []
+            for key, cur in zip(order, current):
+                value = values.get(key, cur)
+                if key == "sampler" and value not in samplers:
+                    notes.append(f"unknown sampler {value!r}; kept {cur!r}")
+                    value = cur
+                out.append(value)
+            if not text or not text.strip():
+                notes.append("Nothing to paste.")
+            return [*out, _messages_html(notes)]
+
+        paste_btn.click(on_paste, inputs=[paste, prompt, negative, steps, cfg, seed, width, height, sampler],
+                        outputs=[prompt, negative, steps, cfg, seed, width, height, sampler, messages])
+
+        def on_ckpt_refresh():
+            names = session_checkpoints(session)
+            cur = session_current_checkpoint(session)
+            return gr.update(choices=names, value=cur if cur in names else None)
+
+        ckpt_refresh.click(on_ckpt_refresh, outputs=[ckpt])
+
+        def on_ckpt_change(name):
+            if not name or name == session_current_checkpoint(session):
+                return demo_banner_html(session, models_dir), "", gr.update()
+            try:
+                session_switch(session, name)
+                status = f"Loaded {name}."
+            except Exception as exc:  # noqa: BLE001
+                log.exception("switching checkpoint failed")
+                status = f"Could not load {name}: {exc}"
+            s = _default_size(session)
+            return (demo_banner_html(session, models_dir),
+                    f'<div class="lora-core-status">{html.escape(status)}</div>', s)
+
+        ckpt.change(on_ckpt_change, inputs=[ckpt], outputs=[banner, ckpt_status, width]).then(
+            lambda: _default_size(session), outputs=[height])
+        panel.attach_load(demo)
+    return demo
+
+
+def page_head() -> str:
+    """Loads the extension's own JS into the standalone page (A1111 injects it by itself)."""
+    return '<script src="/lora_core/static/lora_core.js" defer></script>'
+
+
+def read_css() -> str:
+    return (ROOT / "style.css").read_text(encoding="utf-8")
+
+
+def build_app(session: Any, models_dir: str | os.PathLike | None = None) -> Any:
+    """FastAPI app with the REST routes and the gradio page mounted at /."""
+    import gradio as gr
+    from fastapi import FastAPI
+
+    from lora_core.app.api import register_routes
+
+    app = FastAPI(title="lora_core")
+
+    def rescan():
+        fn = getattr(session, "refresh_loras", None)
+        return fn() if callable(fn) else session_library(session).scan()
+
+    register_routes(app, lambda: session_library(session), prefix=API_PREFIX, rescan=rescan)
+    blocks = build_blocks(session, models_dir or getattr(session, "models_dir", None))
+    return gr.mount_gradio_app(app, blocks, path="/", css=read_css(), head=page_head(),
+                               footer_links=[])

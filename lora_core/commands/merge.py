@@ -1,0 +1,180 @@
+"""`python -m lora_core merge CHECKPOINT --lora PATH[:WEIGHT[:UNET]] ... --out OUT.safetensors`.
+
+Bakes LoRAs into a single-file LDM-layout checkpoint (SD1, SD2, SDXL) with the same math as live
+patching (W0 + Σ m·ΔW in fp32, rounded once). Every key, dtype and non-weight entry of the
+checkpoint is kept; the checkpoint's metadata is kept and a `lora_core.merged` entry lists what was
+baked in. WEIGHT sets both multipliers like `<lora:name:WEIGHT>`; a second number sets the UNet's
+(`<lora:name:TE:UNET>`).
+
+Exit status: 0 merged, 2 unreadable input, 3 a LoRA does not fit the checkpoint (nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+EXIT_BAD_INPUT = 2
+EXIT_INCOMPATIBLE = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="single-file checkpoint (.safetensors; .ckpt/.pt read without pickle code)")
+    parser.add_argument("--lora", action="append", required=True, metavar="PATH[:WEIGHT[:UNET]]",
+                        help="a LoRA to bake in (repeatable); WEIGHT defaults to 1")
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+
+def parse_lora_arg(text: str) -> tuple[str, float, float]:
+    """PATH[:WEIGHT[:UNET]] -> (path, te, unet). Numbers are taken from the right, so a path
+    may itself contain ':' (C:\\loras\\x.safetensors)."""
+    parts = text.split(":")
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 2:
+        try:
+            value = float(parts[-1])
+        except ValueError:
+            break
+        numbers.insert(0, value)
+        parts.pop()
+    path = ":".join(parts)
+    if not path:
+        raise ValueError(f"--lora {text!r}: no path")
+    te = numbers[0] if numbers else 1.0
+    unet = numbers[1] if len(numbers) > 1 else te
+    return path, te, unet
+
+
+class MergeError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def read_checkpoint(path: str):
+    """(state dict, metadata) of a single-file checkpoint, without executing pickle code."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise MergeError(f"{path}: no such file", EXIT_BAD_INPUT)
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors import safe_open
+
+            state, metadata = {}, {}
+            with safe_open(path, framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                for key in f.keys():
+                    state[key] = f.get_tensor(key)
+            return state, metadata
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise MergeError(f"{path}: not a checkpoint state dict", EXIT_BAD_INPUT)
+        return dict(obj), {}
+    except MergeError:
+        raise
+    except Exception as exc:  # corrupt header, truncated file, pickle refused
+        raise MergeError(f"{path}: cannot read checkpoint ({exc})", EXIT_BAD_INPUT) from exc
+
+
+def merge(checkpoint: str, loras: list[tuple[str, float, float]], out: str) -> dict:
+    """Do the merge; returns a summary. Raises MergeError (nothing written) on bad input."""
+    from safetensors.torch import save_file
+
+    from lora_core.formats import LoraFormatError, load_lora
+    from lora_core.patcher import ActiveLora, Patcher
+    from lora_core.targets import Binding
+
+    state, metadata = read_checkpoint(checkpoint)
+    binding = Binding.from_ldm(state)
+    if len(binding) == 0 or "unet" not in binding.components:
+        raise MergeError(f"{checkpoint}: no Stable Diffusion UNet (model.diffusion_model.*) in this file",
+                         EXIT_BAD_INPUT)
+    stack = []
+    for path, te, unet in loras:
+        try:
+            lora = load_lora(path)
+        except LoraFormatError as exc:
+            raise MergeError(str(exc), EXIT_BAD_INPUT) from exc
+        except OSError as exc:
+            raise MergeError(f"{path}: {exc.strerror or exc}", EXIT_BAD_INPUT) from exc
+        if lora.family not in ("unknown", binding.family) and binding.family != "unknown":
+            raise MergeError(f"{path}: LoRA is for {lora.family}, the checkpoint is {binding.family}",
+                             EXIT_INCOMPATIBLE)
+        matched, unmatched = binding.match(lora)
+        if matched == 0:
+            raise MergeError(f"{path}: none of its {unmatched} modules exist in {os.path.basename(checkpoint)}",
+                             EXIT_INCOMPATIBLE)
+        stack.append(ActiveLora(lora, te=te, unet=unet))
+
+    # No backups: the originals are not needed after a one-shot bake (halves peak memory).
+    patcher = Patcher(binding, keep_originals=False)
+    try:
+        report = patcher.apply(stack)
+    except Exception as exc:
+        raise MergeError(f"merge failed: {exc}", EXIT_INCOMPATIBLE) from exc
+    for warning in report.warnings:
+        log.warning("%s", warning)
+
+    metadata = dict(metadata)
+    metadata["lora_core.merged"] = json.dumps(
+        [{"file": os.path.basename(p), "te": te, "unet": un} for p, te, un in loras])
+    tmp = out + ".partial"
+    try:
+        save_file(_unshared(state), tmp, metadata=metadata)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"family": binding.family, "slots": report.slots_recomputed, "seconds": report.seconds,
+            "loras": [(r.name, r.matched, r.unmatched) for r in report.loras], "warnings": report.warnings}
+
+
+def _unshared(state: dict) -> dict:
+    """safetensors refuses tensors that share memory (tied weights of some .ckpt files): copy the
+    later ones; names, dtypes and values stay as they are."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in state.items():
+        tensor = tensor.contiguous()
+        ident = tensor.untyped_storage().data_ptr() if tensor.numel() else None
+        if ident is not None and ident in seen:
+            tensor = tensor.clone()
+        elif ident is not None:
+            seen.add(ident)
+        out[key] = tensor
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        loras = [parse_lora_arg(x) for x in args.lora]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    out = args.out
+    if not out.lower().endswith(".safetensors"):
+        print(f"error: {out}: the output must be a .safetensors file", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if os.path.exists(out) and os.path.abspath(out) == os.path.abspath(args.checkpoint):
+        print("error: the output would overwrite the input checkpoint", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if os.path.exists(out) and not args.overwrite:
+        print(f"error: {out} exists (use --overwrite)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        summary = merge(args.checkpoint, loras, out)
+    except MergeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    for name, matched, unmatched in summary["loras"]:
+        print(f"{name}: {matched} modules merged" + (f", {unmatched} not in the checkpoint" if unmatched else ""))
+    print(f"wrote {out} ({summary['family']}, {summary['slots']} tensors patched in {summary['seconds']:.1f} s)")
+    return 0

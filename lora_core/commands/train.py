@@ -1,0 +1,129 @@
+"""`python -m lora_core train`: train a kohya-format LoRA on a single-file SD1/SD2 checkpoint.
+
+    python -m lora_core train --checkpoint model.safetensors --data DIR --out my_lora.safetensors \\
+        --rank 8 --alpha 8 --lr 1e-4 --steps 500 --trigger mychar
+
+DIR holds kohya-style `<repeats>_<name>` folders of images with `.txt` captions. Ctrl-C stops
+training and still writes the LoRA trained so far (exit status 130).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+EXIT_INTERRUPTED = 130
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="base model: A1111/LDM single-file checkpoint (.safetensors)")
+    parser.add_argument("--data", required=True, help="training folder with <repeats>_<name> sub-folders")
+    parser.add_argument("--out", required=True, help="output LoRA file (.safetensors)")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA rank (network dim)")
+    parser.add_argument("--alpha", type=float, default=8.0, help="LoRA alpha (scale = alpha / rank)")
+    parser.add_argument("--conv-rank", type=int, default=None, help="rank of 3x3 conv layers with --targets locon (default: --rank)")
+    parser.add_argument("--conv-alpha", type=float, default=None, help="alpha of 3x3 conv layers (default: --alpha)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate (AdamW)")
+    parser.add_argument("--te-lr", type=float, default=None, help="text encoder learning rate (default: --lr)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    length.add_argument("--epochs", type=int, default=None, help="passes over images x repeats (default 10)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="training size in pixels (default: 64 for tiny models, else 512)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trigger", default=None, help="word put in front of every caption")
+    parser.add_argument("--targets", choices=["attn", "attn_ff", "locon"], default="attn_ff",
+                        help="attn: attention projections; attn_ff: all transformer linears (kohya default); "
+                             "locon: also the ResNet convs (LoCon)")
+    parser.add_argument("--train-te", dest="train_te", action="store_true", default=True,
+                        help="train the text encoder too (default)")
+    parser.add_argument("--no-train-te", dest="train_te", action="store_false", help="UNet only")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute precision of the frozen model")
+    parser.add_argument("--name", default=None, help="ss_output_name (default: the output file's stem)")
+    parser.add_argument("--data-dir", default=None,
+                        help="cache folder for the tokenizer files (default: $LORA_CORE_DATA_DIR or ~/.cache/lora_core)")
+    parser.add_argument("--no-preview", action="store_true", help="do not render a preview PNG next to the LoRA")
+
+
+def _data_dir(arg) -> Path:
+    return Path(arg or os.environ.get("LORA_CORE_DATA_DIR") or Path.home() / ".cache" / "lora_core")
+
+
+def _write_preview(family, components, prompt: str, out: Path, resolution: int, seed: int) -> Path | None:
+    """Render one picture with the trained LoRA still applied; best effort (optional hook)."""
+    try:
+        import torch
+
+        from lora_core.app.pipeline import build_pipeline
+    except ImportError:
+        return None
+    try:
+        pipe = build_pipeline(family, components)
+        with torch.inference_mode():
+            image = pipe(prompt=prompt, num_inference_steps=20, guidance_scale=7.0, width=resolution,
+                         height=resolution, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        path = out.with_name(out.stem + ".preview.png")
+        image.save(path)
+        return path
+    except Exception as exc:  # a preview is a nicety; the LoRA is already saved
+        logger.warning("no preview for %s: %s", out.name, exc)
+        return None
+
+
+def run(args) -> int:
+    from lora_core.app.checkpoints import CheckpointError, file_sha256, load_checkpoint
+    from lora_core.train import (Components, DatasetError, NetworkSpec, TrainConfig, build_metadata,
+                                 save_lora_file, scan_folder, train_lora)
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".safetensors":
+        print(f"error: --out must end in .safetensors (got {out.name})")
+        return 2
+    try:
+        spec = NetworkSpec(rank=args.rank, alpha=args.alpha, targets=args.targets, conv_rank=args.conv_rank,
+                           conv_alpha=args.conv_alpha, train_te=args.train_te)
+        dataset = scan_folder(args.data, trigger=args.trigger)
+    except (ValueError, DatasetError) as exc:
+        print(f"error: {exc}")
+        return 2
+    data_dir = _data_dir(args.data_dir)
+    try:
+        loaded = load_checkpoint(args.checkpoint, data_dir)
+        parts = Components.from_dict(loaded.components)
+    except (CheckpointError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 2
+    resolution = args.resolution or (64 if parts.unet.config.block_out_channels[0] < 128 else 512)
+    config = TrainConfig(network=spec, lr=args.lr, te_lr=args.te_lr, steps=args.steps, epochs=args.epochs,
+                         resolution=resolution, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
+    print(f"training {out.name}: {len(dataset.items)} images, {dataset.num_train_images} per epoch with repeats, "
+          f"{config.total_steps(dataset)} steps, {loaded.family}, targets={spec.targets}, rank={spec.rank}")
+    try:
+        result = train_lora(parts, dataset, config)
+    except DatasetError as exc:
+        print(f"error: {exc}")
+        return 2
+    name = args.name or out.stem
+    ckpt = Path(args.checkpoint)
+    meta = build_metadata(name=name, family=loaded.family, config=config, dataset=dataset, result=result,
+                          model_name=ckpt.stem, model_hash=file_sha256(ckpt, data_dir)[:12])
+    try:
+        save_lora_file(out, result.network, meta)
+    except KeyboardInterrupt:  # a second Ctrl-C during the (atomic) save: nothing half-written
+        print("save cancelled")
+        return EXIT_INTERRUPTED
+    losses = result.losses
+    tail = sum(losses[-20:]) / max(1, len(losses[-20:]))
+    print(f"wrote {out} after {result.steps} steps (mean loss of the last {min(20, len(losses))} steps: {tail:.4f})")
+    if result.interrupted:
+        print("training was interrupted; the file holds the LoRA trained so far")
+        return EXIT_INTERRUPTED
+    if not args.no_preview:
+        preview = _write_preview(loaded.family, loaded.components, dataset.items[0].caption, out, resolution,
+                                 args.seed)
+        if preview:
+            print(f"preview: {preview}")
+    return 0

@@ -1,0 +1,85 @@
+"""The demo data sets: the base model's captioned scenes and the three demo LoRA data sets, plus
+the held-out prompts that no training set contains. Each data set writes a kohya-style folder.
+
+* base: plain scenes of circles, squares, triangles and stars (held-out combinations excluded).
+* style "lcstripes": the same kind of scenes with a diagonally striped background.
+* concept "lcshape": a new shape (a cross / plus sign) the base model never saw.
+* LoCon "lccheck": objects with a checkered fill, a local texture that conv layers learn well.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+from .scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render_many
+
+# (shape, colour) pairs kept out of every training set: prompts about them test generalisation
+HELD_OUT_PAIRS = frozenset({("star", "green"), ("triangle", "purple"), ("circle", "orange"), ("square", "white")})
+
+
+def is_held_out(scene: Scene) -> bool:
+    return (scene.shape, scene.colour) in HELD_OUT_PAIRS
+
+
+def held_out_scenes(n: int = 16, seed: int = 99) -> list[Scene]:
+    """Scenes (hence prompts) the base model is never trained on, spread over all pairs."""
+    rng = random.Random(seed)
+    pairs = sorted(HELD_OUT_PAIRS)
+    out = []
+    for i in range(n):
+        shape, colour = pairs[i % len(pairs)]
+        background = rng.choice([c for c in COLOURS if c != colour])
+        out.append(Scene(shape, colour, rng.choice(SIZES), rng.choice(POSITIONS), background))
+    return out
+
+
+def held_out_prompts(n: int = 16, seed: int = 99) -> list[str]:
+    return [s.caption() for s in held_out_scenes(n, seed)]
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    name: str  # also the kohya folder's concept name
+    trigger: str | None  # word the captions start with (None for the base set)
+    shapes: tuple[str, ...]
+    style: str | None
+    description: str
+    # the concept set names its new shape by the trigger word ("a small red lcshape on ...")
+    trigger_is_shape_name: bool = False
+
+    def caption(self, scene: Scene) -> str:
+        if self.trigger_is_shape_name:
+            return replace(scene, shape=self.trigger).caption()
+        return scene.caption(self.trigger)
+
+    def items(self, seed: int, n: int, size: int = 64) -> Iterator[tuple]:
+        """n (PIL image, caption, Rendered) triples, identical for the same arguments."""
+        for r in render_many(seed, n, size, shapes=self.shapes, style=self.style, exclude=is_held_out):
+            yield r.image, self.caption(r.scene), r
+
+    def write(self, root, seed: int, n: int, repeats: int = 1, size: int = 64) -> Path:
+        """Write root/<repeats>_<name>/NNNN.png + NNNN.txt and return that folder."""
+        return write_kohya_folder(root, self.name, ((img, cap) for img, cap, _ in self.items(seed, n, size)),
+                                  repeats)
+
+
+BASE = DemoDataset("scenes", None, SHAPES, None, "plain shapes on plain backgrounds")
+STYLE = DemoDataset("stripes", "lcstripes", SHAPES, "stripes", "style: diagonally striped backgrounds")
+CONCEPT = DemoDataset("cross", "lcshape", ("cross",), None, "concept: a new shape, the cross",
+                      trigger_is_shape_name=True)
+LOCON = DemoDataset("checker", "lccheck", SHAPES, "checker", "texture: checkered object fill (LoCon)")
+DEMO_LORA_DATASETS = {"style": STYLE, "concept": CONCEPT, "locon": LOCON}
+
+
+def write_kohya_folder(root, name: str, pairs, repeats: int = 1) -> Path:
+    """pairs: (PIL image, caption). Files are numbered in order; existing files are overwritten."""
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    folder = Path(root) / f"{repeats}_{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (image, caption) in enumerate(pairs):
+        image.save(folder / f"{i:04d}.png", format="PNG")
+        (folder / f"{i:04d}.txt").write_text(caption + "\n", encoding="utf-8")
+    return folder

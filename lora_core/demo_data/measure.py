@@ -1,0 +1,198 @@
+"""Pixel measurements that read a scene back from an image (generated or drawn).
+
+They answer the questions a caption asks: which colour is the background, which colour is the
+object, how large it is, where it sits, how many there are, whether the background is striped or
+the object checkered. Quality tests compare these against the prompt; the generator's own ground
+truth checks them first (tests/test_train_demo_data.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .scenes import COLOURS, SIZE_PX
+
+_NAMES = list(COLOURS)
+_PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float64)
+
+
+def as_array(image) -> np.ndarray:
+    """HxWx3 float64 RGB 0..255 from a PIL image or an array."""
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    arr = np.asarray(image, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise ValueError(f"expected an RGB image, got shape {arr.shape}")
+    return arr[..., :3]
+
+
+def nearest_colour(rgb) -> str:
+    """The palette name closest to an RGB triple."""
+    d = ((_PALETTE - np.asarray(rgb, dtype=np.float64)) ** 2).sum(1)
+    return _NAMES[int(d.argmin())]
+
+
+def colour_names(arr: np.ndarray) -> np.ndarray:
+    """Index into COLOURS (in insertion order) of the nearest named colour, per pixel."""
+    d = ((arr[..., None, :] - _PALETTE) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+def dominant_colour(image, region=None) -> tuple[str, float]:
+    """(name, fraction) of the most common named colour in region.
+
+    region: None (whole image), a bool mask HxW, or a box (x0, y0, x1, y1) in pixels.
+    """
+    arr = as_array(image)
+    if region is None:
+        pixels = arr.reshape(-1, 3)
+    elif isinstance(region, np.ndarray):
+        pixels = arr[region.astype(bool)]
+    else:
+        x0, y0, x1, y1 = (int(round(v)) for v in region)
+        pixels = arr[max(0, y0):y1, max(0, x0):x1].reshape(-1, 3)
+    if len(pixels) == 0:
+        raise ValueError("empty region")
+    idx = colour_names(pixels)
+    counts = np.bincount(idx, minlength=len(_NAMES))
+    best = int(counts.argmax())
+    return _NAMES[best], float(counts[best] / len(idx))
+
+
+def border_mask(shape, width: int = 3) -> np.ndarray:
+    h, w = shape[:2]
+    m = np.zeros((h, w), dtype=bool)
+    m[:width], m[-width:], m[:, :width], m[:, -width:] = True, True, True, True
+    return m
+
+
+def background_colour(image) -> tuple[str, float]:
+    """The background's named colour: the dominant colour of a 3-pixel frame around the image
+    (objects never touch the edge)."""
+    arr = as_array(image)
+    return dominant_colour(arr, border_mask(arr.shape))
+
+
+def object_mask(image, background=None, tol: float = 90.0) -> np.ndarray:
+    """Pixels that are not background. background: a colour name or RGB; default: measured.
+
+    With a striped background, pass the stripe-aware `object_mask_by_colour` instead."""
+    arr = as_array(image)
+    if background is None:
+        background = background_colour(arr)[0]
+    bg = np.asarray(COLOURS[background] if isinstance(background, str) else background, dtype=np.float64)
+    return np.sqrt(((arr - bg) ** 2).sum(-1)) > tol
+
+
+def object_mask_by_colour(image, colour: str) -> np.ndarray:
+    """Pixels whose nearest named colour is `colour`."""
+    return colour_names(as_array(image)) == _NAMES.index(colour)
+
+
+def components(mask: np.ndarray, min_pixels: int = 12) -> list[np.ndarray]:
+    """Connected (4-neighbour) regions of a bool mask with at least min_pixels pixels."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    out = []
+    for i in range(1, n + 1):
+        part = labels == i
+        if part.sum() >= min_pixels:
+            out.append(part)
+    return out
+
+
+def centroid(mask: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise ValueError("empty mask")
+    return float(xs.mean()), float(ys.mean())
+
+
+def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a mask, x1/y1 exclusive."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise ValueError("empty mask")
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def position_of(mask: np.ndarray) -> str:
+    """left/right/top/bottom/center from the centre of a mask's bounding box (a triangle's
+    centroid sits low, its box does not)."""
+    h, w = mask.shape
+    x0, y0, x1, y1 = bbox(mask)
+    x, y = (x0 + x1) / 2, (y0 + y1) / 2
+    dx, dy = x / w - 0.5, y / h - 0.5
+    if max(abs(dx), abs(dy)) < 0.12:
+        return "center"
+    if abs(dx) >= abs(dy):
+        return "left" if dx < 0 else "right"
+    return "top" if dy < 0 else "bottom"
+
+
+def size_of(mask: np.ndarray) -> str:
+    """small/large from one object's extent (the larger side of its bounding box), which unlike
+    the area does not depend on the shape."""
+    h, w = mask.shape
+    x0, y0, x1, y1 = bbox(mask)
+    threshold = (SIZE_PX["small"] + SIZE_PX["large"]) / 2 * w / 64.0
+    return "large" if max(x1 - x0, y1 - y0) > threshold else "small"
+
+
+def fill_ratio(mask: np.ndarray) -> float:
+    """Object area over its bounding-box area: ~1 square, ~0.79 circle, ~0.5 triangle, ~0.35 star."""
+    if not mask.any():
+        return 0.0
+    x0, y0, x1, y1 = bbox(mask)
+    return float(mask.sum() / ((x1 - x0) * (y1 - y0)))
+
+
+def stripe_score(image, mask=None) -> float:
+    """How striped the background is: mean absolute luminance difference between pixels 2 apart
+    along the anti-diagonal-free direction, over background pixels (near 0 for a flat fill)."""
+    arr = as_array(image)
+    lum = arr @ np.array([0.299, 0.587, 0.114])
+    bg = ~mask if mask is not None else border_mask(arr.shape, width=6)
+    diff = np.abs(lum[:, 2:] - lum[:, :-2])
+    valid = bg[:, 2:] & bg[:, :-2]
+    return float(diff[valid].mean()) if valid.any() else 0.0
+
+
+def texture_score(image, mask: np.ndarray) -> float:
+    """Mean absolute luminance difference between horizontal neighbours inside a mask (eroded so
+    the object's edge does not count): high for a checkered fill, near 0 for a flat one."""
+    from scipy import ndimage
+
+    arr = as_array(image)
+    lum = arr @ np.array([0.299, 0.587, 0.114])
+    inner = ndimage.binary_erosion(mask, iterations=2)
+    diff = np.abs(lum[:, 1:] - lum[:, :-1])
+    valid = inner[:, 1:] & inner[:, :-1]
+    return float(diff[valid].mean()) if valid.any() else 0.0
+
+
+@dataclass
+class Measured:
+    background: str
+    colour: str | None
+    count: int
+    size: str | None
+    position: str | None
+    fill: float
+
+
+def describe(image) -> Measured:
+    """Read a plain (unstyled) scene back from its pixels."""
+    arr = as_array(image)
+    bg = background_colour(arr)[0]
+    mask = object_mask(arr, bg)
+    parts = components(mask)
+    if not parts:
+        return Measured(bg, None, 0, None, None, 0.0)
+    biggest = max(parts, key=lambda p: p.sum())
+    colour = dominant_colour(arr, mask)[0]
+    pos = position_of(biggest) if len(parts) == 1 else None
+    return Measured(bg, colour, len(parts), size_of(biggest), pos, fill_ratio(biggest))

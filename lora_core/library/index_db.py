@@ -1,0 +1,290 @@
+"""SQLite index of the library: one file `library.sqlite3` under the data dir, WAL mode.
+
+One connection per thread (sqlite3 connections are not shared between threads). Every write is
+a short transaction (BEGIN IMMEDIATE + busy timeout), so two processes sharing a data dir wait for
+each other instead of failing, and a crash or a full disk leaves the previous consistent state.
+Rows carry the library root they were found under; a Library only sees and prunes rows of its
+own roots, so processes with different model folders can share one index.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import uuid
+
+from lora_core.library.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS files(
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    root TEXT NOT NULL,
+    rel TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    stem TEXT NOT NULL,
+    ext TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sidecar_sig TEXT NOT NULL DEFAULT '',
+    alias TEXT,
+    family TEXT NOT NULL DEFAULT 'unknown',
+    algorithm TEXT NOT NULL DEFAULT 'unknown',
+    summary TEXT NOT NULL DEFAULT '{}',
+    user_meta TEXT NOT NULL DEFAULT '{}',
+    civitai TEXT,
+    preview TEXT,
+    error TEXT,
+    sha256 TEXT,
+    addnet TEXT,
+    hashed_size INTEGER,
+    hashed_mtime_ns INTEGER,
+    search_text TEXT NOT NULL DEFAULT '',
+    last_used REAL
+);
+CREATE INDEX IF NOT EXISTS files_stem_nc ON files(stem COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS files_stem ON files(stem);
+CREATE INDEX IF NOT EXISTS files_rel_nc ON files(rel COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS files_rel ON files(rel);
+CREATE INDEX IF NOT EXISTS files_alias_nc ON files(alias COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS files_alias ON files(alias);
+CREATE INDEX IF NOT EXISTS files_root ON files(root);
+CREATE INDEX IF NOT EXISTS files_sort_name ON files(stem COLLATE NOCASE, rel COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS files_sort_date ON files(mtime_ns DESC, stem COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS files_sort_size ON files(size DESC, stem COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS files_sort_used ON files(last_used DESC, stem COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS files_family ON files(family);
+CREATE INDEX IF NOT EXISTS files_folder ON files(folder);
+CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
+CREATE INDEX IF NOT EXISTS files_addnet ON files(addnet);
+CREATE VIRTUAL TABLE IF NOT EXISTS files_fts USING fts5(text, tokenize='trigram');
+CREATE TABLE IF NOT EXISTS user_data(
+    path TEXT PRIMARY KEY,
+    favorite INTEGER NOT NULL DEFAULT 0,
+    tags TEXT NOT NULL DEFAULT '',
+    last_used REAL
+);
+CREATE INDEX IF NOT EXISTS user_last_used ON user_data(last_used);
+CREATE TABLE IF NOT EXISTS stacks(name TEXT PRIMARY KEY, items TEXT NOT NULL, updated REAL);
+"""
+
+FILE_COLUMNS = (
+    "path", "root", "rel", "folder", "stem", "ext", "size", "mtime_ns", "sidecar_sig", "alias",
+    "family", "algorithm", "summary", "user_meta", "civitai", "preview", "error", "search_text",
+)
+
+
+def storage_message(exc: BaseException) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "full" in low:
+        return f"the library index could not be written: disk full ({text})"
+    if "readonly" in low or "read-only" in low or "permission" in low:
+        return f"the library index could not be written: read-only location ({text})"
+    return f"the library index could not be written ({text})"
+
+
+class IndexDB:
+    """Thread-aware access to the index file. `path=None` keeps the index in memory only."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.problem: str | None = None
+        self._local = threading.local()
+        self._memory_uri = None
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        try:
+            if path is None:
+                raise sqlite3.OperationalError("no data directory")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._init_schema(self.connection())
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if path is not None:
+                self.problem = (
+                    f"cannot use the library index at {path} ({exc}); using a temporary in-memory index"
+                )
+                logger.warning("%s", self.problem)
+            self._drop_connections()
+            self._memory_uri = f"file:lora_core_{uuid.uuid4().hex}?mode=memory&cache=shared"
+            self._keepalive = self.connection()  # a shared in-memory DB lives while one connection does
+            self._init_schema(self._keepalive)
+
+    # -- connections ---------------------------------------------------------------------------
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._memory_uri:
+                conn = sqlite3.connect(self._memory_uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            else:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _drop_connections(self):
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    def close(self):
+        self._drop_connections()
+
+    def _init_schema(self, conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT)")
+            row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is not None and row[0] != str(SCHEMA_VERSION):
+                # the file index is a cache: rebuild it; user data and stacks are kept
+                logger.info("library index schema %s -> %s: the file index will be rebuilt", row[0], SCHEMA_VERSION)
+                conn.execute("DROP TABLE IF EXISTS files_fts")
+                conn.execute("DROP TABLE IF EXISTS files")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- transactions --------------------------------------------------------------------------
+    def write(self, fn, *args):
+        """Run fn(conn, *args) in one IMMEDIATE transaction. Raises StorageError on failure."""
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(storage_message(exc)) from None
+        try:
+            result = fn(conn, *args)
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.DatabaseError as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass
+            raise StorageError(storage_message(exc)) from None
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass
+            raise
+
+    def query(self, sql: str, params=()) -> list[sqlite3.Row]:
+        return self.connection().execute(sql, params).fetchall()
+
+    # -- files ---------------------------------------------------------------------------------
+    def known_files(self, roots: list[str]) -> dict[str, tuple[int, int, str]]:
+        marks = ",".join("?" * len(roots))
+        cur = self.connection().cursor()
+        cur.row_factory = None  # plain tuples: this reads every row on each warm start
+        rows = cur.execute(f"SELECT path, size, mtime_ns, sidecar_sig FROM files WHERE root IN ({marks})", roots)
+        return {path: (size, mtime, sig) for path, size, mtime, sig in rows}
+
+    @staticmethod
+    def upsert_files(conn, records: list[dict]) -> None:
+        """Insert or replace file rows; a changed size/mtime drops cached hashes."""
+        for rec in records:
+            row = conn.execute("SELECT id, size, mtime_ns FROM files WHERE path=?", (rec["path"],)).fetchone()
+            values = [rec[c] for c in FILE_COLUMNS]
+            if row is None:
+                cur = conn.execute(
+                    f"INSERT INTO files({','.join(FILE_COLUMNS)}) VALUES({','.join('?' * len(FILE_COLUMNS))})",
+                    values,
+                )
+                conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (cur.lastrowid, rec["search_text"]))
+                conn.execute(
+                    "UPDATE files SET last_used=(SELECT last_used FROM user_data WHERE path=?) WHERE id=?",
+                    (rec["path"], cur.lastrowid),
+                )
+            else:
+                sets = ",".join(f"{c}=?" for c in FILE_COLUMNS)
+                conn.execute(f"UPDATE files SET {sets} WHERE id=?", values + [row["id"]])
+                if (row["size"], row["mtime_ns"]) != (rec["size"], rec["mtime_ns"]):
+                    conn.execute(
+                        "UPDATE files SET sha256=NULL, addnet=NULL, hashed_size=NULL, hashed_mtime_ns=NULL WHERE id=?",
+                        (row["id"],),
+                    )
+                conn.execute("DELETE FROM files_fts WHERE rowid=?", (row["id"],))
+                conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (row["id"], rec["search_text"]))
+
+    @staticmethod
+    def update_sidecars(conn, records: list[dict]) -> None:
+        for rec in records:
+            row = conn.execute("SELECT id FROM files WHERE path=?", (rec["path"],)).fetchone()
+            if row is None:
+                continue
+            conn.execute(
+                "UPDATE files SET sidecar_sig=?, user_meta=?, civitai=?, preview=?, search_text=? WHERE id=?",
+                (rec["sidecar_sig"], rec["user_meta"], rec["civitai"], rec["preview"], rec["search_text"], row["id"]),
+            )
+            conn.execute("DELETE FROM files_fts WHERE rowid=?", (row["id"],))
+            conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (row["id"], rec["search_text"]))
+
+    @staticmethod
+    def delete_files(conn, paths: list[str]) -> None:
+        for path in paths:
+            row = conn.execute("SELECT id FROM files WHERE path=?", (path,)).fetchone()
+            if row is not None:
+                conn.execute("DELETE FROM files_fts WHERE rowid=?", (row["id"],))
+                conn.execute("DELETE FROM files WHERE id=?", (row["id"],))
+
+    def set_search_text(self, path: str, text: str) -> None:
+        def run(conn):
+            row = conn.execute("SELECT id FROM files WHERE path=?", (path,)).fetchone()
+            if row is not None:
+                conn.execute("UPDATE files SET search_text=? WHERE id=?", (text, row["id"]))
+                conn.execute("DELETE FROM files_fts WHERE rowid=?", (row["id"],))
+                conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (row["id"], text))
+        self.write(run)
+
+    # -- hashes --------------------------------------------------------------------------------
+    def store_hashes(self, path: str, size: int, mtime_ns: int, sha256: str, addnet: str) -> bool:
+        def run(conn):
+            cur = conn.execute(
+                "UPDATE files SET sha256=?, addnet=?, hashed_size=?, hashed_mtime_ns=? "
+                "WHERE path=? AND size=? AND mtime_ns=?",
+                (sha256, addnet, size, mtime_ns, path, size, mtime_ns),
+            )
+            return cur.rowcount > 0
+        return self.write(run)
+
+    # -- user data -----------------------------------------------------------------------------
+    def set_user_data(self, path: str, **fields) -> None:
+        def run(conn):
+            conn.execute("INSERT OR IGNORE INTO user_data(path) VALUES(?)", (path,))
+            for key, value in fields.items():
+                conn.execute(f"UPDATE user_data SET {key}=? WHERE path=?", (value, path))
+            if "last_used" in fields:  # copied into files so the last-used sort can use an index
+                conn.execute("UPDATE files SET last_used=? WHERE path=?", (fields["last_used"], path))
+        self.write(run)
+
+    def save_stack(self, name: str, items: list, now: float) -> None:
+        self.write(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO stacks(name, items, updated) VALUES(?, ?, ?)", (name, json.dumps(items), now)
+        ))
+
+    def delete_stack(self, name: str) -> bool:
+        return self.write(lambda conn: conn.execute("DELETE FROM stacks WHERE name=?", (name,)).rowcount > 0)

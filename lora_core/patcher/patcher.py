@@ -1,0 +1,242 @@
+"""Merge a stack of LoRAs into a model's weights, incrementally and reversibly.
+
+State kept between calls (all per Patcher, nothing global):
+
+* for each patched slot, the contributions written into it: (entry, multiplier, dyn) in stack
+  order. A slot is recomputed only when that list changes, so an unchanged stack costs no
+  tensor work and reweighting one LoRA touches only its slots.
+* one W0 backup per touched tensor (a fused q/k/v in_proj is one tensor), taken before its
+  first write and released as soon as no slot of it is patched. Slots are always recomputed
+  from W0, never by subtracting, so values never drift and restore is bit for bit.
+* the plans (resolved adapters) of the LoRAs in the stack.
+
+Every apply is all-or-nothing: if any write fails, the slots already rewritten are recomputed
+from W0 with their previous contributions (the same deterministic formula that wrote them) and
+the call raises PatchError.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Iterable
+
+import torch
+
+from lora_core.patcher.active import ActiveLora
+from lora_core.patcher.errors import AdapterFailure, PatchError
+from lora_core.patcher.plan import LoraPlan, SlotRef, build_plan
+from lora_core.patcher.report import LoraReport, PatchReport
+from lora_core.patcher.slot_math import write_slot
+
+log = logging.getLogger(__name__)
+
+
+def _signature(contribs: list | None) -> tuple:
+    # Adapter identity is stable while the old state references it, so ids cannot be reused
+    # between the two states being compared.
+    if not contribs:
+        return ()
+    return tuple((id(e.adapter), e.part, m, dyn) for e, m, dyn in contribs)
+
+
+def _family_problem(lora: Any, model_family: str | None) -> str | None:
+    fam = getattr(lora, "family", None) or "unknown"
+    if model_family in (None, "unknown") or fam == "unknown" or fam == model_family:
+        return None
+    return f"LoRA is for {fam}, the model is {model_family}"
+
+
+class Patcher:
+    """Applies stacks of `ActiveLora` to the tensors of one `Binding`.
+
+    `compute_dtype` is the dtype of the low-rank matmul (the add to W0 is always at least fp32,
+    rounded once). fp32 (default) keeps merged weights within rounding of the exact result;
+    bf16 is faster on CPUs with bf16 units but its product carries ~2^-9 relative error of ΔW
+    (see docs/BENCHMARKS.md for measured ulps).
+
+    `keep_originals=False` is for one-shot baking (the merge command): no W0 backups are kept,
+    so only one apply on the pristine model is allowed and restore is impossible.
+    """
+
+    def __init__(self, binding: Any, compute_dtype: torch.dtype = torch.float32, keep_originals: bool = True):
+        self.binding = binding
+        self.compute_dtype = compute_dtype
+        self.keep_originals = keep_originals
+        self._lock = threading.RLock()
+        self._stack: tuple[ActiveLora, ...] = ()
+        self._plans: dict[tuple, LoraPlan] = {}
+        self._contribs: dict[tuple, list] = {}
+        self._slots: dict[tuple, SlotRef] = {}
+        self._backups: dict[tuple, torch.Tensor] = {}
+        self._last_report = PatchReport()
+        self._baked = False
+        self.slot_writes = 0  # total slot writes since creation (instrumentation for tests/bench)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def stack(self) -> tuple[ActiveLora, ...]:
+        return self._stack
+
+    @property
+    def backup_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._backups.values())
+
+    def apply(self, stack: Iterable[ActiveLora]) -> PatchReport:
+        """Make the model's weights W0 + Σ m·ΔW for `stack`; return what was done."""
+        stack = tuple(stack)
+        with self._lock:
+            t0 = time.perf_counter()
+            if stack == self._stack:
+                report = dataclasses.replace(self._last_report, slots_recomputed=0)
+                report.seconds = time.perf_counter() - t0
+                return report
+            if not self.keep_originals and (self._baked or self._contribs):
+                raise RuntimeError("this Patcher was created without backups and has already applied a stack")
+            report = PatchReport()
+            plans, accepted = self._plan_stack(stack, report)
+            desired, refs = self._desired_state(accepted)
+            # stack order, then slots that leave: deterministic, and close to memory order
+            changed = [k for k in desired if _signature(desired[k]) != _signature(self._contribs.get(k))]
+            changed += [k for k in self._contribs if k not in desired]
+            self._write_all(changed, desired, refs)
+            # commit
+            self._contribs = desired
+            self._slots = refs
+            self._plans = plans
+            self._stack = stack
+            self._baked = not self.keep_originals
+            self._release_unused_backups()
+            report.slots_recomputed = len(changed)
+            report.backed_up_tensors = len(self._backups)
+            report.backup_bytes = self.backup_bytes
+            report.seconds = time.perf_counter() - t0
+            self._last_report = report
+            log.debug("apply: %s", report.summary())
+            return report
+
+    def restore(self) -> None:
+        """Give back the original weights bit for bit and release every backup."""
+        with self._lock:
+            if not self.keep_originals and self._baked:
+                raise RuntimeError("this Patcher kept no backups; the original weights are gone")
+            for key in list(self._contribs):
+                ref = self._slots[key]
+                write_slot(self._live(ref), ref.view(self._backups[ref.group]), [], self.compute_dtype)
+                self.slot_writes += 1
+            self._contribs = {}
+            self._slots = {}
+            self._plans = {}
+            self._stack = ()
+            self._backups.clear()
+            self._last_report = PatchReport()
+
+    # ------------------------------------------------------------------ planning
+    def _plan_stack(self, stack: tuple[ActiveLora, ...], report: PatchReport):
+        model_family = getattr(self.binding, "family", None)
+        plans: dict[tuple, LoraPlan] = {}
+        accepted: list[tuple[ActiveLora, LoraPlan]] = []
+        for active in stack:
+            lora = active.lora
+            problem = _family_problem(lora, model_family)
+            if problem is not None:
+                r = LoraReport(name=active.name, path=str(getattr(lora, "path", "")), refused=problem)
+                report.loras.append(r)
+                report.warnings.append(f"{active.name}: {problem}; skipped")
+                continue
+            key = (id(lora), active.dyn)
+            plan = plans.get(key) or self._plans.get(key)
+            if plan is None:
+                try:
+                    plan = build_plan(lora, active.dyn, self.binding, self._original, self.compute_dtype)
+                except Exception as exc:  # a bad file must not take the model down
+                    raise PatchError(f"{active.name}: cannot map onto the model: {exc}", lora=lora) from exc
+            plans[key] = plan
+            accepted.append((active, plan))
+            r = dataclasses.replace(plan.report, unmatched_keys=list(plan.report.unmatched_keys))
+            report.loras.append(r)
+            total = r.matched + r.unmatched
+            if r.matched == 0:
+                report.warnings.append(f"{r.name}: none of its {total} modules match this model")
+            elif r.unmatched:
+                report.warnings.append(
+                    f"{r.name}: {r.unmatched} of {total} modules do not match this model "
+                    f"(e.g. {', '.join(r.unmatched_keys[:3])})")
+        return plans, accepted
+
+    @staticmethod
+    def _desired_state(accepted):
+        desired: dict[tuple, list] = {}
+        refs: dict[tuple, SlotRef] = {}
+        for active, plan in accepted:
+            for e in plan.entries:
+                m = active.multiplier(e.slot.component, e.slot.block)
+                if m == 0.0:
+                    continue
+                desired.setdefault(e.slot.key, []).append((e, m, active.dyn))
+                refs[e.slot.key] = e.slot
+        return desired, refs
+
+    def _original(self, ref: SlotRef) -> torch.Tensor:
+        backup = self._backups.get(ref.group)
+        return ref.view(backup if backup is not None else ref.tensor.detach())
+
+    # ------------------------------------------------------------------ writing
+    @staticmethod
+    def _live(ref: SlotRef) -> torch.Tensor:
+        return ref.view(ref.tensor.detach())
+
+    def _write(self, ref: SlotRef, contribs: list) -> None:
+        backup = self._backups.get(ref.group)
+        if backup is None:
+            if not contribs:
+                return  # never written since the last release: already W0
+            if self.keep_originals:
+                backup = ref.tensor.detach().clone()
+                self._backups[ref.group] = backup
+            else:
+                backup = ref.tensor.detach()  # one-shot bake: W0 is the live value itself
+        write_slot(self._live(ref), ref.view(backup), contribs, self.compute_dtype)
+        self.slot_writes += 1
+
+    def _write_all(self, changed: list, desired: dict, refs: dict) -> None:
+        written: list[tuple] = []
+        try:
+            for key in changed:
+                written.append(key)
+                self._write(refs.get(key) or self._slots[key], desired.get(key, []))
+        except BaseException as exc:
+            self._rollback(written, refs)
+            if not isinstance(exc, Exception):
+                raise
+            entry = exc.entry if isinstance(exc, AdapterFailure) else None
+            cause = exc.__cause__ if isinstance(exc, AdapterFailure) else exc
+            module = entry.module if entry is not None else None
+            lora = entry.lora if entry is not None else None
+            name = getattr(lora, "name", None) or "?"
+            raise PatchError(f"{name}: applying {module or 'a module'} failed ({cause}); the model was rolled back",
+                             lora=lora, module=module) from cause
+
+    def _rollback(self, written: list, refs: dict) -> None:
+        if not self.keep_originals:
+            log.error("apply failed during a one-shot bake; the weights are partly merged")
+            return
+        for key in reversed(written):
+            ref = self._slots.get(key) or refs[key]
+            old = self._contribs.get(key, [])
+            try:
+                self._write(ref, old)
+            except Exception:  # cannot rebuild the old value: fall back to W0 for this slot
+                log.exception("rollback of %s failed; slot reset to its original weight", key)
+                backup = self._backups.get(ref.group)
+                if backup is not None:
+                    write_slot(self._live(ref), ref.view(backup), [], self.compute_dtype)
+                self._contribs.pop(key, None)
+                self._slots.pop(key, None)
+        self._release_unused_backups()
+
+    def _release_unused_backups(self) -> None:
+        used = {self._slots[k].group for k in self._contribs}
+        for group in [g for g in self._backups if g not in used]:
+            del self._backups[group]

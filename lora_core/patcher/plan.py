@@ -1,0 +1,149 @@
+"""How one LoRA file maps onto one model: its adapters resolved to slots, once per stack entry.
+
+A plan is built when a LoRA enters the stack and dropped when it leaves, so switching weights
+of a LoRA already in the stack costs no resolving and no factor preparation.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from lora_core.patcher.report import LoraReport
+
+log = logging.getLogger(__name__)
+
+_MAX_EXAMPLES = 5
+
+
+@dataclass(eq=False)
+class SlotRef:
+    """A place to write: the live tensor, its row range (q/k/v of a fused in_proj), ΔW shape."""
+
+    key: tuple          # identifies the slot: (group, row_start, row_stop)
+    group: tuple        # identifies the underlying tensor (several slots may share one)
+    tensor: torch.Tensor
+    rows: slice | None
+    shape: tuple        # ΔW shape, as the adapter computes it
+    component: str
+    block: str | None
+
+    def view(self, full: torch.Tensor) -> torch.Tensor:
+        """The part of `full` (the live tensor or its W0 backup) this slot covers."""
+        return full[self.rows] if self.rows is not None else full
+
+
+def tensor_group(t: torch.Tensor) -> tuple:
+    """Identity of a live tensor: the object itself (a Parameter keeps its identity when the host
+    moves the model between devices, while its data pointer changes). SlotRefs hold a reference,
+    so the id cannot be reused while the patcher tracks the tensor."""
+    return (id(t),)
+
+
+def make_slot_ref(slot: Any) -> SlotRef:
+    t = slot.tensor
+    rows = getattr(slot, "rows", None)
+    group = tensor_group(t)
+    key = group + ((rows.start, rows.stop) if rows is not None else (None, None),)
+    shape = tuple(getattr(slot, "shape", None) or (t[rows] if rows is not None else t).shape)
+    return SlotRef(key, group, t, rows, shape, getattr(slot, "component", "unet"), getattr(slot, "block", None))
+
+
+@dataclass(eq=False)
+class Entry:
+    """One adapter's contribution to one slot (its weight or its bias)."""
+
+    slot: SlotRef
+    adapter: Any
+    part: str                                   # "weight" or "bias"
+    low_rank: tuple | None = None               # (up [out,r], down [r,in], scale) in compute dtype
+    bias_delta: torch.Tensor | None = None      # fp32, for part == "bias"
+    lora: Any = None                            # the LoraFile this adapter belongs to
+
+    @property
+    def module(self) -> str:
+        return str(getattr(self.adapter, "key", "?"))
+
+
+@dataclass(eq=False)
+class LoraPlan:
+    lora: Any
+    dyn: int | None
+    entries: list[Entry] = field(default_factory=list)
+    report: LoraReport | None = None
+
+
+def build_plan(
+    lora: Any,
+    dyn: int | None,
+    binding: Any,
+    original: Callable[[SlotRef], torch.Tensor],
+    compute_dtype: torch.dtype,
+) -> LoraPlan:
+    """Resolve every adapter of `lora`; prepare low-rank factors; note what did not match.
+
+    `original(slot)` gives the slot's W0 (needed for a bias delta that may depend on it).
+    """
+    name = str(getattr(lora, "name", "") or getattr(lora, "path", "?"))
+    report = LoraReport(name=name, path=str(getattr(lora, "path", "")))
+    plan = LoraPlan(lora=lora, dyn=dyn, report=report)
+    unclaimed = list(getattr(lora, "unclaimed", []) or [])
+    for key, adapter in lora.adapters.items():
+        slot = binding.resolve(key, "weight")
+        if slot is None:
+            report.unmatched += 1
+            if len(report.unmatched_keys) < _MAX_EXAMPLES:
+                report.unmatched_keys.append(str(key))
+            continue
+        ref = make_slot_ref(slot)
+        entry = Entry(ref, adapter, "weight", lora=lora)
+        low_rank = adapter.low_rank(dyn) if hasattr(adapter, "low_rank") else None
+        if low_rank is not None:
+            entry.low_rank = _prepare_low_rank(low_rank, ref, name, key, compute_dtype)
+            if entry.low_rank is None:  # shape mismatch: treat as not matching this model
+                report.unmatched += 1
+                if len(report.unmatched_keys) < _MAX_EXAMPLES:
+                    report.unmatched_keys.append(f"{key} (shape)")
+                continue
+        report.matched += 1
+        plan.entries.append(entry)
+        bias_slot = binding.resolve(key, "bias") if hasattr(adapter, "delta_bias") else None
+        if bias_slot is not None:
+            bref = make_slot_ref(bias_slot)
+            db = adapter.delta_bias(original(bref))
+            if db is not None:
+                db = db.to(device=bref.tensor.device, dtype=torch.float32)
+                if db.numel() != _numel(bref.shape):
+                    log.warning("%s: bias delta of %s has %d values, the model's bias %d; ignored",
+                                name, key, db.numel(), _numel(bref.shape))
+                else:
+                    plan.entries.append(Entry(bref, adapter, "bias", bias_delta=db, lora=lora))
+    report.unmatched += len(unclaimed)
+    for k in unclaimed[: max(0, _MAX_EXAMPLES - len(report.unmatched_keys))]:
+        report.unmatched_keys.append(f"{k} (unknown algorithm)")
+    return plan
+
+
+def _numel(shape: tuple) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _prepare_low_rank(low_rank, ref: SlotRef, name: str, key, compute_dtype) -> tuple | None:
+    up, down, scale = low_rank
+    up = up.reshape(up.shape[0], -1)
+    down = down.reshape(down.shape[0], -1)
+    out_rows = ref.shape[0] if ref.shape else 1
+    if up.shape[1] != down.shape[0] or up.shape[0] != out_rows or up.shape[0] * down.shape[1] != _numel(ref.shape):
+        log.warning("%s: %s has factors %s @ %s, the model's weight is %s; skipped",
+                    name, key, tuple(up.shape), tuple(down.shape), ref.shape)
+        return None
+    device = ref.tensor.device
+    # fp32 copies of the factors; the multiplier·scale is folded into `up` at compute time.
+    up = up.to(device=device, dtype=torch.float32)
+    down = down.to(device=device, dtype=compute_dtype).contiguous()
+    return up, down, float(scale)

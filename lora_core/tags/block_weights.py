@@ -1,0 +1,140 @@
+"""LoRA Block Weight (`lbw=`) vectors, following hako-mikan/sd-webui-lora-block-weight conventions.
+
+Vector layout
+-------------
+Every resolved block-weight vector is a tuple of 26 floats indexed like ``BLOCK_IDS_26``::
+
+    index 0      BASE   (text encoder(s); multiplies the ``te`` weight)
+    index 1..12  IN00 .. IN11   (LDM ``input_blocks.N``)
+    index 13     M00    (LDM ``middle_block``)
+    index 14..25 OUT00 .. OUT11 (LDM ``output_blocks.N``)
+
+Block ids always name the LDM UNet block *number*, for SD1/SD2 and SDXL alike (SDXL's IN04 is its
+``input_blocks.4``). A shorter vector (17 values for SD1/SD2 LoRA, 12 for SDXL LoRA, 20 for SDXL
+LyCORIS) is spread into that layout by block id and the blocks it does not list get 0, exactly
+like the extension does. The ``targets`` package maps a module to its block id.
+"""
+from __future__ import annotations
+
+import math
+
+BLOCK_IDS_26 = (
+    ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
+)
+BLOCK_IDS_26 = tuple(BLOCK_IDS_26)
+
+# Which blocks a vector of a given length lists, in order (lengths the extension accepts).
+LAYOUTS: dict[int, tuple[str, ...]] = {
+    26: BLOCK_IDS_26,
+    17: ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",
+         "OUT03", "OUT04", "OUT05", "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11"),
+    12: ("BASE", "IN04", "IN05", "IN07", "IN08", "M00",
+         "OUT00", "OUT01", "OUT02", "OUT03", "OUT04", "OUT05"),
+    20: ("BASE", "IN00", "IN01", "IN02", "IN03", "IN04", "IN05", "IN06", "IN07", "IN08", "M00",
+         "OUT00", "OUT01", "OUT02", "OUT03", "OUT04", "OUT05", "OUT06", "OUT07", "OUT08"),
+}
+
+# Presets for SD1/SD2: the 17-value defaults the extension ships.
+_PRESETS_SD1_TEXT = {
+    "NONE": "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
+    "ALL": "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
+    "INS": "1,1,1,1,0,0,0,0,0,0,0,0,0,0,0,0,0",
+    "IND": "1,0,0,0,1,1,1,0,0,0,0,0,0,0,0,0,0",
+    "INALL": "1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0",
+    "MIDD": "1,0,0,0,1,1,1,1,1,1,1,1,0,0,0,0,0",
+    "OUTD": "1,0,0,0,0,0,0,0,1,1,1,1,0,0,0,0,0",
+    "OUTS": "1,0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1",
+    "OUTALL": "1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1",
+    "ALL0.5": ",".join(["0.5"] * 17),
+}
+# Presets for SDXL (12 values). INS, MID(D) and OUTD follow the extension README's 12-value
+# examples; the others use the same grouping as the SD1 presets: shallow IN = IN04 IN05,
+# deep IN = IN07 IN08, deep OUT = OUT00..OUT02, shallow OUT = OUT03..OUT05.
+_PRESETS_SDXL_TEXT = {
+    "NONE": "0,0,0,0,0,0,0,0,0,0,0,0",
+    "ALL": "1,1,1,1,1,1,1,1,1,1,1,1",
+    "INS": "1,1,1,0,0,0,0,0,0,0,0,0",
+    "IND": "1,0,0,1,1,0,0,0,0,0,0,0",
+    "INALL": "1,1,1,1,1,0,0,0,0,0,0,0",
+    "MIDD": "1,0,0,1,1,1,1,1,1,0,0,0",
+    "OUTD": "1,0,0,0,0,0,1,1,1,0,0,0",
+    "OUTS": "1,0,0,0,0,0,0,0,0,1,1,1",
+    "OUTALL": "1,0,0,0,0,0,1,1,1,1,1,1",
+    "ALL0.5": ",".join(["0.5"] * 12),
+}
+PRESET_NAMES = tuple(_PRESETS_SD1_TEXT)
+
+
+class BlockWeightError(ValueError):
+    """A `lbw=` value that cannot be turned into a block-weight vector."""
+
+
+def spread(values: list[float]) -> tuple[float, ...]:
+    """Spread a 12/17/20/26-value list into the 26-slot layout (unlisted blocks get 0)."""
+    layout = LAYOUTS.get(len(values))
+    if layout is None:
+        raise BlockWeightError(
+            f"{len(values)} values; expected one of {sorted(LAYOUTS)} (17/26 for SD1/SD2, 12/20 for SDXL)"
+        )
+    out = [0.0] * 26
+    for block, value in zip(layout, values):
+        out[BLOCK_IDS_26.index(block)] = value
+    return tuple(out)
+
+
+def preset_table(family: str | None) -> dict[str, str]:
+    """Preset name -> comma list for a model family (SDXL has its own; everything else uses SD1's)."""
+    return _PRESETS_SDXL_TEXT if family == "sdxl" else _PRESETS_SD1_TEXT
+
+
+def _parse_value(token: str, x_value: float) -> float:
+    token = token.strip()
+    if not token:
+        raise BlockWeightError("empty value")
+    if token[0] in "RU":
+        raise BlockWeightError(f"random value {token!r} is not supported (results must be reproducible)")
+    if token[0] == "X":
+        # X, X+0.2, X-0.1: the dynamic weight given with x=
+        rest = token[1:]
+        if not rest:
+            return x_value
+        if rest[0] not in "+-":
+            raise BlockWeightError(f"bad dynamic value {token!r}")
+        try:
+            offset = float(rest[1:])
+        except ValueError:
+            raise BlockWeightError(f"bad dynamic value {token!r}") from None
+        value = x_value + offset if rest[0] == "+" else x_value - offset
+    else:
+        try:
+            value = float(token)
+        except ValueError:
+            raise BlockWeightError(f"{token!r} is not a number") from None
+    if not math.isfinite(value):
+        raise BlockWeightError(f"{token!r} is not a finite number")
+    return value
+
+
+def resolve(spec: str, family: str | None = None, x_value: float = 1.0) -> tuple[float, ...]:
+    """Turn a `lbw=` value (preset name or comma list) into the 26-float vector.
+
+    `family` picks the preset table ("sdxl" -> SDXL presets, anything else -> SD1/SD2 presets).
+    Raises BlockWeightError with a message that says what is wrong.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise BlockWeightError("empty block weights")
+    table = preset_table(family)
+    if "," not in spec:
+        preset = table.get(spec) or table.get(spec.upper())
+        if preset is None:
+            try:  # a single number is not a preset: say so rather than "unknown preset"
+                float(spec)
+            except ValueError:
+                raise BlockWeightError(
+                    f"unknown preset {spec!r}; known: {', '.join(PRESET_NAMES)}"
+                ) from None
+            raise BlockWeightError("a single value is not a block-weight vector")
+        spec = preset
+    values = [_parse_value(tok, x_value) for tok in spec.split(",")]
+    return spread(values)

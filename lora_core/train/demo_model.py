@@ -1,0 +1,372 @@
+"""Train the tiny SD1-family demo base model from the synthetic scenes (tools/train_demo_model.py).
+
+Architecture: SD1's block layout at a fraction of the width — a UNet2DConditionModel with 4 levels
+(cross-attention in the first three, 2 ResNets per level), a 3-layer CLIP text encoder over the
+real 49408-token CLIP vocabulary (tokenizer from `lora_core.app.clip_tokenizer`), and a 4-level
+AutoencoderKL (8x down-sampling, 4 latent channels), so a 64x64 picture is an 8x8x4 latent.
+Because the module tree is SD1's, LoRAs trained on it have the same key names as real SD1 LoRAs.
+
+Training, all from one seed and deterministic on CPU: (1) the VAE as an autoencoder (MSE + a
+tiny KL term) on rendered scenes; (2) the latent scaling factor is set so latents have unit std;
+(3) UNet and text encoder together with the epsilon-prediction loss on SD1's noise schedule
+(captions dropped 10% of the time so classifier-free guidance works), with an EMA of the weights.
+
+Output: one A1111/LDM single-file checkpoint (fp16, < 30 MB), the diffusers configs it needs to be
+loaded (`configs/sd15/...`, usable as `load_checkpoint(..., config_root=...)`, and also embedded in
+the file's metadata as JSON), and a manifest JSON (seed, steps, sha256, timings, losses).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SD1_SCHEDULER = {
+    "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False, "timestep_spacing": "leading",
+}
+
+
+@dataclass(frozen=True)
+class DemoArch:
+    unet_channels: tuple[int, ...] = (32, 64, 64, 64)
+    unet_layers_per_block: int = 2
+    unet_heads: int = 8  # SD1's config calls this attention_head_dim; it is the number of heads
+    te_hidden: int = 64
+    te_layers: int = 3
+    te_heads: int = 4
+    te_intermediate: int = 256
+    vae_channels: tuple[int, ...] = (16, 32, 64, 64)
+    vae_layers_per_block: int = 1
+    latent_channels: int = 4
+    size: int = 64
+
+    def unet_config(self) -> dict:
+        n = len(self.unet_channels)
+        return {
+            "sample_size": self.size // 2 ** (len(self.vae_channels) - 1), "in_channels": self.latent_channels,
+            "out_channels": self.latent_channels, "layers_per_block": self.unet_layers_per_block,
+            "block_out_channels": list(self.unet_channels), "norm_num_groups": 32,
+            "down_block_types": ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
+            "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
+            "attention_head_dim": self.unet_heads, "cross_attention_dim": self.te_hidden,
+        }
+
+    def te_config(self) -> dict:
+        return {
+            "vocab_size": 49408, "hidden_size": self.te_hidden, "intermediate_size": self.te_intermediate,
+            "num_attention_heads": self.te_heads, "num_hidden_layers": self.te_layers,
+            "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": self.te_hidden,
+            "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
+        }
+
+    def vae_config(self, scaling_factor: float = 1.0) -> dict:
+        n = len(self.vae_channels)
+        return {
+            "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * n,
+            "up_block_types": ["UpDecoderBlock2D"] * n, "block_out_channels": list(self.vae_channels),
+            "layers_per_block": self.vae_layers_per_block, "latent_channels": self.latent_channels,
+            "norm_num_groups": 8, "sample_size": self.size, "scaling_factor": scaling_factor,
+        }
+
+
+@dataclass(frozen=True)
+class DemoTrainSettings:
+    seed: int = 1234
+    n_images: int = 8192
+    vae_steps: int = 3000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    unet_steps: int = 12000
+    unet_batch: int = 64
+    unet_lr: float = 5e-4
+    warmup: int = 200
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    min_snr_gamma: float = 5.0
+    threads: int = 0  # 0: torch's default
+
+
+def build_models(arch: DemoArch, seed: int):
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**arch.unet_config())
+        torch.manual_seed(seed + 1)
+        te = CLIPTextModel(CLIPTextConfig(**arch.te_config()))
+        torch.manual_seed(seed + 2)
+        vae = AutoencoderKL(**arch.vae_config())
+    return unet, te, vae
+
+
+def _images_tensor(seed: int, n: int, size: int):
+    """All training scenes as uint8 (N, 3, H, W) plus their captions (held-out pairs excluded)."""
+    import numpy as np
+    import torch
+
+    from lora_core.demo_data import BASE
+
+    arrays, captions = [], []
+    for image, caption, _ in BASE.items(seed, n, size):
+        arrays.append(np.asarray(image, dtype=np.uint8))
+        captions.append(caption)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), captions
+
+
+def _to_pixels(u8):
+    return u8.float() / 127.5 - 1.0
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def train_vae(vae, images, settings: DemoTrainSettings, generator, progress=True, timings=None):
+    import torch
+    import torch.nn.functional as F
+
+    vae.train()
+    opt = torch.optim.Adam(vae.parameters(), lr=settings.vae_lr)
+    bar = _bar(settings.vae_steps, "VAE", progress)
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(settings.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, settings.vae_steps, settings.vae_lr, settings.warmup)
+        idx = torch.randint(0, len(images), (settings.vae_batch,), generator=generator)
+        x = _to_pixels(images[idx])
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator)
+        recon = vae.decode(z).sample
+        kl = 0.5 * (dist.mean ** 2 + dist.var - 1 - dist.logvar).mean()
+        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    if bar is not None:
+        bar.close()
+    if timings is not None:
+        timings["vae_s_per_step"] = (time.perf_counter() - t0) / max(1, settings.vae_steps)
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+def encode_all(vae, images, batch: int = 256):
+    import torch
+
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            dist = vae.encode(_to_pixels(images[i:i + batch])).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_unet(unet, te, tokenizer, means, stds, captions, scaling: float, settings: DemoTrainSettings,
+               generator, progress=True, timings=None):
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(**{k: v for k, v in SD1_SCHEDULER.items()
+                             if k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps",
+                                      "prediction_type", "steps_offset")})
+    # tokenise every caption (and the empty one) once
+    uniq = sorted(set(captions)) + [""]
+    ids = tokenizer(uniq, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    caption_index = torch.tensor([uniq.index(c) for c in captions])
+    empty = len(uniq) - 1
+    params = list(unet.parameters()) + list(te.parameters())
+    unet.train()
+    te.train()
+    opt = torch.optim.AdamW(params, lr=settings.unet_lr, weight_decay=0.01)
+    ema = [p.detach().clone() for p in params]
+    snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+    bar = _bar(settings.unet_steps, "UNet+TE", progress)
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(settings.unet_steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, settings.unet_steps, settings.unet_lr, settings.warmup)
+        idx = torch.randint(0, len(means), (settings.unet_batch,), generator=generator)
+        x0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=generator)) * scaling
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=generator)
+        drop = torch.rand(x0.shape[0], generator=generator) < settings.caption_dropout
+        cap = torch.where(drop, torch.full_like(caption_index[idx], empty), caption_index[idx])
+        context = te(ids[cap])[0]
+        pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=context).sample
+        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        weight = torch.clamp(snr[t], max=settings.min_snr_gamma) / snr[t] if settings.min_snr_gamma else 1.0
+        loss = (per * weight).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(settings.ema_decay, (1 + step) / (10 + step))
+            for e, p in zip(ema, params):
+                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        losses.append(float(per.detach().mean()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    if bar is not None:
+        bar.close()
+    if timings is not None:
+        timings["unet_s_per_step"] = (time.perf_counter() - t0) / max(1, settings.unet_steps)
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    unet.eval().requires_grad_(False)
+    te.eval().requires_grad_(False)
+    return losses
+
+
+def write_configs(root: Path, arch: DemoArch, scaling: float) -> Path:
+    """diffusers configs in the layout `lora_core.app.checkpoints.load_checkpoint(config_root=root)`
+    reads (`root/sd15/<component>/...`)."""
+    from lora_core.app.clip_tokenizer import END_TOKEN
+
+    base = root / "sd15"
+    files = {
+        "unet/config.json": {"_class_name": "UNet2DConditionModel", **arch.unet_config()},
+        "vae/config.json": {"_class_name": "AutoencoderKL", **arch.vae_config(scaling)},
+        "text_encoder/config.json": {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
+                                     **arch.te_config()},
+        "tokenizer/tokenizer_config.json": {"model_max_length": 77, "pad_token": END_TOKEN},
+        "scheduler/scheduler_config.json": SD1_SCHEDULER,
+        "model_index.json": {"_class_name": "StableDiffusionPipeline"},
+    }
+    for rel, data in files.items():
+        path = base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    return root
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train_demo_model(out_dir, arch: DemoArch = DemoArch(), settings: DemoTrainSettings = DemoTrainSettings(),
+                     data_dir=None, progress: bool = True, name: str = "lora_core-demo") -> dict:
+    """Train and write `<out_dir>/<name>.safetensors`, `<out_dir>/configs/`, `<out_dir>/<name>.json`.
+    Returns the manifest."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lora_core.app.clip_tokenizer import load_clip_tokenizer
+    from lora_core.train.ldm_export import sd1_state_dict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    started = time.time()
+    timings: dict[str, float] = {}
+    tokenizer = load_clip_tokenizer(data_dir or out_dir / ".cache")
+    unet, te, vae = build_models(arch, settings.seed)
+    t = time.perf_counter()
+    images, captions = _images_tensor(settings.seed, settings.n_images, arch.size)
+    timings["render_s"] = time.perf_counter() - t
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        vae_losses = train_vae(vae, images, settings, generator, progress, timings)
+        t = time.perf_counter()
+        means, stds = encode_all(vae, images)
+        timings["encode_s"] = time.perf_counter() - t
+        latent_std = float(torch.sqrt((means ** 2).mean() + (stds ** 2).mean() - means.mean() ** 2))
+        scaling = 1.0 / max(latent_std, 1e-6)
+        vae.register_to_config(scaling_factor=scaling)
+        unet_losses = train_unet(unet, te, tokenizer, means, stds, captions, scaling, settings, generator,
+                                 progress, timings)
+
+    configs = {"unet": arch.unet_config(), "vae": arch.vae_config(scaling), "text_encoder": arch.te_config(),
+               "scheduler": SD1_SCHEDULER}
+    ckpt = out_dir / f"{name}.safetensors"
+    state = sd1_state_dict(unet, vae, te, dtype=torch.float16)
+    metadata = {
+        "lora_core_demo_model": "1",
+        "lora_core_demo_configs": json.dumps(configs, sort_keys=True),
+        "lora_core_demo_seed": str(settings.seed),
+        "modelspec.architecture": "stable-diffusion-v1",
+        "modelspec.title": name,
+        "modelspec.resolution": f"{arch.size}x{arch.size}",
+    }
+    tmp = ckpt.with_name(ckpt.name + f".{os.getpid()}.tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, ckpt)
+    write_configs(out_dir / "configs", arch, scaling)
+
+    def _mean(xs):
+        return sum(xs) / len(xs) if xs else None
+
+    manifest = {
+        "name": name,
+        "file": ckpt.name,
+        "sha256": sha256_file(ckpt),
+        "bytes": ckpt.stat().st_size,
+        "seed": settings.seed,
+        "vae_steps": settings.vae_steps,
+        "unet_steps": settings.unet_steps,
+        "settings": asdict(settings),
+        "arch": asdict(arch),
+        "configs": configs,
+        "vae_scaling_factor": scaling,
+        "loss": {"vae_first50": _mean(vae_losses[:50]), "vae_last50": _mean(vae_losses[-50:]),
+                 "unet_first200": _mean(unet_losses[:200]), "unet_last200": _mean(unet_losses[-200:])},
+        "timings": timings,
+        "torch": torch.__version__,
+        "started_at": started,
+        "seconds": time.time() - started,
+    }
+    (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    logger.info("wrote %s (%d bytes, sha256 %s)", ckpt, manifest["bytes"], manifest["sha256"][:12])
+    return manifest
+
+
+def demo_configs_from_metadata(metadata: dict[str, str]) -> dict | None:
+    """The diffusers configs embedded in a demo checkpoint's metadata (None for other files)."""
+    raw = metadata.get("lora_core_demo_configs")
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    return copy.deepcopy(data) if isinstance(data, dict) else None

@@ -1,0 +1,201 @@
+"""The LoRA training loop: frozen diffusers UNet / text encoder / VAE, trainable `LoRANetwork`,
+the standard diffusion loss (MSE against the noise, or the velocity for v-prediction models)
+on the checkpoint's own noise schedule. Deterministic for a seed on CPU: every random draw
+(LoRA init, shuffling, noise, timesteps, latent samples) comes from explicit generators.
+
+Ctrl-C (KeyboardInterrupt) ends training cleanly: the result says `interrupted` and holds the
+LoRA as trained so far, which the caller saves.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .dataset import TrainingSet, load_image_tensor
+from .network import LoRANetwork, NetworkSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    network: NetworkSpec = NetworkSpec()
+    lr: float = 1e-4
+    te_lr: float | None = None  # default: lr
+    steps: int | None = None  # exactly this many optimizer steps, or
+    epochs: int | None = None  # this many passes over images x repeats (default 10 when neither)
+    resolution: int = 64
+    batch_size: int = 1
+    seed: int = 0
+    dtype: str = "fp32"  # fp32 | bf16 (autocast for the frozen model; LoRA weights stay fp32)
+    max_grad_norm: float = 1.0
+    noise_offset: float = 0.0
+
+    def total_steps(self, dataset: TrainingSet) -> int:
+        per_epoch = math.ceil(dataset.num_train_images / self.batch_size)
+        if self.steps is not None:
+            return int(self.steps)
+        return per_epoch * int(self.epochs if self.epochs is not None else 10)
+
+
+@dataclass
+class TrainResult:
+    network: LoRANetwork
+    losses: list[float]
+    steps: int  # optimizer steps done
+    epochs: int  # epochs started
+    interrupted: bool
+    started_at: float
+    finished_at: float
+    prediction_type: str
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Components:
+    """The diffusers parts a training run needs (from lora_core.app.checkpoints.load_checkpoint)."""
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    tokenizer: object
+    scheduler: object  # any diffusers scheduler; its config gives the noise schedule
+
+    @classmethod
+    def from_dict(cls, parts: dict) -> "Components":
+        if parts.get("text_encoder_2") is not None:
+            raise ValueError("training LoRAs for SDXL is not supported yet (SD1/SD2 checkpoints only)")
+        return cls(parts["unet"], parts["text_encoder"], parts["vae"], parts["tokenizer"], parts["scheduler"])
+
+
+def training_scheduler(scheduler):
+    """A DDPM scheduler with the same betas / prediction type as the checkpoint's sampler."""
+    from diffusers import DDPMScheduler
+
+    cfg = dict(scheduler.config)
+    keep = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                "trained_betas", "prediction_type", "steps_offset", "timestep_spacing",
+                                "rescale_betas_zero_snr") if k in cfg}
+    return DDPMScheduler(**keep)
+
+
+class _LatentCache:
+    """Per image: the VAE's latent mean and std, computed once (the VAE is frozen); a fresh latent
+    sample is drawn from them at every step, as the VAE would."""
+
+    def __init__(self, vae, dataset: TrainingSet, resolution: int, dtype):
+        self.vae, self.dataset, self.resolution, self.dtype = vae, dataset, resolution, dtype
+        self.scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def sample(self, index: int, generator: torch.Generator) -> torch.Tensor:
+        if index not in self._cache:
+            pixels = load_image_tensor(self.dataset.items[index].image, self.resolution)[None]
+            with torch.no_grad(), _autocast(self.dtype):
+                dist = self.vae.encode(pixels).latent_dist
+            self._cache[index] = (dist.mean.float(), dist.std.float())
+        mean, std = self._cache[index]
+        noise = torch.randn(mean.shape, generator=generator)
+        return (mean + std * noise) * self.scaling
+
+
+def _autocast(dtype: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=(dtype == "bf16"))
+
+
+def encode_prompts(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids.to(next(text_encoder.parameters()).device))[0]
+
+
+def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
+               progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train a LoRA. on_step(step, loss) is called after each optimizer step (a KeyboardInterrupt
+    raised there, like Ctrl-C anywhere in the loop, stops training and keeps the result)."""
+    started = time.time()
+    unet, te, vae = parts.unet, parts.text_encoder, parts.vae
+    for m in (unet, te, vae):
+        m.requires_grad_(False)
+        m.eval()  # SD has no dropout; eval keeps any that a config adds off
+    noise_sched = training_scheduler(parts.scheduler)
+    prediction_type = noise_sched.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unsupported prediction type {prediction_type!r}")
+    network = LoRANetwork(unet, te, config.network, seed=config.seed).apply_to()
+    groups = [{"params": [p for m in network.unet_modules() for p in m.parameters()], "lr": config.lr}]
+    te_params = [p for m in network.te_modules() for p in m.parameters()]
+    if te_params:
+        groups.append({"params": te_params, "lr": config.te_lr if config.te_lr is not None else config.lr})
+    optimizer = torch.optim.AdamW(groups)
+    total = config.total_steps(dataset)
+    generator = torch.Generator("cpu").manual_seed(int(config.seed))
+    latents = _LatentCache(vae, dataset, config.resolution, config.dtype)
+    frozen_te_cache: dict[str, torch.Tensor] = {}
+    n_timesteps = int(noise_sched.config.num_train_timesteps)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
+    losses: list[float] = []
+    step = epoch = 0
+    interrupted = False
+    try:
+        while step < total:
+            order = dataset.epoch_order()
+            perm = torch.randperm(len(order), generator=generator).tolist()
+            order = [order[i] for i in perm]
+            epoch += 1
+            for start in range(0, len(order), config.batch_size):
+                if step >= total:
+                    break
+                batch = order[start:start + config.batch_size]
+                x0 = torch.cat([latents.sample(i, generator) for i in batch])
+                captions = [dataset.items[i].caption for i in batch]
+                noise = torch.randn(x0.shape, generator=generator)
+                if config.noise_offset:
+                    noise = noise + config.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1),
+                                                                      generator=generator)
+                t = torch.randint(0, n_timesteps, (x0.shape[0],), generator=generator)
+                noisy = noise_sched.add_noise(x0, noise, t)
+                target = noise if prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
+                with _autocast(config.dtype):
+                    if te_params:
+                        context = encode_prompts(parts.tokenizer, te, captions)
+                    else:
+                        missing = [c for c in captions if c not in frozen_te_cache]
+                        if missing:
+                            with torch.no_grad():
+                                enc = encode_prompts(parts.tokenizer, te, missing)
+                            frozen_te_cache.update({c: enc[j:j + 1].float() for j, c in enumerate(missing)})
+                        context = torch.cat([frozen_te_cache[c] for c in captions])
+                    pred = unet(noisy, t, encoder_hidden_states=context).sample
+                loss = F.mse_loss(pred.float(), target.float())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(network.parameters(), config.max_grad_norm)
+                optimizer.step()
+                step += 1
+                value = float(loss.detach())
+                losses.append(value)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}", epoch=epoch)
+                if on_step is not None:
+                    on_step(step, value)
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("training interrupted after %d of %d steps; keeping the LoRA trained so far", step, total)
+    finally:
+        if bar is not None:
+            bar.close()
+    return TrainResult(network, losses, step, epoch, interrupted, started, time.time(), prediction_type,
+                       extra={"total_steps": total})

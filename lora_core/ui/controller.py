@@ -1,0 +1,266 @@
+"""The LoRA tab's behaviour without gradio: queries, paging, details, favorites, sidecar edits.
+
+`lora_core.ui.tab` wires these methods to gradio events; the JSON routes in `lora_core.app.api`
+reuse them. Keeping them here lets tests drive the tab's logic with a real `Library` and no browser.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from lora_core.ui import render
+from lora_core.ui.entry_view import EntryView, preview_url_for, usable_in_tag, view_of
+
+log = logging.getLogger(__name__)
+
+# Sort choices shown in the tab -> the library's sort keys.
+SORTS = {"name": "name", "date": "date", "size": "size", "last used": "last_used"}
+ALL_FOLDERS = "(all folders)"
+CHECKPOINT_FAMILY = "(loaded checkpoint)"
+FAMILIES = [CHECKPOINT_FAMILY, "sd1", "sd2", "sdxl", "unknown"]
+# Sidecar keys the editor writes (A1111's `name.json` user-metadata keys).
+EDITABLE_KEYS = ["description", "activation text", "preferred weight", "negative text", "notes"]
+
+
+@dataclass
+class TabSettings:
+    """How a host configures the LoRA tab.
+
+    current_family: returns the loaded checkpoint's family ("sd1", "sd2", "sdxl") or None; read at
+        every query, so a checkpoint switch changes the default filter without rebuilding the tab.
+    api_prefix: where `lora_core.app.api.register_routes` mounted the JSON routes (thumbnails).
+    """
+
+    page_size: int = 48
+    current_family: Callable[[], str | None] = field(default=lambda: None)
+    api_prefix: str = "/lora_core/api"
+
+
+@dataclass
+class Query:
+    search: str = ""
+    sort: str = "name"
+    folder: str = ALL_FOLDERS
+    family: str = CHECKPOINT_FAMILY
+    show_all_families: bool = False
+    favorites_only: bool = False
+    page: int = 1
+
+
+@dataclass
+class QueryResult:
+    html: str
+    label: str
+    page: int
+    total: int
+    views: list[EntryView]
+
+
+class LoraTabController:
+    """Reads the library through `library_provider()` on every call (a host may swap libraries)."""
+
+    def __init__(self, library_provider: Callable[[], Any], settings: TabSettings | None = None):
+        self.library_provider = library_provider
+        self.settings = settings or TabSettings()
+
+    # -- library access, tolerant of a library that is missing or failing --------------------
+    def _library(self) -> Any:
+        return self.library_provider()
+
+    def _favorites(self, lib: Any) -> set[str]:
+        fav = getattr(lib, "favorites", None)
+        try:
+            value = fav() if callable(fav) else fav
+        except Exception:  # noqa: BLE001 - a broken favorites file must not break browsing
+            log.exception("reading favorites failed")
+            return set()
+        return {str(p) for p in (value or ())}
+
+    def _view(self, lib: Any, entry: Any, favorites: set[str], metadata: Mapping[str, Any] | None = None) -> EntryView:
+        path = str(getattr(entry, "path", "") or "")
+        mtime = getattr(entry, "mtime", 0) or 0
+        tag_name, ambiguous = resolve_tag_name(lib, entry)
+        has_preview = bool(getattr(entry, "preview", None)) or bool(
+            (getattr(entry, "summary", None) or {}).get("cover_images"))
+        return view_of(
+            entry,
+            favorites=favorites,
+            preview_url=preview_url_for(self.settings.api_prefix, path, float(mtime)) if path and has_preview else None,
+            metadata=metadata,
+            tag_name=tag_name,
+            ambiguous=ambiguous,
+        )
+
+    def resolve_family(self, q: Query) -> str | None:
+        if q.show_all_families:
+            return None
+        if q.family == CHECKPOINT_FAMILY:
+            try:
+                return self.settings.current_family() or None
+            except Exception:  # noqa: BLE001 - no model loaded yet: show everything
+                return None
+        return q.family or None
+
+    def folders(self) -> list[str]:
+        """Folder filter choices: "(all folders)" then every folder path ("" = the root is "all")."""
+        lib = self._library()
+        fn = getattr(lib, "folders", None)
+        try:
+            items = fn() if callable(fn) else (fn or [])
+        except Exception:  # noqa: BLE001
+            log.exception("listing folders failed")
+            items = []
+        names = {str(i[0] if isinstance(i, (tuple, list)) else i) for i in items}
+        return [ALL_FOLDERS] + sorted(n for n in names if n)
+
+    # -- queries -----------------------------------------------------------------------------
+    def query(self, q: Query) -> QueryResult:
+        size = max(1, int(self.settings.page_size))
+        page = max(1, int(q.page or 1))
+        family = self.resolve_family(q)
+        note = ""
+        if family:
+            note = f"Showing {family} LoRAs (the loaded checkpoint's family). Tick “show all families” to see every LoRA."
+        sort_key = SORTS.get(q.sort, "name")
+        folder = None if q.folder in (None, "", ALL_FOLDERS) else q.folder
+        try:
+            lib = self._library()
+            # The library counts pages from 0; the tab shows them from 1.
+            result = lib.search(q.search or "", page=page - 1, page_size=size, sort=sort_key, family=family,
+                                folder=folder, favorites_only=bool(q.favorites_only))
+            total = int(result.total)
+            pages = render.page_count(total, size)
+            if page > pages:
+                # The library shrank (rescan, stricter filter): jump to its last page.
+                page = pages
+                result = lib.search(q.search or "", page=page - 1, page_size=size, sort=sort_key, family=family,
+                                    folder=folder, favorites_only=bool(q.favorites_only))
+                total = int(result.total)
+            favorites = self._favorites(lib)
+            views = [self._view(lib, e, favorites) for e in result.items]
+        except Exception as exc:  # noqa: BLE001 - show the problem in the tab, keep the app alive
+            log.exception("LoRA search failed")
+            return QueryResult(
+                html=f'<div class="lora-core-error-text">Search failed: {render.esc(exc)}</div>',
+                label="", page=page, total=0, views=[],
+            )
+        return QueryResult(
+            html=render.render_grid(views, total, page, size, note),
+            label=render.page_label(total, page, size),
+            page=page, total=total, views=views,
+        )
+
+    # -- one entry ---------------------------------------------------------------------------
+    def _entry(self, lib: Any, key: str) -> Any:
+        try:
+            return lib.entry(key)
+        except LookupError:  # the library's NotFound: gone since the page was drawn
+            return None
+
+    def details(self, key: str) -> tuple[str, dict[str, Any]]:
+        """(details HTML, editor values) for the entry at path `key`."""
+        try:
+            lib = self._library()
+            entry = self._entry(lib, key)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("loading LoRA details failed")
+            return render.render_details(None, f"Cannot load details: {exc}"), _editor_values(None)
+        if entry is None:
+            return render.render_details(None, "This LoRA is no longer in the library."), _editor_values(None)
+        view = self._view(lib, entry, self._favorites(lib), metadata=full_metadata(getattr(entry, "path", "")))
+        return render.render_details(view), _editor_values(view)
+
+    def toggle_favorite(self, key: str) -> bool:
+        """Flip the favorite flag; returns the new state."""
+        lib = self._library()
+        entry = lib.entry(key)
+        now = not (bool(getattr(entry, "favorite", False)) or key in self._favorites(lib))
+        lib.set_favorite(key, now)
+        return now
+
+    def save_user_metadata(self, key: str, values: Mapping[str, Any]) -> str:
+        """Write the editable fields to the entry's `name.json` sidecar; returns a status line."""
+        data: dict[str, Any] = {}
+        for k in EDITABLE_KEYS:
+            v = values.get(k)
+            if k == "preferred weight":
+                try:
+                    data[k] = float(v) if v not in (None, "") else 0.0
+                except (TypeError, ValueError):
+                    return f"Preferred weight must be a number, got {v!r}."
+            else:
+                data[k] = "" if v is None else str(v)
+        try:
+            lib = self._library()
+            lib.write_user_metadata(key, data)
+        except Exception as exc:  # noqa: BLE001 - report unwritable sidecars in the UI
+            log.exception("saving user metadata failed")
+            return f"Could not save: {exc}"
+        return "Saved."
+
+    def refresh(self) -> str:
+        """Rescan the LoRA folders; returns a status line."""
+        try:
+            lib = self._library()
+            lib.scan()
+        except Exception as exc:  # noqa: BLE001
+            log.exception("LoRA rescan failed")
+            return f"Rescan failed: {exc}"
+        return "Library rescanned."
+
+
+def _editor_values(view: EntryView | None) -> dict[str, Any]:
+    if view is None:
+        return {k: ("" if k != "preferred weight" else 0.0) for k in EDITABLE_KEYS}
+    return {
+        "description": view.description,
+        # The sidecar's own text, not Civitai's trained words: saving must not copy those silently.
+        "activation text": view.activation_text,
+        "preferred weight": view.preferred_weight,
+        "negative text": view.negative_text,
+        "notes": view.notes,
+    }
+
+
+def resolve_tag_name(lib: Any, entry: Any) -> tuple[str, bool]:
+    """(the name a `<lora:...>` tag should use for `entry`, whether its plain name/alias is ambiguous).
+
+    Tries the alias, the file name, then `folder/name`, keeping the first one that the library's
+    own `find` (the resolver prompts go through) maps back to this very file.
+    """
+    name = str(getattr(entry, "name", "") or "")
+    alias = str(getattr(entry, "alias", "") or "")
+    rel = str(getattr(entry, "rel_name", "") or "").replace("\\", "/")
+    candidates = [c for c in (alias, name, rel if "/" in rel else "./" + rel if rel else "") if c and usable_in_tag(c)]
+    find = getattr(lib, "find", None)
+    if not candidates:  # every spelling contains "<", ">" or ":": no tag can name this file
+        return name, False
+    if not callable(find) or getattr(entry, "error", None):
+        return (candidates[0] if candidates else name), False
+    path = str(getattr(entry, "path", ""))
+    for i, cand in enumerate(dict.fromkeys(candidates)):
+        try:
+            hit = find(cand)
+        except LookupError:  # NotFound / AmbiguousName
+            continue
+        except Exception:  # noqa: BLE001 - resolver trouble: use the name, do not break the page
+            log.debug("resolving %r failed", cand, exc_info=True)
+            continue
+        if str(getattr(hit, "path", "")) == path:
+            return cand, i > 0
+    return (rel or name), True
+
+
+def full_metadata(path: str) -> dict[str, str]:
+    """The raw safetensors metadata of one file, for the details view ({} if not readable)."""
+    if not str(path).lower().endswith(".safetensors"):
+        return {}
+    try:
+        from lora_core.library import read_header
+
+        _header, metadata, _size = read_header(path)
+        return {str(k): str(v) for k, v in dict(metadata).items()}
+    except Exception as exc:  # noqa: BLE001 - a damaged header is shown as "no metadata"
+        log.info("cannot read metadata of %s: %s", path, exc)
+        return {}

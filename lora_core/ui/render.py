@@ -1,0 +1,191 @@
+"""HTML for the LoRA tab: the card grid and the details panel. Pure functions, no gradio.
+
+Every piece of text that reaches the page goes through `esc` (html.escape with quotes), in
+element text and in attribute values alike: names, aliases, paths, metadata keys and values,
+Civitai fields and trained words are all attacker-controlled (a downloaded LoRA picks them).
+Nothing here builds markup from an untrusted string any other way; CSS class names derived from
+data are reduced to [a-z0-9-] first.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import re
+from typing import Iterable, Sequence
+
+from lora_core.ui.entry_view import EntryView, format_weight
+
+# Metadata keys shown in their own sections (or too bulky to list raw).
+_HIDDEN_METADATA_KEYS = {"ss_tag_frequency", "ss_dataset_dirs", "ss_bucket_info", "modelspec.thumbnail"}
+
+
+def esc(value: object) -> str:
+    """Escape anything for HTML text or a double/single-quoted attribute value."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def css_token(value: str) -> str:
+    """A class-name-safe token derived from untrusted text ('SDXL 1.0' -> 'sdxl-1-0')."""
+    return re.sub(r"[^a-z0-9]+", "-", str(value).lower()).strip("-")[:40] or "unknown"
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _date(ts: float) -> str:
+    if not ts:
+        return ""
+    try:
+        return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, OSError, ValueError):
+        return ""
+
+
+def render_card(v: EntryView) -> str:
+    classes = ["lora-core-card"]
+    if v.error:
+        classes.append("lora-core-card-error")
+    if v.favorite:
+        classes.append("lora-core-card-fav")
+    attrs = [
+        f'class="{" ".join(classes)}"',
+        f'data-lora-key="{esc(v.key)}"',
+        f'data-lora-name="{esc(v.tag_name)}"',
+        f'title="{esc(v.key)}"',
+    ]
+    if not v.error:
+        # Error entries cannot be applied, so they carry no tag: clicking them does nothing.
+        attrs += [
+            'tabindex="0"',
+            'role="button"',
+            f'data-lora-tag="{esc(v.tag_text)}"',
+            f'data-lora-triggers="{esc(v.triggers)}"',
+        ]
+    if v.preview_url:
+        thumb = f'<img class="lora-core-thumb-img" loading="lazy" alt="" src="{esc(v.preview_url)}">'
+    else:
+        thumb = f'<div class="lora-core-thumb-empty">{esc(v.tag_name[:2].upper())}</div>'
+    badges = [f'<span class="lora-core-badge lora-core-family-{css_token(v.family)}">{esc(v.family)}</span>']
+    if v.algorithm:
+        badges.append(f'<span class="lora-core-badge lora-core-algo">{esc(v.algorithm)}</span>')
+    if v.ambiguous:
+        badges.append(
+            '<span class="lora-core-badge lora-core-ambiguous" '
+            'title="Another LoRA has the same name or alias; the tag may pick the wrong file">ambiguous</span>'
+        )
+    body = [f'<div class="lora-core-name">{esc(v.alias)}</div>']
+    if v.alias != v.name:
+        body.append(f'<div class="lora-core-filename">{esc(v.name)}</div>')
+    body.append(f'<div class="lora-core-badges">{"".join(badges)}</div>')
+    if v.triggers:
+        body.append(f'<div class="lora-core-triggers" title="trigger words">{esc(v.triggers)}</div>')
+    if v.error:
+        body.append(f'<div class="lora-core-error-text">{esc(v.error)}</div>')
+    fav_label = "Remove from favorites" if v.favorite else "Add to favorites"
+    actions = (
+        '<div class="lora-core-card-actions">'
+        f'<button type="button" class="lora-core-fav-btn" title="{fav_label}" aria-label="{fav_label}">'
+        f'{"★" if v.favorite else "☆"}</button>'
+        '<button type="button" class="lora-core-info-btn" title="Details" aria-label="Details">i</button>'
+        "</div>"
+    )
+    return (
+        f'<div {" ".join(attrs)}><div class="lora-core-thumb">{thumb}</div>{actions}'
+        f'<div class="lora-core-card-body">{"".join(body)}</div></div>'
+    )
+
+
+def render_grid(views: Sequence[EntryView], total: int, page: int, page_size: int, note: str = "") -> str:
+    """The card grid for one page of results (only this page's cards are ever built)."""
+    if not views:
+        empty = "No LoRAs match." if total == 0 else "No LoRAs on this page."
+        inner = f'<div class="lora-core-empty">{esc(empty)}</div>'
+    else:
+        inner = "".join(render_card(v) for v in views)
+    note_html = f'<div class="lora-core-note">{esc(note)}</div>' if note else ""
+    return (
+        f'<div class="lora-core-page" data-total="{int(total)}" data-page="{int(page)}">'
+        f'{note_html}<div class="lora-core-grid">{inner}</div></div>'
+    )
+
+
+def page_label(total: int, page: int, page_size: int) -> str:
+    pages = page_count(total, page_size)
+    if total == 0:
+        return "0 LoRAs"
+    first = (page - 1) * page_size + 1
+    last = min(total, page * page_size)
+    return f"{first:,}–{last:,} of {total:,} LoRAs · page {page:,}/{pages:,}"
+
+
+def page_count(total: int, page_size: int) -> int:
+    return max(1, -(-int(total) // max(1, int(page_size))))
+
+
+def _table(rows: Iterable[tuple[str, str]], css: str) -> str:
+    cells = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="{css}">{cells}</table>' if cells else ""
+
+
+def render_details(v: EntryView | None, message: str = "") -> str:
+    """Everything known about one LoRA. Training tags are chips JS can add to activation text."""
+    if v is None:
+        text = message or "Click the i button on a card to see all its details and edit its user metadata."
+        return f'<div class="lora-core-details lora-core-details-empty">{esc(text)}</div>'
+    parts = [f'<div class="lora-core-details" data-lora-key="{esc(v.key)}">']
+    parts.append(f'<h3 class="lora-core-details-title">{esc(v.alias)}</h3>')
+    if message:
+        parts.append(f'<div class="lora-core-note">{esc(message)}</div>')
+    if v.error:
+        parts.append(f'<div class="lora-core-error-text">Cannot be used: {esc(v.error)}</div>')
+    if v.ambiguous:
+        parts.append(
+            '<div class="lora-core-warning">Another LoRA answers to the same name or alias. '
+            f"Tags use <code>{esc(v.tag_name)}</code>; rename a file to make it unique.</div>"
+        )
+    facts = [
+        ("tag", v.tag_text if not v.error else ""),
+        ("name", v.name),
+        ("alias", v.alias),
+        ("path", v.key),
+        ("folder", v.folder),
+        ("family", v.family),
+        ("algorithm", v.algorithm),
+        ("size", human_size(v.size) if v.size else ""),
+        ("modified", _date(v.mtime)),
+        ("last used", _date(v.last_used)),
+        ("trigger words", v.triggers),
+        ("preferred weight", format_weight(v.preferred_weight)),
+    ]
+    parts.append(_table(((k, val) for k, val in facts if val), "lora-core-facts"))
+    if v.summary:
+        parts.append("<h4>Training summary</h4>" + _table(sorted(v.summary.items()), "lora-core-summary"))
+    if v.hashes:
+        parts.append("<h4>Hashes</h4>" + _table(sorted(v.hashes.items()), "lora-core-hashes"))
+    if v.civitai:
+        parts.append("<h4>Civitai</h4>" + _table(v.civitai.items(), "lora-core-civitai"))
+    if v.training_tags:
+        chips = "".join(
+            f'<button type="button" class="lora-core-train-tag" data-tag="{esc(tag)}" '
+            f'title="add to activation text">{esc(tag)} <small>{int(n)}</small></button>'
+            for tag, n in v.training_tags
+        )
+        parts.append(
+            "<h4>Top training tags</h4>"
+            '<div class="lora-core-hint">Click a tag to add it to the activation text below.</div>'
+            f'<div class="lora-core-train-tags">{chips}</div>'
+        )
+    shown = [(k, val) for k, val in sorted(v.metadata.items()) if k not in _HIDDEN_METADATA_KEYS]
+    if shown:
+        parts.append(
+            f"<details class=\"lora-core-metadata\"><summary>File metadata ({len(shown)} keys)</summary>"
+            f"{_table(shown, 'lora-core-metadata-table')}</details>"
+        )
+    parts.append("</div>")
+    return "".join(parts)

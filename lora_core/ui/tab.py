@@ -1,0 +1,222 @@
+"""The LoRA browsing tab as gradio components. Builds under gradio 3.41.2 (A1111) and 6.x.
+
+Hosts call one of:
+
+* `build_lora_tab(library_provider, settings) -> gr.Blocks`: a self-contained Blocks, for
+  A1111's `script_callbacks.on_ui_tabs` (return `[(build_lora_tab(...), "LoRA", "lora_core_tab")]`).
+* `create_lora_panel(library_provider, settings) -> LoraPanel`: the same components created inside
+  the caller's current Blocks/Tab context (the standalone app nests it in its own tab).
+
+`library_provider` is a zero-argument callable returning the `lora_core.library.Library` to browse;
+it is called on every event, so a host may replace the library (e.g. after changing folders).
+`settings` is a `TabSettings` (page size, a callable giving the loaded checkpoint's family for the
+default family filter, and the URL prefix where `lora_core.app.api.register_routes` put the JSON
+routes that serve thumbnails). The page also needs `javascript/lora_core.js` (A1111 injects it;
+the standalone adds it to the page head) and `style.css` (A1111 loads it; the standalone passes it
+as css): the JS inserts tags into the prompt on card clicks and relays the card's ☆/ⓘ buttons to
+the hidden bridge components below.
+
+Only APIs shared by gradio 3.41 and 6.x are used; version differences live in `lora_core.ui.compat`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from lora_core.ui import compat
+from lora_core.ui.controller import (
+    ALL_FOLDERS,
+    CHECKPOINT_FAMILY,
+    EDITABLE_KEYS,
+    FAMILIES,
+    SORTS,
+    LoraTabController,
+    Query,
+    TabSettings,
+)
+from lora_core.ui import render
+
+log = logging.getLogger(__name__)
+
+# Element ids the JS relies on (javascript/lora_core.js); keep both in sync.
+ELEM_GRID = "lora_core_grid"
+ELEM_ACTION = "lora_core_action"
+ELEM_ACTION_BUTTON = "lora_core_action_btn"
+ELEM_ACTIVATION = "lora_core_edit_activation"
+
+
+@dataclass
+class LoraPanel:
+    """Handles to the tab's components, for hosts that want to hook more events."""
+
+    controller: LoraTabController
+    search: Any
+    grid: Any
+    details: Any
+    page: Any
+    page_label: Any
+    refresh_button: Any
+    query_inputs: list
+    load_fn: Callable[..., Any]
+    load_outputs: list
+
+    def attach_load(self, blocks: Any) -> None:
+        """Re-run the query whenever the page loads, so a reload shows the current library.
+        Call it inside the `with blocks:` context."""
+        blocks.load(self.load_fn, inputs=self.query_inputs, outputs=self.load_outputs)
+
+
+def build_lora_tab(library_provider: Callable[[], Any], settings: TabSettings | None = None) -> Any:
+    """A gr.Blocks holding the whole LoRA tab (for A1111's on_ui_tabs). See the module docstring."""
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False) as tab:
+        panel = create_lora_panel(library_provider, settings)
+        try:
+            panel.attach_load(tab)
+        except Exception:  # noqa: BLE001 - a host whose Blocks cannot take load events still works
+            log.warning("could not attach a load event to the LoRA tab", exc_info=True)
+    return tab
+
+
+def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings | None = None) -> LoraPanel:
+    """Create the tab's components in the current gradio context and wire their events."""
+    import gradio as gr
+
+    ctl = LoraTabController(library_provider, settings)
+    hidden = compat.hidden_classes()
+    first = ctl.query(Query())
+    try:
+        folder_choices = ctl.folders()
+    except Exception:  # noqa: BLE001 - library not ready at build time: the refresh fills it
+        folder_choices = [ALL_FOLDERS]
+
+    with gr.Column(elem_id="lora_core_panel", elem_classes=["lora-core-panel"]):
+        with gr.Row():
+            search = gr.Textbox(
+                label="Search", placeholder="name, alias, path, trigger words, training tags",
+                elem_id="lora_core_search", scale=4,
+            )
+            search_btn = gr.Button("Search", elem_id="lora_core_search_btn", scale=1, size="sm", variant="primary")
+            refresh_btn = gr.Button("Rescan folders", elem_id="lora_core_refresh", scale=1, size="sm")
+        with gr.Row():
+            sort = gr.Dropdown(choices=SORTS, value="name", label="Sort by", elem_id="lora_core_sort")
+            folder = gr.Dropdown(choices=folder_choices, value=ALL_FOLDERS, label="Folder", elem_id="lora_core_folder")
+            family = gr.Dropdown(choices=FAMILIES, value=CHECKPOINT_FAMILY, label="Family", elem_id="lora_core_family")
+            show_all = gr.Checkbox(value=False, label="Show all families", elem_id="lora_core_show_all")
+            favorites_only = gr.Checkbox(value=False, label="Favorites only", elem_id="lora_core_favorites_only")
+        with gr.Row():
+            prev_btn = gr.Button("◀ Prev", elem_id="lora_core_prev", scale=1, size="sm")
+            page = gr.Number(value=1, precision=0, label="Page", elem_id="lora_core_page", scale=1, min_width=80)
+            next_btn = gr.Button("Next ▶", elem_id="lora_core_next", scale=1, size="sm")
+            page_label = gr.HTML(value=_label_html(first.label), elem_id="lora_core_page_label")
+        with gr.Row():
+            with gr.Column(scale=3):
+                grid = gr.HTML(value=first.html, elem_id=ELEM_GRID)
+            with gr.Column(scale=2, elem_id="lora_core_details_column"):
+                details = gr.HTML(value=render.render_details(None), elem_id="lora_core_details")
+                ed_description = gr.Textbox(label="Description", lines=2, elem_id="lora_core_edit_description")
+                ed_activation = gr.Textbox(label="Activation text (trigger words)", lines=2, elem_id=ELEM_ACTIVATION)
+                ed_weight = gr.Slider(minimum=0.0, maximum=2.0, step=0.05, value=1.0,
+                                      label="Preferred weight", elem_id="lora_core_edit_weight")
+                ed_negative = gr.Textbox(label="Negative text", lines=1, elem_id="lora_core_edit_negative")
+                ed_notes = gr.Textbox(label="Notes", lines=2, elem_id="lora_core_edit_notes")
+                save_btn = gr.Button("Save user metadata", elem_id="lora_core_save", size="sm", variant="primary")
+                status = gr.HTML(value="", elem_id="lora_core_status")
+        # Bridge for the card buttons: JS writes {"action", "key"} JSON and clicks the button.
+        action = gr.Textbox(value="", elem_id=ELEM_ACTION, elem_classes=hidden, show_label=False)
+        action_btn = gr.Button("action", elem_id=ELEM_ACTION_BUTTON, elem_classes=hidden)
+        selected = gr.State("")
+
+    query_inputs = [search, sort, folder, family, show_all, favorites_only, page]
+    editor = [ed_description, ed_activation, ed_weight, ed_negative, ed_notes]
+
+    def _run(search_v, sort_v, folder_v, family_v, show_all_v, fav_v, page_v):
+        result = ctl.query(Query(
+            search=search_v or "", sort=sort_v or "name", folder=folder_v or ALL_FOLDERS,
+            family=family_v or CHECKPOINT_FAMILY, show_all_families=bool(show_all_v),
+            favorites_only=bool(fav_v), page=_int(page_v),
+        ))
+        return result.html, _label_html(result.label), result.page
+
+    grid_outputs = [grid, page_label, page]
+
+    def on_filter(*values):  # a new search/filter starts at page 1
+        return _run(*values[:-1], 1)
+
+    def on_prev(*values):
+        return _run(*values[:-1], max(1, _int(values[-1]) - 1))
+
+    def on_next(*values):
+        return _run(*values[:-1], _int(values[-1]) + 1)
+
+    def on_refresh(*values):
+        message = ctl.refresh()
+        html, label, page_v = _run(*values)
+        return html, label, page_v, compat.update(gr, choices=ctl.folders()), _status_html(message)
+
+    def on_action(raw, *values):
+        try:
+            msg = json.loads(raw or "{}")
+            kind, key = str(msg.get("action", "")), str(msg.get("key", ""))
+        except (ValueError, AttributeError):
+            kind, key = "", ""
+        status_text = ""
+        if kind == "fav" and key:
+            try:
+                now = ctl.toggle_favorite(key)
+                status_text = "Added to favorites." if now else "Removed from favorites."
+            except Exception as exc:  # noqa: BLE001
+                log.exception("toggling favorite failed")
+                status_text = f"Could not change favorites: {exc}"
+        html, label, page_v = _run(*values)
+        if kind in ("details", "fav") and key:
+            details_html, fields = ctl.details(key)
+            editor_values = [fields[k] for k in EDITABLE_KEYS]
+            return [html, label, page_v, details_html, *editor_values, key, _status_html(status_text)]
+        return [html, label, page_v, compat.update(gr), *[compat.update(gr) for _ in editor],
+                compat.update(gr), _status_html(status_text)]
+
+    def on_save(key, desc, act, weight, neg, notes, *values):
+        if not key:
+            return [*_run(*values), compat.update(gr), _status_html("Select a LoRA first (the i button on a card).")]
+        message = ctl.save_user_metadata(key, dict(zip(EDITABLE_KEYS, [desc, act, weight, neg, notes])))
+        details_html, _ = ctl.details(key)
+        return [*_run(*values), details_html, _status_html(message)]
+
+    for trigger in (search.submit, search_btn.click, sort.change, folder.change, family.change,
+                    show_all.change, favorites_only.change):
+        trigger(on_filter, inputs=query_inputs, outputs=grid_outputs)
+    page.submit(_run, inputs=query_inputs, outputs=grid_outputs)
+    prev_btn.click(on_prev, inputs=query_inputs, outputs=grid_outputs)
+    next_btn.click(on_next, inputs=query_inputs, outputs=grid_outputs)
+    refresh_btn.click(on_refresh, inputs=query_inputs, outputs=[*grid_outputs, folder, status])
+    action_btn.click(on_action, inputs=[action, *query_inputs],
+                     outputs=[*grid_outputs, details, *editor, selected, status])
+    save_btn.click(on_save, inputs=[selected, *editor, *query_inputs], outputs=[*grid_outputs, details, status])
+
+    def on_load(*values):
+        return [*_run(*values), compat.update(gr, choices=ctl.folders())]
+
+    return LoraPanel(
+        controller=ctl, search=search, grid=grid, details=details, page=page, page_label=page_label,
+        refresh_button=refresh_btn, query_inputs=query_inputs, load_fn=on_load,
+        load_outputs=[*grid_outputs, folder],
+    )
+
+
+def _int(v: Any) -> int:
+    try:
+        return max(1, int(float(v)))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _label_html(text: str) -> str:
+    return f'<div class="lora-core-page-label">{render.esc(text)}</div>'
+
+
+def _status_html(text: str) -> str:
+    return f'<div class="lora-core-status">{render.esc(text)}</div>' if text else ""

@@ -1,0 +1,42 @@
+"""Stand-in for the extra-network part of `modules.processing.process_images`.
+
+For each batch the webui parses the batch's prompts, calls `extra_networks.activate(p, data)`,
+samples, and after all batches calls `extra_networks.deactivate(p, data)` once.
+"""
+from modules import extra_networks
+
+
+class StableDiffusionProcessing:
+    def __init__(self, prompt="", negative_prompt="", n_iter=1, batch_size=1):
+        self.prompt = prompt
+        self.negative_prompt = negative_prompt
+        self.n_iter = n_iter
+        self.batch_size = batch_size
+        self.all_prompts = [prompt] * (n_iter * batch_size)
+        self.all_negative_prompts = [negative_prompt] * (n_iter * batch_size)
+        self.extra_generation_params = {}
+        self.extra_network_data = None
+        self.disable_extra_networks = False
+        self.iteration = 0
+        self.prompts = []
+        self.scripts = None
+        self.comments = {}
+
+    def comment(self, text):
+        self.comments[text] = 1
+
+
+def process_images(p, sample=lambda p: None):
+    """Runs the batches; `sample(p)` stands for the sampler (it sees the patched model). Returns
+    the list of `sample` results."""
+    results = []
+    for n in range(p.n_iter):
+        p.iteration = n
+        batch = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+        p.prompts, p.extra_network_data = extra_networks.parse_prompts(batch)
+        if not p.disable_extra_networks:
+            extra_networks.activate(p, p.extra_network_data)
+        results.append(sample(p))
+    if not p.disable_extra_networks and p.extra_network_data:
+        extra_networks.deactivate(p, p.extra_network_data)
+    return results

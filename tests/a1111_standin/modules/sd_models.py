@@ -1,0 +1,84 @@
+"""Stand-in for `modules.sd_models`: checkpoint loading as the webui does it.
+
+`load_model` builds a new model object and loads weights into it; `reload_model_weights` loads a
+checkpoint of the same architecture *into the existing model in place* (same object, same
+parameter tensors) and only builds a new one when the architecture differs. Both end with the
+`model_loaded` callbacks. Tests supply model builders per architecture (`model_builders`) and
+checkpoints (`CheckpointInfo` with a state-dict factory). No torch at import time.
+"""
+from modules import script_callbacks, shared
+
+model_builders = {}   # "sd1" | "sd2" | "sdxl" -> callable() returning a torch module with LDM names
+checkpoints_list = {}  # title -> CheckpointInfo
+
+
+class CheckpointInfo:
+    def __init__(self, title, state_dict_fn, arch="sd1"):
+        self.title = title
+        self.name = title
+        self.state_dict_fn = state_dict_fn
+        self.arch = arch
+        checkpoints_list[title] = self
+
+
+class ModelData:
+    def __init__(self):
+        self.sd_model = None
+        self.loaded_sd_models = []
+
+    def get_sd_model(self):
+        return self.sd_model
+
+    def set_sd_model(self, v):
+        self.sd_model = v
+        shared.sd_model = v
+        if v is not None and v not in self.loaded_sd_models:
+            self.loaded_sd_models.insert(0, v)
+
+
+model_data = ModelData()
+
+
+def _flags(model, arch):
+    model.is_sd1 = arch == "sd1"
+    model.is_sd2 = arch == "sd2"
+    model.is_sdxl = arch == "sdxl"
+
+
+def load_model(checkpoint_info=None, already_loaded_state_dict=None):
+    info = checkpoint_info or next(iter(checkpoints_list.values()))
+    model = model_builders[info.arch]()
+    model.load_state_dict(already_loaded_state_dict or info.state_dict_fn())
+    model.sd_checkpoint_info = info
+    _flags(model, info.arch)
+    model_data.set_sd_model(model)
+    script_callbacks.model_loaded_callback(model)
+    return model
+
+
+def reload_model_weights(sd_model=None, info=None, forced_reload=False):
+    sd_model = sd_model or model_data.sd_model
+    if sd_model is None or info.arch != sd_model.sd_checkpoint_info.arch:
+        return load_model(info)
+    if sd_model.sd_checkpoint_info is info and not forced_reload:
+        return sd_model
+    sd_model.load_state_dict(info.state_dict_fn())  # copies into the live parameters
+    sd_model.sd_checkpoint_info = info
+    script_callbacks.model_loaded_callback(sd_model)
+    return sd_model
+
+
+def unload_model_weights(sd_model=None, info=None):
+    sd_model = sd_model or model_data.sd_model
+    if sd_model is not None and sd_model in model_data.loaded_sd_models:
+        model_data.loaded_sd_models.remove(sd_model)
+    if model_data.sd_model is sd_model:
+        model_data.set_sd_model(None)
+    return sd_model
+
+
+def reset():
+    model_builders.clear()
+    checkpoints_list.clear()
+    model_data.sd_model = None
+    model_data.loaded_sd_models.clear()

@@ -1,0 +1,202 @@
+"""lora_core loaded into the A1111 stand-in like the webui loads extensions: registration,
+replacing the built-in Lora extension, settings, cards page, routes, install.py and preload.py.
+No torch needed (no model is loaded here; see test_a1111_generation.py)."""
+import logging
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "a1111_standin"))
+import webui_harness  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lora_file(path: Path, metadata=None):
+    """A minimal valid safetensors LoRA (one kohya module) without torch."""
+    import json
+    import struct
+
+    header = {
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": {"dtype": "F32", "shape": [1, 2], "data_offsets": [0, 8]},
+        "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": {"dtype": "F32", "shape": [2, 1], "data_offsets": [8, 16]},
+        "__metadata__": dict(metadata or {"ss_base_model_version": "sd_v1"}),
+    }
+    raw = json.dumps(header).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(range(16)))
+    return path
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "models" / "Lora").mkdir(parents=True)
+    return tmp_path
+
+
+def _ours(w):
+    return w.m.extra_networks.extra_network_registry["lora"]
+
+
+def test_loads_and_registers_lora_and_lyco_without_builtin(root):
+    w = webui_harness.launch(root)
+    assert w.m.errors.recorded == []
+    assert w.host is not None
+    net = _ours(w)
+    assert type(net).__name__ == "LoraCoreNetwork" and net.host is w.host
+    assert w.m.extra_networks.extra_network_aliases["lyco"] is net
+    pages = [p for p in w.m.ui_extra_networks.extra_pages if p.name == "lora"]
+    assert len(pages) == 1 and type(pages[0]).__name__ == "LoraCorePage"
+    # preload gave the built-in's options, defaulting under the webui's models folder
+    assert Path(w.m.shared.cmd_opts.lora_dir) == root / "models" / "Lora"
+    assert w.m.shared.cmd_opts.lyco_dir_backcompat.endswith("LyCORIS")
+
+
+def test_replaces_builtin_lora_handler_page_routes_and_logs_it(root, caplog):
+    from fastapi.testclient import TestClient
+
+    _lora_file(root / "models" / "Lora" / "mine.safetensors")
+    with caplog.at_level(logging.INFO, logger="lora_core"):
+        w = webui_harness.launch(root, builtin=True)
+    assert w.m.errors.recorded == []  # no argparse conflict over --lora-dir, no callback errors
+    builtin = w.scripts["lora_script.py"]
+    net = _ours(w)
+    assert type(net).__name__ == "LoraCoreNetwork"
+    assert w.m.extra_networks.extra_network_aliases["lyco"] is net
+    assert [type(p).__name__ for p in w.m.ui_extra_networks.extra_pages if p.name == "lora"] == ["LoraCorePage"]
+    assert any("replacing the <lora:...> handler" in r.getMessage() for r in caplog.records)
+
+    # A generation without a model: the built-in is never called, ours is (and does nothing).
+    p = w.m.processing.StableDiffusionProcessing("a cat <lora:mine:0.5> <lyco:mine:0.2>")
+    w.m.processing.process_images(p)
+    assert [c for c in builtin.calls if c[0] in ("activate", "deactivate")] == []
+
+    client = TestClient(w.app)
+    listed = client.get("/sdapi/v1/loras").json()
+    assert [x["name"] for x in listed] == ["mine"]
+    assert set(listed[0]) >= {"name", "alias", "path", "metadata"}
+    assert Path(listed[0]["path"]) == root / "models" / "Lora" / "mine.safetensors"
+    _lora_file(root / "models" / "Lora" / "sub" / "second.safetensors")
+    assert client.post("/sdapi/v1/refresh-loras").status_code == 200
+    assert sorted(x["name"] for x in client.get("/sdapi/v1/loras").json()) == ["mine", "second"]
+
+
+def test_builtin_registering_late_still_loses(root):
+    """Whatever order before_ui callbacks run in, app start leaves lora_core registered."""
+    w = webui_harness.launch(root, builtin=True)
+    builtin = w.scripts["lora_script.py"]
+    builtin.before_ui()  # the built-in registers once more, after us
+    assert type(_ours(w)).__name__ == "FakeBuiltinLora"
+    from fastapi import FastAPI
+
+    w.m.script_callbacks.app_started_callback(None, FastAPI())
+    assert type(_ours(w)).__name__ == "LoraCoreNetwork"
+
+
+def test_settings_registered_in_own_section_with_defaults(root):
+    w = webui_harness.launch(root)
+    w.m.script_callbacks.ui_settings_callback()
+    labels = w.m.shared.opts.data_labels
+    keys = [k for k in labels if k.startswith("lora_core_")]
+    assert {"lora_core_default_multiplier", "lora_core_cache_count", "lora_core_cache_mb",
+            "lora_core_show_all_families", "lora_core_add_hashes_to_infotext", "lora_core_keep_applied"} <= set(keys)
+    assert {labels[k].section for k in keys} == {("lora_core", "LoRA (lora_core)")}
+    assert w.m.shared.opts.lora_core_cache_count == 8
+    w.m.shared.opts.lora_core_cache_count = "3"  # config.json values may come as text
+    assert w.host.settings.get("lora_core_cache_count") == 3
+    w.m.shared.opts.lora_core_cache_mb = "junk"
+    assert w.host.settings.cache_limits() == (3, 2048)
+
+
+def test_cards_page_items_have_the_webui_fields_and_filter_by_family(root):
+    lora_dir = root / "models" / "Lora"
+    _lora_file(lora_dir / "one.safetensors")
+    _lora_file(lora_dir / "xl.safetensors", {"ss_base_model_version": "sdxl_base_v1-0"})
+    (lora_dir / "one.json").write_text('{"activation text": "blue \\"hat\\"", "preferred weight": 0.6}')
+    w = webui_harness.launch(root)
+    page = next(p for p in w.m.ui_extra_networks.extra_pages if p.name == "lora")
+
+    class Model:  # the flags A1111 puts on shared.sd_model
+        is_sd1, is_sd2, is_sdxl = True, False, False
+
+    w.m.shared.sd_model = Model()
+    html = page.populate("txt2img")
+    assert set(page.items) == {"one"}  # the SDXL LoRA is hidden on an SD1 model
+    item = page.items["one"]
+    assert item["sd_version"] == "SD1"
+    assert item["prompt"] == '"<lora:one:0.6>" + " blue \\"hat\\""'
+    assert "one" in html
+    w.m.shared.opts.lora_core_show_all_families = True
+    page.populate("txt2img")
+    assert set(page.items) == {"one", "xl"}
+    assert page.items["xl"]["prompt"] == '"<lora:xl:1>"'
+
+
+def test_card_text_is_escaped(root):
+    _lora_file(root / "models" / "Lora" / "evil.safetensors")
+    (root / "models" / "Lora" / "evil.json").write_text('{"description": "<img src=x onerror=alert(1)>"}')
+    w = webui_harness.launch(root)
+    page = next(p for p in w.m.ui_extra_networks.extra_pages if p.name == "lora")
+    html = page.populate("txt2img")
+    assert "<img src=x" not in html and "&lt;img src=x" in html
+
+
+def test_install_py_installs_only_what_is_missing(monkeypatch):
+    webui_harness.fresh_modules()
+    import launch
+
+    monkeypatch.setattr(launch, "is_installed", lambda name: name != "safetensors")
+    runpy.run_path(str(REPO / "install.py"))
+    assert [cmd for cmd, _ in launch.pip_commands] == ["install safetensors>=0.4"]
+    assert not any("torch" in cmd for cmd, _ in launch.pip_commands)
+
+
+def test_preload_adds_options_once(root):
+    import argparse
+
+    webui_harness.fresh_modules()
+    parser = argparse.ArgumentParser()
+    module = runpy.run_path(str(REPO / "preload.py"))
+    module["preload"](parser)
+    module["preload"](parser)  # a second definition would make argparse raise
+    args = parser.parse_args(["--lora-dir", "/x", "--lyco-dir", "/y", "--lora-core-data-dir", "/z"])
+    assert (args.lora_dir, args.lyco_dir_backcompat, args.lora_core_data_dir) == ("/x", "/y", "/z")
+
+
+def test_script_unload_unwraps_sd_models(root):
+    w = webui_harness.launch(root)
+    sd_models = w.m.sd_models
+    assert hasattr(sd_models.reload_model_weights, "__lora_core_guarded__")
+    w.m.script_callbacks.script_unloaded_callback()
+    for name in ("reload_model_weights", "load_model", "unload_model_weights"):
+        assert not hasattr(getattr(sd_models, name), "__lora_core_guarded__")
+
+
+def test_adapter_and_script_import_without_torch():
+    import subprocess
+
+    code = (
+        "import sys; sys.path.insert(0, 'tests/a1111_standin')\n"
+        "import webui_harness, tempfile\n"
+        "w = webui_harness.launch(tempfile.mkdtemp())\n"
+        "assert w.host is not None and not w.m.errors.recorded, w.m.errors.recorded\n"
+        "import lora_core.a1111.page, lora_core.a1111.settings, lora_core.a1111.infotext\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "print('TORCH' if bad else 'CLEAN')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("CLEAN")
+
+
+def test_tab_and_settings_build_with_the_installed_gradio(root):
+    import gradio as gr
+
+    _lora_file(root / "models" / "Lora" / "one.safetensors")
+    w = webui_harness.launch(root, builtin=True, build_ui=True)
+    assert w.m.errors.recorded == []
+    assert [(label, elem_id) for _, label, elem_id in w.tabs] == [("LoRA", "lora_core_tab")]
+    assert isinstance(w.tabs[0][0], gr.Blocks)
+    assert "lora_core_cache_mb" in w.m.shared.opts.data_labels

@@ -1,0 +1,215 @@
+"""The standalone web UI in a real browser (Playwright + Debian chromium, headless).
+
+One `python -m lora_core serve` subprocess (demo model, its demo LoRAs, plus a LoRA whose name and
+metadata carry XSS payloads) serves every test here. The flow test clicks a LoRA card into the
+prompt, generates, and checks pixels: the LoRA changes the image and removing the tag gives the
+original image back bit for bit. Screenshots of both tabs go to docs/screenshots/.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lora_core.tags import parse_prompt
+from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, Server, wait_for_chromium
+from tests.ui.library_fixture import XSS_IMG, XSS_SCRIPT, hostile_lora
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+PROMPT = "#txt2img_prompt textarea"
+STEPS = 6  # the demo model is tiny; a few steps keep each image well under a second of sampling
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    models = base / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    hostile_lora(models / "Lora" / "evil")
+    srv = Server(models, base / "data", base / "server.log")
+    try:
+        srv.wait_ready(timeout=900)
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert wait_for_chromium(), f"{CHROMIUM} is not installed (apt-get install chromium)"
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.goto(server.url + "/", wait_until="load")
+    pg.wait_for_function("window.__loraCoreLoaded === true")
+    yield pg
+    context.close()
+
+
+def _open_tab(pg, name):
+    pg.get_by_role("tab", name=name, exact=True).click()
+
+
+def _search(pg, text, show_all=False):
+    _open_tab(pg, "LoRA")
+    if show_all:
+        box = pg.locator("#lora_core_show_all input[type=checkbox]")
+        if not box.is_checked():
+            box.check()
+    field = pg.locator("#lora_core_search textarea, #lora_core_search input").first
+    field.fill(text)
+    field.press("Enter")
+    pg.wait_for_function(
+        "t => { const c = document.querySelectorAll('#lora_core_grid .lora-core-card');"
+        " return c.length > 0 && [...c].every(e => (e.getAttribute('data-lora-key') || '').toLowerCase().includes(t)); }",
+        arg=text.lower(), timeout=30_000,
+    )
+
+
+def _set_number(pg, elem_id, value):
+    field = pg.locator(f"#{elem_id} input[type=number]").first
+    field.fill(str(value))
+    field.press("Tab")
+
+
+def _generate(pg):
+    """Click Generate, wait for this run's status line, return the first image's pixels."""
+    before = pg.evaluate("() => { const m = document.querySelector('#txt2img_messages [data-run]');"
+                         " return m ? m.getAttribute('data-run') : null; }")
+    pg.locator("#txt2img_generate").click()
+    pg.wait_for_function(
+        "b => { const m = document.querySelector('#txt2img_messages [data-run]');"
+        " return m && m.getAttribute('data-run') !== b; }",
+        arg=before, timeout=180_000,
+    )
+    img = pg.locator("#txt2img_gallery img").first
+    img.wait_for(timeout=30_000)
+    src = img.get_attribute("src")
+    response = pg.request.get(src if src.startswith("http") else pg.url.rstrip("/") + "/" + src.lstrip("/"))
+    assert response.ok, src
+    with Image.open(io.BytesIO(response.body())) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def test_click_card_generate_and_restore(page, server):
+    pg = page
+    _open_tab(pg, "txt2img")
+    banner = pg.locator("#lora_core_banner")
+    assert "Demo model loaded" in banner.inner_text() and "Stable-diffusion" in banner.inner_text()
+    pg.locator(PROMPT).fill("a red apple")
+    pg.locator(PROMPT).focus()
+    _set_number(pg, "txt2img_seed", 1234)
+    _set_number(pg, "txt2img_steps", STEPS)
+    plain = _generate(pg)
+
+    _search(pg, "demo_warm")
+    card = pg.locator('#lora_core_grid .lora-core-card[data-lora-name="demo_warm"]')
+    tag = card.get_attribute("data-lora-tag")
+    assert tag.startswith("<lora:demo_warm:")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    _search(pg, "demo")
+    card.locator(".lora-core-info-btn").click()  # details panel of the card, for the screenshot too
+    pg.locator("#lora_core_details .lora-core-details-title", has_text="demo_warm").wait_for(timeout=30_000)
+    assert "warm light" in pg.locator("#lora_core_edit_activation textarea").input_value()
+    pg.screenshot(path=str(SCREENSHOTS / "lora_tab.png"), full_page=True)
+    card.click()
+    _open_tab(pg, "txt2img")
+    prompt = pg.locator(PROMPT).input_value()
+    assert tag in prompt and prompt.startswith("a red apple")
+    with_lora = _generate(pg)
+    assert with_lora.shape == plain.shape
+    assert np.abs(with_lora.astype(int) - plain.astype(int)).mean() > 1.0, "the LoRA changed nothing"
+    pg.screenshot(path=str(SCREENSHOTS / "txt2img.png"), full_page=True)
+    # the trigger words alone (no tag) do not give that image: the LoRA's weights did it
+    triggers = card.get_attribute("data-lora-triggers")
+    pg.locator(PROMPT).fill(parse_prompt(prompt).clean_text)  # exactly the text the model sees
+    assert triggers in pg.locator(PROMPT).input_value() and "<lora:" not in pg.locator(PROMPT).input_value()
+    words_only = _generate(pg)
+    assert np.abs(with_lora.astype(int) - words_only.astype(int)).mean() > 1.0, "the LoRA had no effect"
+    pg.locator(PROMPT).fill(prompt)
+
+    _open_tab(pg, "LoRA")
+    card.click()  # second click removes the tag and its trigger words
+    _open_tab(pg, "txt2img")
+    assert pg.locator(PROMPT).input_value() == "a red apple"
+    restored = _generate(pg)
+    assert np.array_equal(restored, plain), "removing the LoRA did not restore the original image"
+    assert not pg.errors, pg.errors
+
+
+def test_autocomplete_inserts_preferred_weight(page):
+    pg = page
+    _open_tab(pg, "txt2img")
+    box = pg.locator(PROMPT)
+    box.fill("")
+    box.click()
+    box.press_sequentially("a cat <lora:demo_co", delay=30)
+    item = pg.locator(".lora-core-suggest .lora-core-suggest-item").first
+    item.wait_for(timeout=15_000)
+    assert "demo_cool" in item.inner_text()
+    assert pg.locator(".lora-core-suggest img").count() >= 1, "suggestions show thumbnails"
+    box.press("Enter")
+    assert box.input_value() == "a cat <lora:demo_cool:0.8>"
+    assert not pg.errors, pg.errors
+
+
+def test_hostile_metadata_never_runs(page):
+    pg = page
+    _search(pg, "evil", show_all=True)
+    card = pg.locator("#lora_core_grid .lora-core-card").first
+    text = card.inner_text()
+    assert XSS_SCRIPT in text, "the payload is shown as text"
+    card.locator(".lora-core-info-btn").click()
+    details = pg.locator("#lora_core_details .lora-core-details-title")
+    details.wait_for(timeout=30_000)
+    body = pg.locator("#lora_core_details").inner_text()
+    assert XSS_IMG in body and XSS_SCRIPT in body
+    # the training tags (one is the payload) are clickable chips that fill the activation text
+    pg.locator("#lora_core_details .lora-core-train-tag", has_text="red hat").click()
+    assert "red hat" in pg.locator("#lora_core_edit_activation textarea").input_value()
+    # the autocomplete list shows the hostile alias as text too
+    _open_tab(pg, "txt2img")
+    box = pg.locator(PROMPT)
+    box.fill("")
+    box.click()
+    box.press_sequentially("<lora:evil", delay=30)
+    pg.locator(".lora-core-suggest-item").first.wait_for(timeout=15_000)
+    assert XSS_SCRIPT in pg.locator(".lora-core-suggest-item").first.inner_text()
+    pg.wait_for_timeout(500)
+    assert pg.evaluate("typeof window.__pwned") == "undefined"
+    assert pg.locator("#lora_core_grid script, #lora_core_details script").count() == 0
+    # the markup never became elements: no handler attributes, no payload images anywhere
+    assert pg.evaluate("document.querySelectorAll('[onerror]').length") == 0
+    assert pg.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
+    assert not pg.errors, pg.errors
+
+
+def test_rest_api(server, page):
+    resp = page.request.get(server.url + "/sdapi/v1/loras")
+    assert resp.ok
+    items = resp.json()
+    names = {i["name"] for i in items}
+    assert {"demo_warm", "demo_cool"} <= names
+    assert all({"name", "alias", "path", "metadata"} <= set(i) for i in items)
+    assert page.request.post(server.url + "/sdapi/v1/refresh-loras").ok
+    thumb = next(i for i in items if i["name"] == "demo_warm")
+    t = page.request.get(server.url + "/lora_core/api/thumb", params={"path": thumb["path"]})
+    assert t.ok and t.headers["content-type"].startswith("image/")
+    # only previews of library entries are served: no reading arbitrary files
+    assert page.request.get(server.url + "/lora_core/api/thumb", params={"path": "/etc/passwd"}).status == 404
+    assert page.request.get(server.url + "/lora_core/static/..%2Fsetup.py").status == 404
