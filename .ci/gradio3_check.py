@@ -74,10 +74,7 @@ def main():
         names = sorted(x["name"] for x in client.get("/sdapi/v1/loras").json())
         assert names == ["detail", "style_a"], names
         assert client.post("/sdapi/v1/refresh-loras").status_code == 200
-        w.host.unload()
-        library = w.host._library
-        if library is not None:
-            library.close()
+        w.close()
     assert "torch" not in sys.modules
     print(f"gradio {gr.__version__}: lora_core A1111 tab, settings, cards page and routes OK "
           f"({time.perf_counter() - start:.1f}s)")

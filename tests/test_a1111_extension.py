@@ -31,9 +31,19 @@ def _lora_file(path: Path, metadata=None):
 
 
 @pytest.fixture
-def root(tmp_path):
+def root(tmp_path, monkeypatch):
     (tmp_path / "models" / "Lora").mkdir(parents=True)
-    return tmp_path
+    started = []
+    real_launch = webui_harness.launch
+
+    def launch(*args, **kwargs):
+        started.append(real_launch(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(webui_harness, "launch", launch)
+    yield tmp_path
+    for w in started:
+        w.close()
 
 
 def _ours(w):
@@ -200,3 +210,35 @@ def test_tab_and_settings_build_with_the_installed_gradio(root):
     assert [(label, elem_id) for _, label, elem_id in w.tabs] == [("LoRA", "lora_core_tab")]
     assert isinstance(w.tabs[0][0], gr.Blocks)
     assert "lora_core_cache_mb" in w.m.shared.opts.data_labels
+
+
+def _addnet_short(path: Path) -> str:
+    """Independent oracle: A1111's Lora short hash is sha256 of the bytes after the header."""
+    import hashlib
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return hashlib.sha256(data[8 + n:]).hexdigest()[:12]
+
+
+def test_paste_runs_before_the_builtin_and_resolves_by_hash(root):
+    path = _lora_file(root / "models" / "Lora" / "chars" / "local_name.safetensors")
+    w = webui_harness.launch(root, builtin=True)
+    assert w.host.library().wait_for_hashes(30)
+    short = _addnet_short(path)
+    text = f'1girl <lora:their_name:0.8>, <lora:unknown:1>\nSteps: 20, Lora hashes: "their_name: {short}, unknown: 0123456789ab"'
+    params = w.m.infotext_utils.parse_generation_parameters(text)
+    assert params["Prompt"] == "1girl <lora:local_name:0.8>, <lora:unknown:1>"
+    builtin_saw = [c[1] for c in w.scripts["lora_script.py"].calls if c[0] == "infotext_pasted"]
+    assert builtin_saw == [params["Prompt"]]  # ours ran first
+
+
+def test_short_hash_of_a_file_not_hashed_yet(root):
+    import dataclasses
+
+    path = _lora_file(root / "models" / "Lora" / "fresh.safetensors")
+    w = webui_harness.launch(root)
+    entry = dataclasses.replace(w.host.library().find("fresh"), sha256=None, addnet_sha256=None)
+    assert entry.autov3 is None
+    assert w.host.short_hash(entry) == _addnet_short(path)

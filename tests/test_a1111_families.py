@@ -26,12 +26,6 @@ def _launch(tmp_path, arch, builder):
     return webui_harness.launch(tmp_path, checkpoints=[("c", arch, builder, tiny_ldm.checkpoint_of(builder, 5))])
 
 
-def _close(w):
-    w.m.script_callbacks.script_unloaded_callback()
-    if w.host._library is not None:
-        w.host._library.close()
-
-
 def test_sdxl_both_text_encoders(tmp_path):
     deltas = tiny_ldm.write_text_lora(tmp_path / "models" / "Lora" / "xl.safetensors", 7, {
         "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (W, W),
@@ -54,7 +48,7 @@ def test_sdxl_both_text_encoders(tmp_path):
         for k in w0:
             assert torch.equal(seen[k], w0[k]), k
     finally:
-        _close(w)
+        w.close()
 
 
 def test_sd2_fused_in_proj_and_family_mismatch(tmp_path):
@@ -76,4 +70,4 @@ def test_sd2_fused_in_proj_and_family_mismatch(tmp_path):
         seen, _ = _generate(w, "")
         assert torch.equal(seen[fused], w0[fused])
     finally:
-        _close(w)
+        w.close()

@@ -28,9 +28,17 @@ def webui(tmp_path):
     ])
     w.deltas, w.deltas_y = deltas, deltas_y
     yield w
-    w.m.script_callbacks.script_unloaded_callback()
-    if w.host._library is not None:
-        w.host._library.close()
+    w.close()
+
+
+def addnet_short(path: Path) -> str:
+    """Independent oracle: A1111's Lora short hash, sha256 of the bytes after the header."""
+    import hashlib
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return hashlib.sha256(data[8 + n:]).hexdigest()[:12]
 
 
 def weights(model):
@@ -109,30 +117,28 @@ def test_te_and_unet_weights_come_from_the_tag_arguments(webui):
 def test_lora_hashes_infotext_round_trip_and_paste_resolves_renamed_file(webui):
     w = webui
     seen, p = generate(w, "a cat <lora:x:0.7>")
-    entry = w.host.library().entry(str(Path(w.m.shared.cmd_opts.lora_dir) / "x.safetensors"))
-    assert entry.autov3 and len(entry.autov3) == 12
-    assert p.extra_generation_params["Lora hashes"] == f"x: {entry.autov3}"
+    short = addnet_short(Path(w.m.shared.cmd_opts.lora_dir) / "x.safetensors")
+    assert p.extra_generation_params["Lora hashes"] == f"x: {short}"
     text = w.m.infotext_utils.create_infotext(p, "a cat <lora:x:0.7>")
-    assert f'Lora hashes: "x: {entry.autov3}"' in text
+    assert f'Lora hashes: "x: {short}"' in text
 
     # The user renames x -> renamed; pasting the old infotext must point at the renamed file.
     lora_dir = Path(w.m.shared.cmd_opts.lora_dir)
     (lora_dir / "x.safetensors").rename(lora_dir / "renamed.safetensors")
     w.host.refresh()
     assert w.host.library().wait_for_hashes(30)
-    params = w.m.infotext_utils.parse_generation_parameters(text.replace("<lora:x:", "<lora:x:", 1))
+    params = w.m.infotext_utils.parse_generation_parameters(text)
     assert params["Prompt"] == "a cat <lora:renamed:0.7>"
-    assert params["Lora hashes"] == f"x: {entry.autov3}"
+    assert params["Lora hashes"] == f"x: {short}"
 
 
 def test_lora_hashes_use_the_name_as_written(webui):
     w = webui
     _, p = generate(w, "<lora:zed:1> <lora:x:0.5>")  # zed: the training output name (alias) of z_v2
-    lib = w.host.library()
-    z = lib.find("zed")
-    x = lib.find("x")
-    assert z.name == "z_v2"
-    assert p.extra_generation_params["Lora hashes"] == f"zed: {z.autov3}, x: {x.autov3}"
+    lora_dir = Path(w.m.shared.cmd_opts.lora_dir)
+    assert w.host.library().find("zed").name == "z_v2"
+    z, x = addnet_short(lora_dir / "style" / "z_v2.safetensors"), addnet_short(lora_dir / "x.safetensors")
+    assert p.extra_generation_params["Lora hashes"] == f"zed: {z}, x: {x}"
 
 
 def test_missing_lora_is_reported_and_changes_nothing(webui):
@@ -191,3 +197,26 @@ def test_script_unload_restores_the_model(webui):
     generate(w, "<lora:x:1>")
     w.m.script_callbacks.script_unloaded_callback()
     assert_bit_exact(weights(w.m.shared.sd_model), w0)
+
+
+def test_reload_ui_restores_then_the_reloaded_script_takes_over(webui):
+    """'Reload UI': script_unloaded callbacks, callbacks cleared, scripts executed again."""
+    w = webui
+    m = w.m
+    model = m.shared.sd_model
+    w0 = weights(model)
+    original_reload = m.sd_models.reload_model_weights.__lora_core_guarded__
+    generate(w, "<lora:x:1>")
+    m.script_callbacks.script_unloaded_callback()
+    assert_bit_exact(weights(model), w0)
+    m.script_callbacks.clear_callbacks()
+    m.extra_networks.initialize()
+    m.ui_extra_networks.initialize()
+    m.scripts.load_scripts([], [str(webui_harness.REPO)])
+    m.script_callbacks.model_loaded_callback(model)
+    m.script_callbacks.before_ui_callback()
+    assert m.sd_models.reload_model_weights.__lora_core_guarded__ is original_reload  # not wrapped twice
+    seen, _ = generate(w, "<lora:x:0.5>")
+    assert_patched(seen[0], w0, w.deltas, 0.5)
+    seen, _ = generate(w, "")
+    assert_bit_exact(seen[0], w0)

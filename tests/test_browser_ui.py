@@ -213,3 +213,29 @@ def test_rest_api(server, page):
     # only previews of library entries are served: no reading arbitrary files
     assert page.request.get(server.url + "/lora_core/api/thumb", params={"path": "/etc/passwd"}).status == 404
     assert page.request.get(server.url + "/lora_core/static/..%2Fsetup.py").status == 404
+
+
+def test_favorite_details_and_paste(page):
+    pg = page
+    _search(pg, "demo_cool")
+    card = pg.locator('#lora_core_grid .lora-core-card[data-lora-name="demo_cool"]')
+    card.locator(".lora-core-fav-btn").click()
+    pg.locator('#lora_core_grid .lora-core-card-fav[data-lora-name="demo_cool"]').wait_for(timeout=30_000)
+    pg.locator("#lora_core_search textarea, #lora_core_search input").first.fill("")
+    pg.locator("#lora_core_favorites_only input[type=checkbox]").check()
+    pg.wait_for_function("document.querySelectorAll('#lora_core_grid .lora-core-card').length === 1")
+    assert "1–1 of 1" in pg.locator("#lora_core_page_label").inner_text()
+    card.locator(".lora-core-fav-btn").click()  # un-favorite: the favorites-only grid empties
+    pg.wait_for_function("document.querySelectorAll('#lora_core_grid .lora-core-card').length === 0")
+    pg.locator("#lora_core_favorites_only input[type=checkbox]").uncheck()
+
+    _open_tab(pg, "txt2img")
+    pg.locator("#txt2img_paste_box textarea").fill(
+        "a boat <lora:demo_green:0.5>\nNegative prompt: fog\nSteps: 9, Sampler: DDIM, CFG scale: 4, Seed: 77, Size: 64x64")
+    pg.locator("#txt2img_paste").click()
+    pg.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.startsWith('a boat')")
+    assert pg.locator(PROMPT).input_value() == "a boat <lora:demo_green:0.5>"
+    assert pg.locator("#txt2img_neg_prompt textarea").input_value() == "fog"
+    assert pg.locator("#txt2img_seed input").first.input_value() == "77"
+    assert pg.locator("#txt2img_steps input[type=number]").first.input_value() == "9"
+    assert not pg.errors, pg.errors

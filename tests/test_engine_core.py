@@ -127,3 +127,30 @@ def test_activate_parses_tags_and_reports_unknown_names(files):
     # a prompt with no tags takes every LoRA out again
     snaps_after = engine.activate("plain prompt", lib)[1]
     assert snaps_after.loras == [] and engine.patcher.backup_bytes == 0
+
+
+def test_openclip_fused_in_proj_matches_separate_qkv(files):
+    """SD2/SDXL-bigG checkpoints store q/k/v as one in_proj tensor: patching its row slices must
+    give exactly the weights of the separately stored HF q/k/v, and backup/restore it once."""
+    sys.path.insert(0, str(Path(__file__).parent / "targets"))
+    from models import clip_to_openclip
+
+    _, te_hf = base_models()
+    _, te_src = base_models()
+    state = {("text_model." + k if not k.startswith("text_model.") else k): v.clone()
+             for k, v in te_src.state_dict().items()}
+    oc = clip_to_openclip(state, "cond_stage_model.model.")
+    oc_original = {k: v.clone() for k, v in oc.items()}
+    hf_report = Engine(Binding.from_diffusers(None, [te_hf])).apply([(files["a"], 0.7, 1.0)])
+    oc_engine = Engine(Binding.from_ldm(oc))
+    oc_report = oc_engine.apply([(files["a"], 0.7, 1.0)])
+    assert hf_report.loras[0].matched == oc_report.loras[0].matched == 6
+    assert hf_report.backed_up_tensors == 6 and oc_report.backed_up_tensors == 4  # q/k/v share in_proj
+    attn = dict(te_hf.named_modules())
+    prefix = "encoder.layers.0.self_attn." if "encoder.layers.0.self_attn" in attn else "text_model.encoder.layers.0.self_attn."
+    qkv = torch.cat([attn[prefix + p].weight.detach() for p in ("q_proj", "k_proj", "v_proj")])
+    assert torch.equal(oc["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"], qkv)
+    assert torch.equal(oc["cond_stage_model.model.transformer.resblocks.0.attn.out_proj.weight"],
+                       attn[prefix + "out_proj"].weight.detach())
+    oc_engine.restore()
+    assert all(torch.equal(oc[k], oc_original[k]) for k in oc)

@@ -89,3 +89,25 @@ def test_delta_shape_mismatch_is_a_clear_error(tmp_path):
         a.delta(torch.zeros(4, 4))
     # a Linear LoRA on a 1×1 conv weight (SD1 proj_in) is fine: same number of elements
     assert a.delta(torch.zeros(8, 8, 1, 1)).shape == (8, 8, 1, 1)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_delta_lives_on_the_base_device(tmp_path, device):
+    g = torch.Generator().manual_seed(5)
+    t = {"lora_unet_a.lora_up.weight": torch.randn(8, 2, generator=g).half(),
+         "lora_unet_a.lora_down.weight": torch.randn(2, 8, generator=g).half(),
+         "lora_unet_a.dora_scale": torch.rand(8, 1, generator=g) + 0.5,
+         "lora_unet_o.oft_blocks": torch.randn(2, 4, 4, generator=g) * 0.1}
+    save_file(t, str(tmp_path / "dev.safetensors"))
+    lora = load_lora(tmp_path / "dev.safetensors")
+    base = torch.randn(8, 8, generator=g).to(device=device, dtype=torch.float16)
+    for adapter in lora.adapters.values():
+        d = adapter.delta(base)
+        assert d.device.type == device and d.dtype == torch.float32
+        cpu = adapter.delta(base.cpu())
+        assert torch.allclose(d.cpu(), cpu, atol=1e-3)
+    # the file's tensors are untouched (still on CPU, still fp16)
+    assert lora.adapters["unet:a"].tensors["lora_up.weight"].dtype == torch.float16

@@ -2,7 +2,6 @@
 `convert_state_dict_to_kohya`; the oracle is PEFT's own merge (W_merged − W0) per module."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -116,7 +115,7 @@ def test_dora_diffusers_and_kohya(tmp_path):
 
 @pytest.mark.parametrize("family", ["sd2", "sdxl"])
 def test_other_families_from_shapes(family, tmp_path):
-    made = make_sd1_lora_files(tmp_path, rank=4, alpha=4.0, family=family)
+    made = make_sd1_lora_files(tmp_path, rank=4, alpha=6.0, family=family)
     for path in (made.diffusers, made.kohya):
         lora = load_lora(path)
         assert lora.family == family, path
@@ -139,3 +138,26 @@ def test_fp16_file_keeps_dtype_and_computes_in_fp32(sd1, tmp_path):
     assert d.dtype == torch.float32
     assert rel_err(d, sd1.reference_deltas["unet:down_blocks_0_attentions_0_proj_in"]) < 2e-3
     assert lora.nbytes == sum(t.numel() * 2 for t in half.values())
+
+
+def test_diffusers_reads_the_kohya_file_as_we_do(sd1, tmp_path):
+    """Independent consumer: diffusers' own kohya loader + fuse_lora on a fresh copy of the UNet."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    from formats_makers import tiny_unet
+    from peft.tuners.lora import LoraLayer
+
+    state, alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(sd1.kohya)
+    unet = tiny_unet(768, seed=0)  # same init as the model the LoRA was made on
+    w0 = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    StableDiffusionLoraLoaderMixin.load_lora_into_unet(state, alphas, unet, adapter_name="k")
+    unet.fuse_lora()
+    ours = load_lora(sd1.kohya)
+    checked = 0
+    for name, module in unet.named_modules():
+        if isinstance(module, LoraLayer):
+            base = w0[name + ".weight"]
+            ref = module.get_base_layer().weight.detach() - base
+            got = ours.adapters["unet:" + name.replace(".", "_")].delta(base)
+            assert rel_err(got, ref) < 1e-5, name
+            checked += 1
+    assert checked == sum(k.startswith("unet:") for k in ours.adapters) > 20

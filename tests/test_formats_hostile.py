@@ -181,3 +181,49 @@ def test_missing_file(tmp_path):
 def test_empty_tensor_file(tmp_path):
     save_file({}, str(tmp_path / "empty.safetensors"))
     expect_error(tmp_path / "empty.safetensors", "no tensors")
+
+
+@pytest.mark.parametrize("tensors", [
+    {"m.hada_w1_a": torch.randn(8, 2), "m.hada_w1_b": torch.randn(2, 8),
+     "m.hada_w2_a": torch.randn(8, 3), "m.hada_w2_b": torch.randn(2, 8)},
+    {"m.lokr_w1": torch.randn(2, 2), "m.lokr_w2_a": torch.randn(4, 2), "m.lokr_w2_b": torch.randn(3, 4)},
+])
+def test_inconsistent_factor_shapes_fail_at_load(tmp_path, tensors):
+    save_file({"lora_unet_" + k: v for k, v in tensors.items()}, str(tmp_path / "bad.safetensors"))
+    err = expect_error(tmp_path / "bad.safetensors", "unet:m")
+    assert "inconsistent" in err.problem or "does not fit" in err.problem
+
+
+def test_factors_not_fitting_the_base_give_a_value_error(tmp_path):
+    t = {"lora_unet_m.oft_blocks": torch.randn(3, 4, 4) * 0.1, "lora_unet_m.alpha": torch.tensor(0.0),
+         "lora_unet_g.a1.weight": torch.randn(8, 2), "lora_unet_g.a2.weight": torch.randn(2, 8),
+         "lora_unet_g.b1.weight": torch.randn(8, 2), "lora_unet_g.b2.weight": torch.randn(2, 8)}
+    save_file(t, str(tmp_path / "fit.safetensors"))
+    lora = load_lora(tmp_path / "fit.safetensors")
+    with pytest.raises(ValueError, match="unet:m"):
+        lora.adapters["unet:m"].delta(torch.zeros(10, 4))  # 3 blocks of 4 rows, base has 10 rows
+    with pytest.raises(ValueError, match="unet:g"):
+        lora.adapters["unet:g"].delta(torch.zeros(5, 7))
+    assert lora.adapters["unet:m"].delta(torch.randn(12, 4)).shape == (12, 4)
+
+
+def test_scalar_factors_do_not_crash(tmp_path):
+    t = {"lora_unet_k.lokr_w1": torch.tensor(2.0), "lora_unet_k.lokr_w2": torch.randn(3, 3),
+         "lora_unet_h.hada_w1_a": torch.tensor(1.0), "lora_unet_h.hada_w1_b": torch.randn(2, 3),
+         "lora_unet_h.hada_w2_a": torch.randn(3, 2), "lora_unet_h.hada_w2_b": torch.randn(2, 3)}
+    save_file(t, str(tmp_path / "s.safetensors"))
+    try:
+        lora = load_lora(tmp_path / "s.safetensors")
+    except LoraFormatError as e:
+        assert "unet:" in e.problem
+        return
+    for adapter in lora.adapters.values():
+        with pytest.raises(ValueError):
+            adapter.delta(torch.zeros(5, 5))
+
+
+def test_not_a_regular_file(tmp_path):
+    (tmp_path / "dir.safetensors").mkdir()
+    expect_error(tmp_path / "dir.safetensors", "regular file")
+    os.mkfifo(tmp_path / "fifo.pt")
+    expect_error(tmp_path / "fifo.pt", "regular file")

@@ -218,3 +218,23 @@ def test_pickle_checkpoint_loads(tmp_path):
     for name in ("x.ckpt", "y.pt"):
         a = load_lora(tmp_path / name).adapters["unet:x_proj_in"]
         assert a.low_rank()[2] == 0.5
+
+
+def test_peft_metadata_rslora_and_bad_json(tmp_path):
+    t = {"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.randn(4, 16),
+         "unet.down_blocks.0.attentions.0.proj_in.lora_B.weight": torch.randn(16, 4)}
+    meta = {"lora_adapter_metadata": json.dumps({"unet.lora_alpha": 8, "unet.use_rslora": True, "unet.r": 4})}
+    save_file(t, str(tmp_path / "rs.safetensors"), metadata=meta)
+    a = load_lora(tmp_path / "rs.safetensors").adapters["unet:down_blocks_0_attentions_0_proj_in"]
+    assert a.low_rank()[2] == pytest.approx(8 / 2)  # alpha / sqrt(rank)
+    save_file(t, str(tmp_path / "bad.safetensors"), metadata={"lora_adapter_metadata": "{oops"})
+    a = load_lora(tmp_path / "bad.safetensors").adapters["unet:down_blocks_0_attentions_0_proj_in"]
+    assert a.low_rank()[2] == 1.0
+
+
+def test_key_and_family_modules_import_without_torch():
+    import subprocess
+
+    code = ("import sys; import lora_core.formats, lora_core.formats.keys, lora_core.formats.family; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).parent.parent))

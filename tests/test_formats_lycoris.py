@@ -131,3 +131,38 @@ def test_dylora_truncation(tmp_path):
     up3, down3, scale = adapter.low_rank(dyn=3)
     assert up3.shape[1] == 3 and down3.shape[0] == 3 and scale == 0.5
     assert torch.allclose(adapter.delta(w0, dyn=None), adapter.delta(w0, dyn=100))
+
+
+@pytest.mark.parametrize("algo,kwargs", [("loha", {}), ("lokr", {"factor": 4}), ("lora", {"dora_wd": True})])
+def test_lycoris_kohya_wrapper_on_tiny_sd1(algo, kwargs, tmp_path):
+    """LyCORIS through its kohya entry point (how Civitai LyCORIS files are made): `lora_unet_` /
+    `lora_te_` names on a diffusers UNet and a CLIP text encoder; forward pass as the oracle."""
+    import contextlib
+    import io
+
+    from formats_makers import tiny_text_encoder, tiny_unet
+    from lycoris.kohya import create_network
+    from lycoris_makers import randomise
+
+    unet, te = tiny_unet(768, seed=3), tiny_text_encoder(768, seed=4)
+    with contextlib.redirect_stdout(io.StringIO()):
+        net = create_network(1.0, 4, 2.0, None, te, unet, algo=algo, preset="attn-mlp", **kwargs)
+        net.apply_to(te, unet, True, True)
+    randomise(net, algo, seed=5)
+    path = tmp_path / f"kohya_{algo}.safetensors"
+    net.save_weights(str(path), None, {"ss_network_module": "lycoris.kohya"})
+    lora = load_lora(path)
+    assert lora.family == "sd1" and not lora.unclaimed
+    modules = list(net.unet_loras) + list(net.text_encoder_loras)
+    assert len(lora.adapters) == len(modules) > 10
+    for m in modules:
+        name = m.lora_name
+        key = ("unet:" + name[len("lora_unet_"):]) if name.startswith("lora_unet_") else \
+            ("te1:text_model_" + name[len("lora_te_"):])
+        layer = m.org_module[0]
+        x = sample_input(layer)
+        with torch.no_grad():
+            ref = layer(x)  # patched forward
+        w0, b0 = layer.weight.detach(), layer.bias
+        ours = merged_output(name, layer, x, w0 + lora.adapters[key].delta(w0), b0)
+        assert float((ours - ref).norm() / ref.norm()) < 1e-4, key

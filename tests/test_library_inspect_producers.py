@@ -74,3 +74,37 @@ def test_diffusers_peft_unet_family(tmp_path, context_dim, layers, expected):
         header, metadata, _ = read_header(path)
         assert detect_family(header, metadata) == expected, name
         assert detect_algorithm(header)[0] == "lora"
+
+
+def test_torch_zip_checkpoint_keys_are_read_without_unpickling(tmp_path):
+    from lora_core.library.scanner import read_file_summary
+
+    state = {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(4, 768),
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight": torch.zeros(320, 4),
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(4, 1280),
+    }
+    path = str(tmp_path / "x.pt")
+    torch.save(state, path)
+    summary, error = read_file_summary(path, ".pt")
+    assert error is None and summary["algorithm"] == "lora" and summary["family"] == "sdxl"
+
+
+def test_hostile_pickle_in_checkpoint_is_never_executed(tmp_path):
+    import pickle
+    import zipfile
+
+    from lora_core.library.scanner import read_file_summary
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = str(tmp_path / "evil.ckpt")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"lora_unet_x.lora_down.weight": Evil()}))
+    summary, error = read_file_summary(path, ".ckpt")
+    assert not marker.exists()
+    assert error is None and summary["algorithm"] == "lora"

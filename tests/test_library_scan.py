@@ -129,6 +129,9 @@ def test_bad_files_become_error_entries_and_scan_goes_on(lora_dir, tmp_path, mon
         legacy = lib.find("legacy")
         assert legacy.error is None and "legacy pickle" in legacy.summary["note"]
         assert lib.find("a").error is None  # good files still indexed
+        monkeypatch.setattr(builtins, "open", real_open)   # permission fixed: mtime unchanged
+        report = lib.scan()
+        assert lib.find("locked").error is None and report.errors == 5
 
 
 def test_symlinks_out_of_the_library_are_not_followed(tmp_path):
@@ -245,3 +248,14 @@ def test_walk_reports_unlistable_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(scanner.os, "scandir", failing)
     result = scanner.walk([str(root)])
     assert result.files == {} and "cannot list" in result.problems[0]
+
+
+def test_unmounted_folder_keeps_its_entries(tmp_path):
+    drive = tmp_path / "drive"
+    write_lora(drive / "a.safetensors")
+    with Library([drive], tmp_path / "data") as lib:
+        lib.scan()
+        drive.rename(tmp_path / "elsewhere")
+        report = lib.scan()
+        assert report.removed == 0 and "does not exist" in report.problems[0]
+        assert lib.find("a").name == "a"

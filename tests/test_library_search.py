@@ -102,3 +102,18 @@ def test_user_data_survives_a_rescan_of_a_changed_file(lib):
     lib.scan()
     again = lib.find("bob2")
     assert again.favorite and names(lib.search("keeper")) == ["bob"]
+
+
+@pytest.mark.parametrize("small_match", [0, 10_000])
+def test_both_text_search_strategies_agree(lib, monkeypatch, small_match):
+    from lora_core.library import library as library_module
+
+    monkeypatch.setattr(library_module, "SMALL_MATCH", small_match)
+    lib._order_cache.clear()
+    assert names(lib.search("style")) == ["ink_wash", "Zeta"]  # folder "styles" / alias "zetaStyle"
+    assert names(lib.search("ink", sort="date")) == ["ink_wash"]
+    assert names(lib.search("1girl smile", sort="name")) == ["bob"]
+    page = lib.search("1girl", page=1, page_size=1)
+    assert page.total == 2 and names(page) == ["bob"]
+    assert names(lib.search("girl ch")) == ["alice", "bob"]
+    assert names(lib.search("girl", folder="chars", sort="size")) == ["bob", "alice"]

@@ -163,26 +163,48 @@ def test_match_counts_and_unmatched(pair):
     assert diff.match(FakeLora()) == diff.match(keys)
 
 
-def test_a1111_named_parameters_with_wrapped_level():
-    unet, te1, te2 = _models("sdxl")
-    ckpt = ldm_checkpoint("sdxl", unet, te1, te2)
-    a1111 = {}
-    for name, tensor in ckpt.items():
-        name = name.replace("conditioner.embedders.0.", "conditioner.embedders.0.wrapped.")
-        name = name.replace("conditioner.embedders.1.", "conditioner.embedders.1.wrapped.")
-        a1111[name] = tensor
+def _a1111_hijacked(name: str) -> str:
+    """How A1111's sd_hijack renames parameters: each text encoder is wrapped (``.wrapped``) and
+    its token embedding too (EmbeddingsWithFixes keeps the original as ``.wrapped``)."""
+    for prefix in ("cond_stage_model.", "conditioner.embedders.0.", "conditioner.embedders.1."):
+        if name.startswith(prefix):
+            name = prefix + "wrapped." + name[len(prefix):]
+    return name.replace("token_embedding.weight", "token_embedding.wrapped.weight")
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_a1111_named_parameters_with_wrapped_level(family):
+    unet, te1, te2 = _models(family)
+    ckpt = ldm_checkpoint(family, unet, te1, te2)
+    a1111 = {_a1111_hijacked(name): tensor for name, tensor in ckpt.items()}
     a1111["first_stage_model.decoder.conv_in.weight"] = torch.zeros(3)
     a1111["model_ema.decay"] = torch.zeros(())
-    a1111["conditioner.embedders.0.wrapped.transformer.text_model.embeddings.position_ids"] = torch.arange(16)
+    te1_prefix = {"sd1": "cond_stage_model.wrapped.transformer.", "sd2": "cond_stage_model.wrapped.model.",
+                  "sdxl": "conditioner.embedders.0.wrapped.transformer."}[family]
     binding = Binding.from_ldm(a1111)
-    assert binding.family == "sdxl" and binding.components == ("unet", "te1", "te2")
-    slot = binding.resolve("te2:text_model_encoder_layers_0_self_attn_v_proj")
-    assert slot.name == "conditioner.embedders.1.wrapped.model.transformer.resblocks.0.attn.in_proj_weight"
-    assert binding.resolve("te1:text_model_encoder_layers_0_mlp_fc1").name == \
-        "conditioner.embedders.0.wrapped.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
-    assert binding.resolve("te2:text_projection") is None  # OpenCLIP's is transposed: never bound
+    plain = Binding.from_ldm(ckpt)
+    assert binding.family == family and binding.keys() == plain.keys()
+    assert binding.components == (("unet", "te1", "te2") if family == "sdxl" else ("unet", "te1"))
+    tok = binding.resolve("te1:text_model_embeddings_token_embedding")
+    assert tok.name.startswith(te1_prefix) and tok.name.endswith("token_embedding.wrapped.weight")
+    assert tok.tensor is a1111[tok.name]
+    if family == "sd1":
+        assert binding.resolve("te1:text_model_encoder_layers_0_mlp_fc1").name == \
+            "cond_stage_model.wrapped.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
+    if family == "sdxl":
+        slot = binding.resolve("te2:text_model_encoder_layers_0_self_attn_v_proj")
+        assert slot.name == "conditioner.embedders.1.wrapped.model.transformer.resblocks.0.attn.in_proj_weight"
+        assert binding.resolve("te2:text_projection") is None  # OpenCLIP's is transposed: never bound
     assert not any("decoder" in k or "ema" in k for k in binding._index)
-    assert "te1:text_model_embeddings" not in binding  # a buffer, not a module to patch
+
+
+def test_checkpoint_buffers_are_not_modules():
+    unet, te1, te2 = _models("sdxl")
+    ckpt = ldm_checkpoint("sdxl", unet, te1, te2)
+    ckpt["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"] = torch.arange(16)
+    binding = Binding.from_ldm(ckpt)
+    assert "te1:text_model_embeddings" not in binding
+    assert binding.keys() == Binding.from_ldm({k: v for k, v in ckpt.items() if "position_ids" not in k}).keys()
 
 
 def test_family_override_and_partial_models():
@@ -284,3 +306,14 @@ def test_unreadable_unet_layout_falls_back_to_its_own_names(caplog):
     assert slot is not None and slot.block == "IN04"
     assert binding.resolve("unet:down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q") is None
     assert binding.resolve("te1:text_model_encoder_layers_0_mlp_fc1") is not None
+
+
+def test_refiner_style_checkpoint_binds_its_only_encoder_as_te2():
+    from targets.models import clip_to_openclip
+    te = tiny_clip(projection=True, seed=8)
+    ckpt = clip_to_openclip(te.state_dict(), "conditioner.embedders.0.model.")
+    binding = Binding.from_ldm(ckpt)
+    assert binding.components == ("te2",) and binding.family == "sdxl"
+    slot = binding.resolve("te2:text_model_encoder_layers_0_self_attn_q_proj")
+    assert slot.rows == slice(0, 32)
+    assert torch.equal(slot.tensor[slot.rows], te.text_model.encoder.layers[0].self_attn.q_proj.weight)

@@ -77,3 +77,19 @@ def test_refiner_like_layout_round_trips():
     assert layout.attention == (False, True, True, False) and layout.transformer_depth == (0, 3, 3, 0)
     converted = convert_ldm_unet_checkpoint(unet_to_ldm(state, layout), dict(unet.config))
     _assert_same_state(converted, state)
+
+
+def test_text_encoder_prefixes_match_diffusers():
+    import inspect
+
+    from diffusers.loaders import single_file_utils as sfu
+    hf = {prefix for prefix, _, ns in naming.LDM_TEXT_PREFIXES if ns == "hf"}
+    assert hf == set(sfu.LDM_CLIP_PREFIX_TO_REMOVE)
+    assert naming.LDM_UNET_PREFIX == sfu.LDM_UNET_KEY
+    openclip = {prefix for prefix, _, ns in naming.LDM_TEXT_PREFIXES if ns == "openclip"}
+    default = inspect.signature(sfu.convert_open_clip_checkpoint).parameters["prefix"].default
+    assert default in openclip
+    # every conditioner prefix diffusers' single-file loader knows (SDXL base and refiner)
+    import re
+    known = set(re.findall(r"conditioner\.embedders\.\d\.[a-z_]+\.", inspect.getsource(sfu)))
+    assert known and known <= hf | openclip

@@ -13,13 +13,10 @@ What `setup` registers:
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from lora_core.a1111.host import A1111Host
 from lora_core.a1111.webui import Webui
-
-log = logging.getLogger(__name__)
 
 TAB_TITLE = "LoRA"
 TAB_ELEM_ID = "lora_core_tab"

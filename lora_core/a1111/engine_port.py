@@ -6,16 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 
+# A1111 (1.6+) flags on shared.sd_model, checked in this order (an SD3 model is not SDXL).
+_FLAGS = (("is_sd3", "sd3"), ("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1"))
+
+
 def family_of(sd_model: Any) -> str | None:
-    """A1111's model flags -> our family name; None when no model is loaded."""
+    """A1111's model flags -> our family name; None when no model is loaded or the webui sets no
+    flag (then the binding tells the family from the tensors)."""
     if sd_model is None:
         return None
-    if getattr(sd_model, "is_sdxl", False):
-        return "sdxl"
-    if getattr(sd_model, "is_sd2", False):
-        return "sd2"
-    if getattr(sd_model, "is_sd1", True):
-        return "sd1"
+    for flag, family in _FLAGS:
+        if getattr(sd_model, flag, False) is True:
+            return family
     return None
 
 

@@ -18,9 +18,6 @@ from lora_core.tags import parse_prompt
 
 log = logging.getLogger(__name__)
 
-# How long a generation waits for a LoRA's hash (for the infotext) before going on without it.
-HASH_WAIT_SECONDS = 60.0
-
 
 class A1111Host:
     def __init__(self, webui: Any, extension_dir: str):
@@ -33,6 +30,7 @@ class A1111Host:
         self._cache = None           # parsed LoRA files, shared by the engines
         self._bound_model = None     # the sd_model object the engine's binding points into
         self._patched = False        # True while LoRA deltas may be merged into _bound_model
+        self._short_hashes: dict[tuple, str] = {}  # (path, size, mtime_ns) -> short hash, until indexed
 
     # ------------------------------------------------------------------ library
     def lora_dirs(self) -> list[str]:
@@ -101,16 +99,23 @@ class A1111Host:
         return getattr(entry, "rel_name", None) or entry.name
 
     def short_hash(self, entry: Any) -> str | None:
-        """A1111's 12-hex Lora short hash (the addnet hash), computing it when not indexed yet."""
+        """A1111's 12-hex Lora short hash (the addnet hash). Read from the index; a file the
+        background hasher has not reached yet is hashed here (once per file version)."""
         short = getattr(entry, "autov3", None)
         if short:
             return short
-        library = self.library()
         try:
-            library.request_hashes([entry.path])
-            library.wait_for_hashes(HASH_WAIT_SECONDS)
-            return library.entry(entry.path).autov3
-        except Exception:  # noqa: BLE001 - a missing hash only drops it from the infotext
+            st = os.stat(entry.path)
+            stamp = (entry.path, st.st_size, st.st_mtime_ns)
+            if stamp not in self._short_hashes:
+                from lora_core.library.hashing import hash_file
+
+                hashed = hash_file(entry.path, entry.path.lower().endswith(".safetensors"))
+                if hashed is None:
+                    return None
+                self._short_hashes[stamp] = hashed[1][:12]
+            return self._short_hashes[stamp]
+        except OSError:
             log.warning("lora_core: could not hash %s", entry.path, exc_info=True)
             return None
 
@@ -263,9 +268,14 @@ class A1111Host:
 
     # ------------------------------------------------------------------ teardown
     def unload(self) -> None:
-        """Script unload (Reload UI / shutdown): give the model its own weights back."""
+        """Script unload (Reload UI / shutdown): give the model its own weights back and close
+        the library (its index and hash worker); the reloaded script starts a new host."""
         try:
             self.restore()
         finally:
             self._engine = None
             self._bound_model = None
+            with self._lock:
+                library, self._library = self._library, None
+            if library is not None:
+                library.close()

@@ -130,10 +130,24 @@ def _v_prediction_hint(path: Path) -> bool | None:
     return "parameterization" in text and ('"v"' in text or "'v'" in text or ": v\n" in text)
 
 
+def _fit_text_model_level(converted: dict, expected_keys) -> dict:
+    """transformers 5's CLIPTextModel has no `text_model.` level (CLIPTextModelWithProjection
+    keeps it); LDM conversions always produce it. Add or drop it to match the model."""
+    wants_level = any(k.startswith("text_model.") for k in expected_keys)
+    has_level = any(k.startswith("text_model.") for k in converted)
+    if wants_level == has_level:
+        return converted
+    if wants_level:
+        return {k if k.startswith("text_projection") else "text_model." + k: v for k, v in converted.items()}
+    return {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in converted.items()}
+
+
 def _assign(model, converted: dict, what: str, path, dtype) -> None:
     """Load converted tensors into a meta-device model; every parameter must be provided."""
     converted = {k: v.to(dtype) if v.is_floating_point() else v for k, v in converted.items()}
     expected = model.state_dict()
+    if what.startswith("text encoder"):
+        converted = _fit_text_model_level(converted, expected.keys())
     for k, v in converted.items():
         if k in expected and tuple(expected[k].shape) != tuple(v.shape):
             raise CheckpointError(path, f"{what}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")

@@ -117,7 +117,7 @@ class PipelineHandle:
             encoders = [self.pipe.text_encoder]
             if getattr(self.pipe, "text_encoder_2", None) is not None:
                 encoders.append(self.pipe.text_encoder_2)
-            self._binding = Binding.from_diffusers(self.pipe.unet, encoders)
+            self._binding = Binding.from_diffusers(self.pipe.unet, encoders, family=self.family)
         return self._binding
 
     # -------------------------------------------------------------- generation

@@ -90,12 +90,10 @@ def session_current_checkpoint(session: Any) -> str | None:
     return getattr(pipe, "label", None)
 
 
-def session_switch(session: Any, name: str) -> Any:
-    for method in ("switch_checkpoint", "load_checkpoint", "set_checkpoint"):
-        fn = getattr(session, method, None)
-        if callable(fn):
-            return fn(name)
-    raise RuntimeError("this session cannot switch checkpoints")
+def session_switch(session: Any, name: str) -> list[str]:
+    """Load checkpoint `name`; returns the session's notes (a failure is a note, the old model stays)."""
+    notes = session.switch_checkpoint(name)
+    return [str(n) for n in (notes or [])]
 
 
 def demo_banner_html(session: Any, models_dir: str | os.PathLike | None = None) -> str:
@@ -117,8 +115,9 @@ def demo_banner_html(session: Any, models_dir: str | os.PathLike | None = None) 
 
 def _default_size(session: Any) -> int:
     pipe = session_pipeline(session)
-    if getattr(pipe, "is_demo", False):
-        return 64
+    size = getattr(pipe, "default_size", None)
+    if size:
+        return int(size)
     return {"sdxl": 1024, "sd2": 768}.get(session_family(session) or "", 512)
 
 
@@ -138,17 +137,57 @@ def _messages_html(messages: list[str], run_id: float | None = None) -> str:
     return f'<ul class="lora-core-messages"{run}>{items}</ul>'
 
 
+PASTE_FIELDS = ["prompt", "negative", "steps", "cfg", "seed", "width", "height", "sampler"]
+
+
+def apply_pasted(text: str, current: list, samplers: list[str], library: Any = None) -> tuple[list, list[str]]:
+    """New values for PASTE_FIELDS from pasted A1111 parameters, and notes for the user.
+
+    Fields the text does not mention keep their `current` value. `<lora:name:...>` tags whose
+    `Lora hashes` entry matches a local file (by AutoV3/sha256 prefix) are renamed to that file.
+    """
+    from lora_core.app import infotext as infotext_mod
+    from lora_core.ui.controller import resolve_tag_name
+
+    if not text or not text.strip():
+        return list(current), ["Nothing to paste."]
+    parsed = infotext_mod.parse_infotext(text)
+    fields = parsed.generation_fields()
+    notes: list[str] = []
+    prompt = fields.get("prompt", "")
+    hashes = parsed.lora_hashes()
+    if hashes and library is not None:
+        def name_for_hash(short: str) -> str | None:
+            try:
+                found = library.by_hash(short)
+            except Exception:  # noqa: BLE001 - unknown hash: keep the pasted name
+                return None
+            if isinstance(found, (list, tuple)):
+                found = found[0] if len(found) == 1 else None
+            return resolve_tag_name(library, found)[0] if found is not None else None
+
+        prompt, notes = infotext_mod.relink_loras(prompt, hashes, name_for_hash)
+    values = {**fields, "prompt": prompt}
+    out = []
+    for key, cur in zip(PASTE_FIELDS, current):
+        value = values.get(key, cur)
+        if key == "sampler" and value not in samplers:
+            notes.append(f"unknown sampler {value!r}; kept {cur!r}")
+            value = cur
+        out.append(value)
+    return out, notes
+
+
 def build_blocks(session: Any, models_dir: str | os.PathLike | None = None) -> Any:
     """The standalone page: checkpoint picker, demo banner, txt2img tab and the LoRA tab."""
     import gradio as gr
 
-    from lora_core.app import infotext as infotext_mod
     from lora_core.ui import TabSettings, create_lora_panel
-    from lora_core.ui.entry_view import view_of
 
     samplers, default_sampler = _sampler_names()
     size = _default_size(session)
-    settings = TabSettings(current_family=lambda: session_family(session), api_prefix=API_PREFIX)
+    settings = TabSettings(current_family=lambda: session_family(session), api_prefix=API_PREFIX,
+                           rescan=getattr(session, "rescan", None))
 
     with gr.Blocks(title="lora_core", analytics_enabled=False) as demo:
         banner = gr.HTML(value=demo_banner_html(session, models_dir), elem_id="lora_core_banner")
@@ -159,7 +198,9 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None) -> A
                                label="Checkpoint", elem_id="lora_core_checkpoint", scale=4,
                                allow_custom_value=False)
             ckpt_refresh = gr.Button("↻", elem_id="lora_core_checkpoint_refresh", scale=0, min_width=50)
-            ckpt_status = gr.HTML(value="", elem_id="lora_core_checkpoint_status")
+            startup = [m for m in getattr(session, "messages", []) or []
+                       if m != getattr(session_pipeline(session), "label", None)]
+            ckpt_status = gr.HTML(value=_messages_html(startup), elem_id="lora_core_checkpoint_status")
         with gr.Tabs():
             # render_children: keep the hidden tab's prompt box in the page, so a card clicked in the
             # LoRA tab can insert its tag into it (javascript/lora_core.js looks it up by id).
@@ -217,34 +258,8 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None) -> A
                       outputs=[gallery, info, messages])
 
         def on_paste(text, *current):
-            parsed = infotext_mod.parse_infotext(text or "")
-            fields = parsed.generation_fields()
-            notes: list[str] = []
-            new_prompt = fields.get("prompt", "")
-            hashes = parsed.lora_hashes()
-            if hashes:
-                lib = session_library(session)
-
-                def name_for_hash(short: str) -> str | None:
-                    try:
-                        entry = lib.by_hash(short)
-                    except Exception:  # noqa: BLE001 - unknown hash: keep the pasted name
-                        return None
-                    return view_of(entry).tag_name if entry is not None else None
-
-                new_prompt, notes = infotext_mod.relink_loras(new_prompt, hashes, name_for_hash)
-            order = ["prompt", "negative", "steps", "cfg", "seed", "width", "height", "sampler"]
-            values = {"prompt": new_prompt, **{k: v for k, v in fields.items() if k != "prompt"}}
-            out = []
-            for key, cur in zip(order, current):
-                value = values.get(key, cur)
-                if key == "sampler" and value not in samplers:
-                    notes.append(f"unknown sampler {value!r}; kept {cur!r}")
-                    value = cur
-                out.append(value)
-            if not text or not text.strip():
-                notes.append("Nothing to paste.")
-            return [*out, _messages_html(notes)]
+            values, notes = apply_pasted(text, list(current), samplers, session_library(session))
+            return [*values, _messages_html(notes)]
 
         paste_btn.click(on_paste, inputs=[paste, prompt, negative, steps, cfg, seed, width, height, sampler],
                         outputs=[prompt, negative, steps, cfg, seed, width, height, sampler, messages])
@@ -260,14 +275,13 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None) -> A
             if not name or name == session_current_checkpoint(session):
                 return demo_banner_html(session, models_dir), "", gr.update()
             try:
-                session_switch(session, name)
-                status = f"Loaded {name}."
-            except Exception as exc:  # noqa: BLE001
+                notes = session_switch(session, name)
+            except Exception as exc:  # noqa: BLE001 - the session reports failures itself; belt and braces
                 log.exception("switching checkpoint failed")
-                status = f"Could not load {name}: {exc}"
-            s = _default_size(session)
-            return (demo_banner_html(session, models_dir),
-                    f'<div class="lora-core-status">{html.escape(status)}</div>', s)
+                notes = [f"Could not load {name}: {exc}"]
+            loaded = session_current_checkpoint(session)
+            notes = [f"Loaded {loaded}."] + [n for n in notes if n != getattr(session_pipeline(session), "label", None)]
+            return demo_banner_html(session, models_dir), _messages_html(notes), _default_size(session)
 
         ckpt.change(on_ckpt_change, inputs=[ckpt], outputs=[banner, ckpt_status, width]).then(
             lambda: _default_size(session), outputs=[height])
@@ -294,10 +308,19 @@ def build_app(session: Any, models_dir: str | os.PathLike | None = None) -> Any:
     app = FastAPI(title="lora_core")
 
     def rescan():
-        fn = getattr(session, "refresh_loras", None)
+        fn = getattr(session, "rescan", None)
         return fn() if callable(fn) else session_library(session).scan()
 
     register_routes(app, lambda: session_library(session), prefix=API_PREFIX, rescan=rescan)
     blocks = build_blocks(session, models_dir or getattr(session, "models_dir", None))
     return gr.mount_gradio_app(app, blocks, path="/", css=read_css(), head=page_head(),
                                footer_links=[])
+
+
+if __name__ == "__main__":  # `python -m lora_core.app.serve ...`: the same as `python -m lora_core serve ...`
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="python -m lora_core.app.serve", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    sys.exit(run(_parser.parse_args()))

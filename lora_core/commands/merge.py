@@ -116,10 +116,17 @@ def merge(checkpoint: str, loras: list[tuple[str, float, float]], out: str) -> d
 
     # No backups: the originals are not needed after a one-shot bake (halves peak memory).
     patcher = Patcher(binding, keep_originals=False)
-    try:
-        report = patcher.apply(stack)
-    except Exception as exc:
-        raise MergeError(f"merge failed: {exc}", EXIT_INCOMPATIBLE) from exc
+    from tqdm import tqdm
+
+    with tqdm(total=0, unit="tensor", desc="merging", disable=None, file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            report = patcher.apply(stack, progress=progress)
+        except Exception as exc:
+            raise MergeError(f"merge failed: {exc}", EXIT_INCOMPATIBLE) from exc
     for warning in report.warnings:
         log.warning("%s", warning)
 

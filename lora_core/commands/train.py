@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
     length.add_argument("--steps", type=int, default=None, help="optimizer steps")
     length.add_argument("--epochs", type=int, default=None, help="passes over images x repeats (default 10)")
     parser.add_argument("--resolution", type=int, default=None,
-                        help="training size in pixels (default: 64 for tiny models, else 512)")
+                        help="training size in pixels (default: the model's native size, e.g. 512 for SD1)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trigger", default=None, help="word put in front of every caption")
@@ -45,6 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name", default=None, help="ss_output_name (default: the output file's stem)")
     parser.add_argument("--data-dir", default=None,
                         help="cache folder for the tokenizer files (default: $LORA_CORE_DATA_DIR or ~/.cache/lora_core)")
+    parser.add_argument("--config-root", default=None,
+                        help="folder of diffusers configs (<root>/sd15/unet/config.json, ...) for a non-standard "
+                             "checkpoint such as the demo model (default: the shipped SD1/SD2 configs)")
     parser.add_argument("--no-preview", action="store_true", help="do not render a preview PNG next to the LoRA")
 
 
@@ -91,12 +94,14 @@ def run(args) -> int:
         return 2
     data_dir = _data_dir(args.data_dir)
     try:
-        loaded = load_checkpoint(args.checkpoint, data_dir)
+        loaded = load_checkpoint(args.checkpoint, data_dir, config_root=args.config_root)
         parts = Components.from_dict(loaded.components)
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}")
         return 2
-    resolution = args.resolution or (64 if parts.unet.config.block_out_channels[0] < 128 else 512)
+    # the size the model was trained at: latent sample size x the VAE's down-sampling
+    vae_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+    resolution = args.resolution or int(parts.unet.config.sample_size) * vae_factor
     config = TrainConfig(network=spec, lr=args.lr, te_lr=args.te_lr, steps=args.steps, epochs=args.epochs,
                          resolution=resolution, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
     print(f"training {out.name}: {len(dataset.items)} images, {dataset.num_train_images} per epoch with repeats, "

@@ -59,6 +59,13 @@ def detect_algorithm(suffixes: set[str], tensors: dict[str, torch.Tensor]) -> st
     return None
 
 
+def _prod(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
 def _scalar(t: torch.Tensor | None) -> float | None:
     if t is None or t.numel() != 1:
         return None
@@ -104,7 +111,9 @@ class Adapter:
         if self.algo == "lokr":
             return lokr.rank(t.get("lokr_w1_b"), t.get("lokr_w2_b"))
         if self.algo == "glora":
-            return int(t["a2.weight"].shape[0])
+            a1, a2 = t["a1.weight"], t["a2.weight"]
+            # current layout a2 (r, in); old layout a1 (r, in), a2 (in, r)
+            return int(a2.shape[0]) if a2.shape[0] == t["b2.weight"].shape[0] else int(a1.shape[0])
         return None
 
     def shape_hint(self) -> tuple[int, int] | None:
@@ -114,9 +123,18 @@ class Adapter:
             return lora.out_in(t["lora_up.weight"], t["lora_down.weight"], t.get("lora_mid.weight"))
         if self.algo == "loha":
             return loha.out_in(t["hada_w1_a"], t["hada_w1_b"], t.get("hada_t1"))
+        if self.algo == "lokr":
+            return lokr.out_in(t.get("lokr_w1"), t.get("lokr_w1_a"), t.get("lokr_w1_b"), t.get("lokr_w2"),
+                               t.get("lokr_w2_a"), t.get("lokr_w2_b"), t.get("lokr_t2"))
+        if self.algo == "glora" and t["b1.weight"].dim() >= 2 and t["a1.weight"].dim() >= 2:
+            # current layout: b1 (out, r), a1 (in, r); the old layout is linear-only and rare
+            b1, a1 = t["b1.weight"], t["a1.weight"]
+            if b1.shape[1] == t["a2.weight"].shape[0] == t["b2.weight"].shape[0]:
+                return int(b1.shape[0]), int(a1.shape[0]) * _prod(t["b2.weight"].shape[2:])
+            return None
         if self.algo == "full":
             d = t["diff"]
-            return (int(d.shape[0]), int(d[0].numel())) if d.dim() >= 2 else None
+            return (int(d.shape[0]), _prod(d.shape[1:])) if d.dim() >= 2 else None
         return None
 
     def nbytes(self) -> int:
@@ -133,7 +151,21 @@ class Adapter:
         return alpha / (math.sqrt(rank) if self.rs_lora else rank)
 
     def delta(self, base: torch.Tensor, dyn: int | None = None) -> torch.Tensor:
-        """fp32 ΔW shaped like `base`, on base's device; alpha/scale applied, multiplier not."""
+        """fp32 ΔW shaped like `base`, on base's device; alpha/scale applied, multiplier not.
+
+        Raises AdapterShapeError (a ValueError naming the module) when the tensors do not fit `base`.
+        """
+        try:
+            return self._delta(base, dyn)
+        except AdapterShapeError:
+            raise
+        except (RuntimeError, ValueError, IndexError) as e:
+            # crafted or mismatched factor shapes surface as torch shape errors deep in the math
+            raise AdapterShapeError(
+                f"module {self.key}: {self.kind} tensors do not fit a weight of shape {list(base.shape)} ({e})"
+            ) from e
+
+    def _delta(self, base: torch.Tensor, dyn: int | None) -> torch.Tensor:
         device = base.device
         f: Callable[[str], torch.Tensor | None] = (
             lambda k: self.tensors[k].to(device=device, dtype=torch.float32) if k in self.tensors else None
@@ -219,15 +251,29 @@ class Adapter:
             r = b.shape[0]
             if r == 0:
                 raise AdapterShapeError(f"module {self.key}: zero rank")
+            a2, b2 = t["hada_w2_a"], t["hada_w2_b"]
             tucker = "hada_t1" in t
-            if (not tucker and (a.shape[-1] != r or t["hada_w2_a"].shape[-1] != t["hada_w2_b"].shape[0])) or (
-                tucker and ("hada_t2" not in t or a.shape[0] != r)
-            ):
+            if tucker:
+                t1, t2 = t["hada_t1"], t.get("hada_t2")
+                ok = (t2 is not None and a.dim() == b.dim() == a2.dim() == b2.dim() == 2
+                      and a.shape[0] == r == t1.shape[0] == t1.shape[1] and t1.shape == t2.shape
+                      and a2.shape == a.shape and b2.shape == b.shape)
+            else:
+                ok = (a.dim() == 2 and a2.dim() == 2 and a.shape[1] == r and a2.shape[1] == b2.shape[0]
+                      and a.shape[0] == a2.shape[0] and b.dim() >= 2 and b2.dim() >= 2
+                      and _prod(b.shape[1:]) == _prod(b2.shape[1:]))
+            if not ok:
                 raise AdapterShapeError(f"module {self.key}: LoHa factors of inconsistent shapes")
             self._check_rank(r)
         elif self.algo == "lokr":
-            if "lokr_w1_a" in t and t["lokr_w1_a"].shape[-1] != t["lokr_w1_b"].shape[0]:
+            if "lokr_w1" not in t and (t["lokr_w1_a"].dim() != 2 or t["lokr_w1_a"].shape[-1] != t["lokr_w1_b"].shape[0]):
                 raise AdapterShapeError(f"module {self.key}: lokr_w1_a does not fit lokr_w1_b")
+            if "lokr_w2" not in t:
+                w2a, w2b = t["lokr_w2_a"], t["lokr_w2_b"]
+                ok = (w2a.shape[0] == w2b.shape[0] == t["lokr_t2"].shape[0] if "lokr_t2" in t
+                      else w2a.dim() == 2 and w2a.shape[1] == w2b.shape[0])
+                if not ok:
+                    raise AdapterShapeError(f"module {self.key}: lokr_w2_a does not fit lokr_w2_b")
             if self.rank == 0:
                 raise AdapterShapeError(f"module {self.key}: zero rank")
         elif self.algo in ("oft", "boft"):

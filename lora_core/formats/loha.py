@@ -23,7 +23,10 @@ def rank(w1b: torch.Tensor) -> int:
 
 def out_in(w1a, w1b, t1=None) -> tuple[int, int]:
     if t1 is None:
-        return int(w1a.shape[0]), int(w1b.reshape(w1b.shape[0], -1).shape[1])
+        in_flat = 1
+        for d in w1b.shape[1:]:
+            in_flat *= int(d)
+        return int(w1a.shape[0]), in_flat
     k = 1
     for d in t1.shape[2:]:
         k *= int(d)

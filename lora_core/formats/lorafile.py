@@ -88,6 +88,9 @@ def load_lora(path, name: str | None = None) -> LoraFile:
             adapter = Adapter(key, algo, parts, alpha=alpha, rs_lora=bool(settings and settings.rs_lora))
         except AdapterShapeError as e:
             raise LoraFormatError(path, str(e)) from e
+        except (IndexError, RuntimeError, ValueError, TypeError) as e:
+            # tensors of ranks no algorithm writes (a 0-d factor, ...): a broken or crafted file
+            raise LoraFormatError(path, f"module {key}: {algo} tensors of unusable shapes ({e})") from e
         ignored = set(parts) - CLAIMS[algo]
         if ignored:
             logger.debug("%s: module %s: ignoring %s", name, key, sorted(ignored))
@@ -102,11 +105,18 @@ def load_lora(path, name: str | None = None) -> LoraFile:
     if not adapters and not unclaimed:
         raise LoraFormatError(path, "the file holds no tensors")
 
-    shapes = {k: a.shape_hint() for k, a in adapters.items()}
+    shapes = {k: _shape_hint(a) for k, a in adapters.items()}
     family = detect_family(list(tensors), {k: s for k, s in shapes.items() if s}, metadata)
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     return LoraFile(path=path, name=name, metadata=metadata, adapters=adapters, family=family,
                     unclaimed=sorted(unclaimed), nbytes=nbytes)
+
+
+def _shape_hint(adapter: Adapter):
+    try:
+        return adapter.shape_hint()
+    except (IndexError, RuntimeError, ValueError, TypeError):  # odd factor ranks: no evidence
+        return None
 
 
 def _dotted_path(raw_module: str) -> str:

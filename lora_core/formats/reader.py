@@ -36,13 +36,17 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Return (tensors by key as stored, string metadata) or raise LoraFormatError."""
     lower = path.lower()
+    if not lower.endswith(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES):
+        raise LoraFormatError(path, "unsupported file type (expected .safetensors, .pt, .ckpt, .pth or .bin)")
+    if not os.path.exists(path):
+        raise LoraFormatError(path, "cannot read file: no such file")
+    if not os.path.isfile(path):  # a directory, FIFO or device would block or mislead the readers
+        raise LoraFormatError(path, "not a regular file")
     if lower.endswith(SAFETENSORS_SUFFIXES):
         header, metadata = check_safetensors_header(path)
         tensors = _read_safetensors(path, header)
-    elif lower.endswith(PICKLE_SUFFIXES):
-        tensors, metadata = _read_pickle(path)
     else:
-        raise LoraFormatError(path, "unsupported file type (expected .safetensors, .pt or .ckpt)")
+        tensors, metadata = _read_pickle(path)
     _check_finite(path, tensors)
     return tensors, metadata
 

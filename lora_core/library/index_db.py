@@ -19,7 +19,7 @@ from lora_core.library.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -38,17 +38,21 @@ CREATE TABLE IF NOT EXISTS files(
     alias TEXT,
     family TEXT NOT NULL DEFAULT 'unknown',
     algorithm TEXT NOT NULL DEFAULT 'unknown',
-    summary TEXT NOT NULL DEFAULT '{}',
-    user_meta TEXT NOT NULL DEFAULT '{}',
-    civitai TEXT,
     preview TEXT,
     error TEXT,
     sha256 TEXT,
     addnet TEXT,
     hashed_size INTEGER,
     hashed_mtime_ns INTEGER,
-    search_text TEXT NOT NULL DEFAULT '',
     last_used REAL
+);
+-- the bulky per-file text lives apart, so filtering and sorting scan small rows
+CREATE TABLE IF NOT EXISTS details(
+    id INTEGER PRIMARY KEY,
+    summary TEXT NOT NULL DEFAULT '{}',
+    user_meta TEXT NOT NULL DEFAULT '{}',
+    civitai TEXT,
+    search_text TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS files_stem_nc ON files(stem COLLATE NOCASE);
 CREATE INDEX IF NOT EXISTS files_stem ON files(stem);
@@ -57,10 +61,11 @@ CREATE INDEX IF NOT EXISTS files_rel ON files(rel);
 CREATE INDEX IF NOT EXISTS files_alias_nc ON files(alias COLLATE NOCASE);
 CREATE INDEX IF NOT EXISTS files_alias ON files(alias);
 CREATE INDEX IF NOT EXISTS files_root ON files(root);
-CREATE INDEX IF NOT EXISTS files_sort_name ON files(stem COLLATE NOCASE, rel COLLATE NOCASE);
-CREATE INDEX IF NOT EXISTS files_sort_date ON files(mtime_ns DESC, stem COLLATE NOCASE);
-CREATE INDEX IF NOT EXISTS files_sort_size ON files(size DESC, stem COLLATE NOCASE);
-CREATE INDEX IF NOT EXISTS files_sort_used ON files(last_used DESC, stem COLLATE NOCASE);
+-- sort indexes also carry root/rel/alias so listing in order never touches the table
+CREATE INDEX IF NOT EXISTS files_sort_name ON files(stem COLLATE NOCASE, rel COLLATE NOCASE, root, alias);
+CREATE INDEX IF NOT EXISTS files_sort_date ON files(mtime_ns DESC, stem COLLATE NOCASE, rel COLLATE NOCASE, root, alias);
+CREATE INDEX IF NOT EXISTS files_sort_size ON files(size DESC, stem COLLATE NOCASE, rel COLLATE NOCASE, root, alias);
+CREATE INDEX IF NOT EXISTS files_sort_used ON files(last_used DESC, stem COLLATE NOCASE, rel COLLATE NOCASE, root, alias);
 CREATE INDEX IF NOT EXISTS files_family ON files(family);
 CREATE INDEX IF NOT EXISTS files_folder ON files(folder);
 CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
@@ -78,8 +83,9 @@ CREATE TABLE IF NOT EXISTS stacks(name TEXT PRIMARY KEY, items TEXT NOT NULL, up
 
 FILE_COLUMNS = (
     "path", "root", "rel", "folder", "stem", "ext", "size", "mtime_ns", "sidecar_sig", "alias",
-    "family", "algorithm", "summary", "user_meta", "civitai", "preview", "error", "search_text",
+    "family", "algorithm", "preview", "error",
 )
+DETAIL_COLUMNS = ("summary", "user_meta", "civitai", "search_text")
 
 
 def storage_message(exc: BaseException) -> str:
@@ -98,6 +104,7 @@ class IndexDB:
     def __init__(self, path: str | None):
         self.path = path
         self.problem: str | None = None
+        self.generation = 0  # bumped by every write through this object (search cache key)
         self._local = threading.local()
         self._memory_uri = None
         self._all: list[sqlite3.Connection] = []
@@ -156,8 +163,8 @@ class IndexDB:
             if row is not None and row[0] != str(SCHEMA_VERSION):
                 # the file index is a cache: rebuild it; user data and stacks are kept
                 logger.info("library index schema %s -> %s: the file index will be rebuilt", row[0], SCHEMA_VERSION)
-                conn.execute("DROP TABLE IF EXISTS files_fts")
-                conn.execute("DROP TABLE IF EXISTS files")
+                for table in ("files_fts", "details", "files"):
+                    conn.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -178,6 +185,7 @@ class IndexDB:
         try:
             result = fn(conn, *args)
             conn.execute("COMMIT")
+            self.generation += 1
             return result
         except sqlite3.DatabaseError as exc:
             try:
@@ -196,12 +204,22 @@ class IndexDB:
         return self.connection().execute(sql, params).fetchall()
 
     # -- files ---------------------------------------------------------------------------------
-    def known_files(self, roots: list[str]) -> dict[str, tuple[int, int, str]]:
+    def known_files(self, roots: list[str]) -> dict[str, tuple[int, int, str, str | None]]:
         marks = ",".join("?" * len(roots))
         cur = self.connection().cursor()
         cur.row_factory = None  # plain tuples: this reads every row on each warm start
-        rows = cur.execute(f"SELECT path, size, mtime_ns, sidecar_sig FROM files WHERE root IN ({marks})", roots)
-        return {path: (size, mtime, sig) for path, size, mtime, sig in rows}
+        rows = cur.execute(f"SELECT path, size, mtime_ns, sidecar_sig, error FROM files WHERE root IN ({marks})", roots)
+        return {path: (size, mtime, sig, error) for path, size, mtime, sig, error in rows}
+
+    @staticmethod
+    def _put_details(conn, file_id: int, rec: dict, fresh: bool) -> None:
+        values = [rec[c] for c in DETAIL_COLUMNS]
+        conn.execute(
+            f"INSERT OR REPLACE INTO details(id, {','.join(DETAIL_COLUMNS)}) VALUES(?, ?, ?, ?, ?)", [file_id] + values
+        )
+        if not fresh:
+            conn.execute("DELETE FROM files_fts WHERE rowid=?", (file_id,))
+        conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (file_id, rec["search_text"]))
 
     @staticmethod
     def upsert_files(conn, records: list[dict]) -> None:
@@ -211,24 +229,20 @@ class IndexDB:
             values = [rec[c] for c in FILE_COLUMNS]
             if row is None:
                 cur = conn.execute(
-                    f"INSERT INTO files({','.join(FILE_COLUMNS)}) VALUES({','.join('?' * len(FILE_COLUMNS))})",
-                    values,
+                    f"INSERT INTO files({','.join(FILE_COLUMNS)}, last_used) VALUES({','.join('?' * len(FILE_COLUMNS))}, "
+                    "(SELECT last_used FROM user_data WHERE path=?))",
+                    values + [rec["path"]],
                 )
-                conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (cur.lastrowid, rec["search_text"]))
-                conn.execute(
-                    "UPDATE files SET last_used=(SELECT last_used FROM user_data WHERE path=?) WHERE id=?",
-                    (rec["path"], cur.lastrowid),
-                )
+                IndexDB._put_details(conn, cur.lastrowid, rec, fresh=True)
             else:
                 sets = ",".join(f"{c}=?" for c in FILE_COLUMNS)
-                conn.execute(f"UPDATE files SET {sets} WHERE id=?", values + [row["id"]])
-                if (row["size"], row["mtime_ns"]) != (rec["size"], rec["mtime_ns"]):
+                conn.execute(f"UPDATE files SET {sets} WHERE id=?", values + [row[0]])
+                if (row[1], row[2]) != (rec["size"], rec["mtime_ns"]):
                     conn.execute(
                         "UPDATE files SET sha256=NULL, addnet=NULL, hashed_size=NULL, hashed_mtime_ns=NULL WHERE id=?",
-                        (row["id"],),
+                        (row[0],),
                     )
-                conn.execute("DELETE FROM files_fts WHERE rowid=?", (row["id"],))
-                conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (row["id"], rec["search_text"]))
+                IndexDB._put_details(conn, row[0], rec, fresh=False)
 
     @staticmethod
     def update_sidecars(conn, records: list[dict]) -> None:
@@ -236,29 +250,29 @@ class IndexDB:
             row = conn.execute("SELECT id FROM files WHERE path=?", (rec["path"],)).fetchone()
             if row is None:
                 continue
-            conn.execute(
-                "UPDATE files SET sidecar_sig=?, user_meta=?, civitai=?, preview=?, search_text=? WHERE id=?",
-                (rec["sidecar_sig"], rec["user_meta"], rec["civitai"], rec["preview"], rec["search_text"], row["id"]),
-            )
-            conn.execute("DELETE FROM files_fts WHERE rowid=?", (row["id"],))
-            conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (row["id"], rec["search_text"]))
+            conn.execute("UPDATE files SET sidecar_sig=?, preview=? WHERE id=?", (rec["sidecar_sig"], rec["preview"], row[0]))
+            IndexDB._put_details(conn, row[0], rec, fresh=False)
 
     @staticmethod
     def delete_files(conn, paths: list[str]) -> None:
         for path in paths:
             row = conn.execute("SELECT id FROM files WHERE path=?", (path,)).fetchone()
             if row is not None:
-                conn.execute("DELETE FROM files_fts WHERE rowid=?", (row["id"],))
-                conn.execute("DELETE FROM files WHERE id=?", (row["id"],))
+                for table in ("files_fts WHERE rowid=?", "details WHERE id=?", "files WHERE id=?"):
+                    conn.execute(f"DELETE FROM {table}", (row[0],))
 
     def set_search_text(self, path: str, text: str) -> None:
         def run(conn):
             row = conn.execute("SELECT id FROM files WHERE path=?", (path,)).fetchone()
             if row is not None:
-                conn.execute("UPDATE files SET search_text=? WHERE id=?", (text, row["id"]))
-                conn.execute("DELETE FROM files_fts WHERE rowid=?", (row["id"],))
-                conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (row["id"], text))
+                conn.execute("UPDATE details SET search_text=? WHERE id=?", (text, row[0]))
+                conn.execute("DELETE FROM files_fts WHERE rowid=?", (row[0],))
+                conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (row[0], text))
         self.write(run)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (PRAGMA data_version)."""
+        return self.connection().execute("PRAGMA data_version").fetchone()[0]
 
     # -- hashes --------------------------------------------------------------------------------
     def store_hashes(self, path: str, size: int, mtime_ns: int, sha256: str, addnet: str) -> bool:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 
 from lora_core.library import scanner, sidecars, thumbnails
@@ -32,17 +33,14 @@ logger = logging.getLogger(__name__)
 
 SORTS = {
     "name": "f.stem COLLATE NOCASE, f.rel COLLATE NOCASE",
-    "date": "f.mtime_ns DESC, f.stem COLLATE NOCASE",
-    "size": "f.size DESC, f.stem COLLATE NOCASE",
-    "last_used": "f.last_used DESC, f.stem COLLATE NOCASE",   # never used (NULL) sorts last
+    "date": "f.mtime_ns DESC, f.stem COLLATE NOCASE, f.rel COLLATE NOCASE",
+    "size": "f.size DESC, f.stem COLLATE NOCASE, f.rel COLLATE NOCASE",
+    "last_used": "f.last_used DESC, f.stem COLLATE NOCASE, f.rel COLLATE NOCASE",   # never used (NULL) last
 }
 MAX_PAGE_SIZE = 1000
+SMALL_MATCH = 2000   # text matches up to this many are sorted by SQL; more use the cached order
 WRITE_BATCH = 500
 _HEX = re.compile(r"^[0-9a-f]+$")
-
-
-class _RowDict(dict):
-    """A dict that answers `keys()` like sqlite3.Row does (for _entry)."""
 
 
 def default_data_dir() -> str:
@@ -71,6 +69,8 @@ class Library:
         self.problems: list[str] = [self.db.problem] if self.db.problem else []
         self._hasher = HashWorker(self._hash_lookup, self._hash_store)
         self._root_marks = ",".join("?" * len(self.roots)) or "NULL"
+        self._order_cache: dict = {}  # (filters, sort) -> (index version, ordered ids)
+        self._order_lock = threading.Lock()
 
     def __enter__(self):
         return self
@@ -94,18 +94,23 @@ class Library:
         for d, root in zip(self.dirs, self.roots):
             if not os.path.isdir(root):
                 report.problems.append(f"library folder {d} does not exist")
-        walked = scanner.walk([r for r in self.roots if os.path.isdir(r)])
+        present = [r for r in self.roots if os.path.isdir(r)]
+        walked = scanner.walk(present)
         report.problems.extend(walked.problems)
         known = self.db.known_files(self.roots) if self.roots else {}
         report.total = len(walked.files)
         changed, side_changed = [], []
         for path, found in walked.files.items():
             old = known.get(path)
-            if old is None or (old[0], old[1]) != (found.size, found.mtime_ns) or found.error:
+            # "cannot read/stat" errors (permissions, I/O) are retried: fixing them does not change mtime
+            retry = old is not None and old[3] is not None and old[3].startswith("cannot ")
+            if old is None or (old[0], old[1]) != (found.size, found.mtime_ns) or found.error or retry:
                 changed.append(found)
             elif old[2] != found.sidecar_sig:
                 side_changed.append(found)
-        removed = [p for p in known if p not in walked.files]
+        # rows under a missing folder (unmounted drive) stay: only files gone from a present folder leave
+        prefixes = tuple(r.rstrip(os.sep) + os.sep for r in present)
+        removed = [p for p in known if p not in walked.files and p.startswith(prefixes)]
         try:
             self._write_changed(changed, progress, report)
             self._write_sidecar_changes(side_changed, report)
@@ -160,7 +165,7 @@ class Library:
         tags = self._user_tags([f.path for f in side_changed])
         batch = []
         for found in side_changed:
-            row = self.db.query("SELECT summary, alias FROM files WHERE path=?", (found.path,))
+            row = self.db.query("SELECT d.summary FROM files f JOIN details d ON d.id = f.id WHERE f.path=?", (found.path,))
             summary = _loads(row[0]["summary"], {}) if row else {}
             side = scanner.read_sidecars(found)
             rec = scanner.record(found, summary, None, side, tags.get(found.path, ""))
@@ -184,8 +189,9 @@ class Library:
         return self.entry(entry.path)
 
     # -- rows -> entries -----------------------------------------------------------------------
-    _SELECT = "SELECT f.*, u.favorite AS u_favorite, u.tags AS u_tags, u.last_used AS u_last_used " \
-              "FROM files f LEFT JOIN user_data u ON u.path = f.path"
+    _SELECT = "SELECT f.*, d.summary, d.user_meta, d.civitai, " \
+              "u.favorite AS u_favorite, u.tags AS u_tags, u.last_used AS u_last_used " \
+              "FROM files f JOIN details d ON d.id = f.id LEFT JOIN user_data u ON u.path = f.path"
 
     @staticmethod
     def _entry(row) -> Entry:
@@ -314,19 +320,11 @@ class Library:
         if not self.roots:
             return Page(0, [], page, page_size)
         # `+f.root` keeps SQLite from picking the root index, so the sort index drives the scan
-        # and LIMIT stops early instead of sorting every match.
+        # and LIMIT stops early instead of sorting every row.
         where, params = [f"+f.root IN ({self._root_marks})"], list(self.roots)
         terms = [t for t in str(query or "").lower().split() if t]
         long_terms = [t for t in terms if len(t) >= 3]
-        if long_terms:
-            match = " AND ".join('"' + t.replace('"', '""') + '"' for t in long_terms)
-            where.append("f.id IN (SELECT rowid FROM files_fts WHERE files_fts MATCH ?)")
-            params.append(match)
-        for t in terms:
-            if len(t) < 3:
-                like = "%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                where.append("(f.rel LIKE ? ESCAPE '\\' OR f.alias LIKE ? ESCAPE '\\')")
-                params += [like, like]
+        short_terms = [t for t in terms if len(t) < 3]
         if family:
             where.append("f.family = ?")
             params.append(family)
@@ -337,30 +335,66 @@ class Library:
         if favorites_only:
             where.append("f.path IN (SELECT path FROM user_data WHERE favorite = 1)")
         cond = " AND ".join(where)
-        total = self.db.query(f"SELECT COUNT(*) FROM files f WHERE {cond}", params)[0][0]
-        rows = self.db.query(
-            f"SELECT f.* FROM files f WHERE {cond} ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?",
-            params + [page_size, page * page_size],
-        )
-        return Page(total=total, items=self._with_user_data(rows), page=page, page_size=page_size)
+        offset = page * page_size
+        if not terms:
+            total = self.db.query(f"SELECT COUNT(*) FROM files f WHERE {cond}", params)[0][0]
+            ids = [r[0] for r in self.db.query(
+                f"SELECT f.id FROM files f WHERE {cond} ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?",
+                params + [page_size, offset])]
+            return Page(total=total, items=self._entries_by_id(ids), page=page, page_size=page_size)
+        # Text query: the FTS index gives the matching ids; the order comes from the filtered,
+        # sorted id list (read once through a covering sort index and kept until the index
+        # changes). Joining and sorting thousands of matches in SQL was the slow part at 50,000.
+        # Words under 3 letters (too short for the trigram index) match folder/name and alias.
+        matched = None
+        if long_terms:
+            match = " AND ".join('"' + t.replace('"', '""') + '"' for t in long_terms)
+            matched = {r[0] for r in self.db.query("SELECT rowid FROM files_fts WHERE files_fts MATCH ?", (match,))}
+            if not matched:
+                return Page(total=0, items=[], page=page, page_size=page_size)
+        if matched is not None and len(matched) <= SMALL_MATCH and not self._has_order(cond, params, sort):
+            # few matches and no cached order: let SQL sort just those
+            hits = self._rows_in_order(f"{cond} AND f.id IN (SELECT rowid FROM files_fts WHERE files_fts MATCH ?)",
+                                       params + [match], sort)
+        else:
+            hits = self._ordered_ids(cond, params, sort)
+            if matched is not None:
+                hits = [h for h in hits if h[0] in matched]
+        for t in short_terms:
+            hits = [(i, names) for i, names in hits if t in names]
+        ids = [i for i, _ in hits[offset:offset + page_size]]
+        return Page(total=len(hits), items=self._entries_by_id(ids), page=page, page_size=page_size)
 
-    def _with_user_data(self, rows) -> list[Entry]:
-        if not rows:
+    def _has_order(self, cond: str, params: list, sort: str) -> bool:
+        cached = self._order_cache.get((cond, tuple(params), sort))
+        return cached is not None and cached[0] == (self.db.generation, self.db.data_version())
+
+    def _rows_in_order(self, cond: str, params: list, sort: str) -> list[tuple[int, str]]:
+        cur = self.db.connection().cursor()
+        cur.row_factory = None  # plain tuples: this may read every row
+        rows = cur.execute(f"SELECT f.id, f.rel, f.alias FROM files f WHERE {cond} ORDER BY {SORTS[sort]}", params)
+        return [(i, f"{rel}\n{alias or ''}".lower()) for i, rel, alias in rows]
+
+    def _ordered_ids(self, cond: str, params: list, sort: str) -> list[tuple[int, str]]:
+        """[(id, "rel\nalias" lowercased)] of the filtered rows in sort order, cached per index version."""
+        key = (cond, tuple(params), sort)
+        version = (self.db.generation, self.db.data_version())
+        cached = self._order_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        ordered = self._rows_in_order(cond, params, sort)
+        with self._order_lock:  # UI handlers search from several threads
+            if len(self._order_cache) >= 8:  # a handful of sort/filter combinations is all a UI uses
+                self._order_cache.pop(next(iter(self._order_cache)))
+            self._order_cache[key] = (version, ordered)
+        return ordered
+
+    def _entries_by_id(self, ids: list[int]) -> list[Entry]:
+        if not ids:
             return []
-        paths = [r["path"] for r in rows]
-        user = {
-            u["path"]: u for u in self.db.query(
-                f"SELECT path, favorite AS u_favorite, tags AS u_tags, last_used AS u_last_used "
-                f"FROM user_data WHERE path IN ({','.join('?' * len(paths))})", paths)
-        }
-        entries = []
-        for r in rows:
-            merged = dict(zip(r.keys(), r))
-            u = user.get(r["path"])
-            merged.update(u_favorite=u["u_favorite"] if u else 0, u_tags=u["u_tags"] if u else "",
-                          u_last_used=u["u_last_used"] if u else None)
-            entries.append(self._entry(_RowDict(merged)))
-        return entries
+        rows = self.db.query(f"{self._SELECT} WHERE f.id IN ({','.join('?' * len(ids))})", ids)
+        by_id = {r["id"]: self._entry(r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
 
     def folders(self) -> list[tuple[str, int]]:
         """Folder tree as (folder path, LoRA count including subfolders), sorted; "" is the root."""
@@ -444,7 +478,7 @@ class Library:
         entry = self.entry(path)
         clean = sorted({str(t).strip().replace(",", " ")[:100] for t in tags if str(t).strip()})
         self.db.set_user_data(entry.path, tags=",".join(clean))
-        row = self.db.query("SELECT search_text FROM files WHERE path=?", (entry.path,))[0]
+        row = self.db.query("SELECT d.search_text FROM files f JOIN details d ON d.id = f.id WHERE f.path=?", (entry.path,))[0]
         base = row[0].split(scanner.USER_TAGS_SEPARATOR)[0]
         self.db.set_search_text(entry.path, base + scanner.USER_TAGS_SEPARATOR + " ".join(clean))
 

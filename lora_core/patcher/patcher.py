@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -83,13 +83,18 @@ class Patcher:
     def backup_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._backups.values())
 
-    def apply(self, stack: Iterable[ActiveLora]) -> PatchReport:
-        """Make the model's weights W0 + Σ m·ΔW for `stack`; return what was done."""
+    def apply(self, stack: Iterable[ActiveLora], progress: Callable[[int, int], Any] | None = None) -> PatchReport:
+        """Make the model's weights W0 + Σ m·ΔW for `stack`; return what was done.
+
+        `progress(done, total)` is called after each slot write (for progress bars on long merges).
+        """
         stack = tuple(stack)
         with self._lock:
             t0 = time.perf_counter()
             if stack == self._stack:
-                report = dataclasses.replace(self._last_report, slots_recomputed=0)
+                last = self._last_report
+                report = dataclasses.replace(last, slots_recomputed=0, warnings=list(last.warnings),
+                                             loras=[dataclasses.replace(r) for r in last.loras])
                 report.seconds = time.perf_counter() - t0
                 return report
             if not self.keep_originals and (self._baked or self._contribs):
@@ -100,7 +105,7 @@ class Patcher:
             # stack order, then slots that leave: deterministic, and close to memory order
             changed = [k for k in desired if _signature(desired[k]) != _signature(self._contribs.get(k))]
             changed += [k for k in self._contribs if k not in desired]
-            self._write_all(changed, desired, refs)
+            self._write_all(changed, desired, refs, progress)
             # commit
             self._contribs = desired
             self._slots = refs
@@ -200,12 +205,14 @@ class Patcher:
         write_slot(self._live(ref), ref.view(backup), contribs, self.compute_dtype)
         self.slot_writes += 1
 
-    def _write_all(self, changed: list, desired: dict, refs: dict) -> None:
+    def _write_all(self, changed: list, desired: dict, refs: dict, progress=None) -> None:
         written: list[tuple] = []
         try:
             for key in changed:
                 written.append(key)
                 self._write(refs.get(key) or self._slots[key], desired.get(key, []))
+                if progress is not None:
+                    progress(len(written), len(changed))
         except BaseException as exc:
             self._rollback(written, refs)
             if not isinstance(exc, Exception):

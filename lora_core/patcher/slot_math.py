@@ -34,7 +34,8 @@ def write_slot(
         if not contributions:
             live.copy_(w0)
             return
-        delta = _low_rank_sum(contributions, compute_dtype, live.device)
+        factors = _stacked_factors(contributions, compute_dtype, live.device)
+        full = None
         for entry, m, dyn in contributions:
             if entry.low_rank is not None:
                 continue
@@ -42,17 +43,51 @@ def write_slot(
                 d = _full_delta(entry, w0, dyn).reshape(w0.shape)
             except Exception as exc:
                 raise AdapterFailure(entry) from exc
-            if delta is None:
-                delta = d * m  # never in place: `d` may be a tensor the adapter keeps
+            if full is None:
+                full = d * m  # never in place: `d` may be a tensor the adapter keeps
             else:
-                delta = delta.view(w0.shape)
-                if delta.dtype != torch.float32:
-                    delta = delta.float()
-                delta.add_(d, alpha=m)
-        torch.add(w0, delta.view(w0.shape), out=live)
+                full.add_(d, alpha=m)
+        if (full is None and live.dtype in _CHUNKED_DTYPES and live.is_contiguous() and w0.is_contiguous()
+                and w0.dim() >= 1):
+            _write_low_rank_chunked(live, w0, *factors)
+            return
+        if factors is not None:
+            product = torch.mm(*factors)
+            if full is None:
+                full = product.view(w0.shape)
+            else:
+                full.view(product.shape).add_(product.to(torch.float32))
+        torch.add(w0, full, out=live)
 
 
-def _low_rank_sum(contributions: Sequence[tuple], compute_dtype: torch.dtype, device) -> torch.Tensor | None:
+# Rows are computed in blocks of about this many elements (1 MB in fp32) in one reused fp32
+# buffer: W0 rows are widened into it, U@D is accumulated onto them by the GEMM itself (addmm),
+# and the block is rounded into the live tensor while still in cache. The slot then costs one
+# read of W0 and one write of W besides the product, and never a full-size fp32 ΔW.
+CHUNK_ELEMENTS = 1 << 18
+_CHUNKED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # others take the plain path
+
+
+def _write_low_rank_chunked(live: torch.Tensor, w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> None:
+    rows = up.shape[0]
+    live2 = live.view(rows, -1)
+    w02 = w0.reshape(rows, -1)
+    step = max(1, min(rows, CHUNK_ELEMENTS // max(1, live2.shape[1])))
+    acc_dtype = torch.promote_types(up.dtype, torch.float32)
+    buf = torch.empty((step, live2.shape[1]), dtype=acc_dtype, device=live.device)
+    for i in range(0, rows, step):
+        n = min(step, rows - i)
+        block = buf[:n]
+        block.copy_(w02[i:i + n])
+        if up.dtype == acc_dtype:
+            block.addmm_(up[i:i + n], down)
+        else:  # reduced-precision product (bf16 compute): widen it, then add
+            block.add_(torch.mm(up[i:i + n], down))
+        live2[i:i + n].copy_(block)
+
+
+def _stacked_factors(contributions: Sequence[tuple], compute_dtype: torch.dtype, device):
+    """(U, D) with Σ mᵢ·sᵢ·Uᵢ@Dᵢ = U@D, or None when no contribution is plain low-rank."""
     ups, downs = [], []
     for entry, m, _dyn in contributions:
         if entry.low_rank is None:
@@ -65,8 +100,8 @@ def _low_rank_sum(contributions: Sequence[tuple], compute_dtype: torch.dtype, de
     if not ups:
         return None
     if len(ups) == 1:
-        return torch.mm(ups[0], downs[0])
-    return torch.mm(torch.cat(ups, dim=1), torch.cat(downs, dim=0))
+        return ups[0], downs[0]
+    return torch.cat(ups, dim=1), torch.cat(downs, dim=0)
 
 
 def _full_delta(entry, w0: torch.Tensor, dyn) -> torch.Tensor:

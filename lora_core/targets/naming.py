@@ -280,6 +280,7 @@ LDM_TEXT_PREFIXES = (
     ("cond_stage_model.model.", "te1", "openclip"),  # SD2: OpenCLIP ViT-H
     ("conditioner.embedders.0.transformer.", "te1", "hf"),  # SDXL: HF CLIP-L
     ("conditioner.embedders.1.model.", "te2", "openclip"),  # SDXL: OpenCLIP bigG
+    ("conditioner.embedders.0.model.", "te2", "openclip"),  # SDXL refiner: bigG only (diffusers' text_encoder_2)
 )
 
 COMPONENTS = ("unet", "te1", "te2")

@@ -83,17 +83,17 @@ class DemoArch:
 class DemoTrainSettings:
     seed: int = 1234
     n_images: int = 8192
-    vae_steps: int = 3000
+    vae_steps: int = 1200
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    unet_steps: int = 12000
+    unet_steps: int = 4000
     unet_batch: int = 64
     unet_lr: float = 5e-4
     warmup: int = 200
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
-    threads: int = 0  # 0: torch's default
+    threads: int = 0  # 0: torch's default (use 1 on a busy machine: OpenMP threads spin when oversubscribed)
 
 
 def build_models(arch: DemoArch, seed: int):

@@ -18,16 +18,13 @@ TE_PREFIX = "cond_stage_model.transformer."
 
 
 def unet_layout_of(unet):
-    """The `naming.UNetLayout` of a diffusers UNet2DConditionModel (SD1-style blocks)."""
-    from lora_core.targets.naming import UNetLayout
+    """The `naming.UNetLayout` of a diffusers UNet2DConditionModel, from its parameter names."""
+    from lora_core.targets.layout import layout_from_diffusers
 
-    cfg = unet.config
-    attention = tuple(t.startswith("CrossAttn") for t in cfg.down_block_types)
-    depth = cfg.transformer_layers_per_block
-    if isinstance(depth, int):
-        depth = tuple(depth if a else 0 for a in attention)
-    return UNetLayout(tuple(cfg.block_out_channels), int(cfg.layers_per_block), attention, tuple(depth),
-                      mid_depth=max(depth) if any(attention) else 1)
+    layout = layout_from_diffusers({k: tuple(v.shape) for k, v in unet.state_dict().items()})
+    if layout is None:
+        raise ValueError("not a diffusers UNet2DConditionModel")
+    return layout
 
 
 def unet_to_ldm(unet) -> dict[str, torch.Tensor]:

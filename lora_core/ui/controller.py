@@ -30,11 +30,13 @@ class TabSettings:
     current_family: returns the loaded checkpoint's family ("sd1", "sd2", "sdxl") or None; read at
         every query, so a checkpoint switch changes the default filter without rebuilding the tab.
     api_prefix: where `lora_core.app.api.register_routes` mounted the JSON routes (thumbnails).
+    rescan: the host's rescan (e.g. one that also queues hashing); default `library.scan()`.
     """
 
     page_size: int = 48
     current_family: Callable[[], str | None] = field(default=lambda: None)
     api_prefix: str = "/lora_core/api"
+    rescan: Callable[[], Any] | None = None   # what "Rescan folders" runs (default: library.scan())
 
 
 @dataclass
@@ -202,12 +204,13 @@ class LoraTabController:
     def refresh(self) -> str:
         """Rescan the LoRA folders; returns a status line."""
         try:
-            lib = self._library()
-            lib.scan()
+            report = self.settings.rescan() if self.settings.rescan is not None else self._library().scan()
         except Exception as exc:  # noqa: BLE001
             log.exception("LoRA rescan failed")
             return f"Rescan failed: {exc}"
-        return "Library rescanned."
+        total, problems = getattr(report, "total", None), list(getattr(report, "problems", None) or [])
+        text = "Library rescanned" + (f": {total} LoRA files." if total is not None else ".")
+        return " ".join([text, *problems[:3]])
 
 
 def _editor_values(view: EntryView | None) -> dict[str, Any]:

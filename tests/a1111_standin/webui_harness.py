@@ -68,5 +68,10 @@ def launch(root, *, builtin: bool = False, args=(), checkpoints=None, build_ui: 
     app = FastAPI()
     m.script_callbacks.app_started_callback(demo, app)
     scripts = {Path(mod.__file__).name: mod for mod in m.scripts.loaded_modules}
-    return SimpleNamespace(m=m, app=app, tabs=tabs, demo=demo, scripts=scripts,
-                           host=getattr(scripts.get("lora_core_a1111.py"), "lora_core_host", None))
+    host = getattr(scripts.get("lora_core_a1111.py"), "lora_core_host", None)
+
+    def close():
+        """Webui shutdown: the script_unloaded callbacks (lora_core closes its library there)."""
+        m.script_callbacks.script_unloaded_callback()
+
+    return SimpleNamespace(m=m, app=app, tabs=tabs, demo=demo, scripts=scripts, host=host, close=close)

@@ -49,7 +49,7 @@ class Server:
         self._log = open(log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lora_core", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "lora_core.app.serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--models-dir", str(models_dir), "--data-dir", str(data_dir)],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )

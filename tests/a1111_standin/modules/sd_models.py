@@ -43,6 +43,7 @@ def _flags(model, arch):
     model.is_sd1 = arch == "sd1"
     model.is_sd2 = arch == "sd2"
     model.is_sdxl = arch == "sdxl"
+    model.is_sd3 = arch == "sd3"
 
 
 def load_model(checkpoint_info=None, already_loaded_state_dict=None):

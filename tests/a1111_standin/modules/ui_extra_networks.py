@@ -9,7 +9,6 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from modules import shared
 
 extra_pages = []
 allowed_dirs = set()

@@ -1,0 +1,438 @@
+"""Engine benchmark: lora_core's Engine vs diffusers + PEFT, side by side in one run.
+
+    python -m bench.engine            # full size: SD1.5 UNet + CLIP-L, fp16, rank-32 LoRAs (~5 GB RAM)
+    python -m bench.engine --quick    # tiny models, seconds
+    python -m bench.engine --write-docs   # also update the engine section of docs/BENCHMARKS.md
+
+Models are built in code (random init, nothing downloaded). LoRAs are kohya files made with
+diffusers' own `convert_state_dict_to_kohya` from PEFT-layout state dicts:
+  L1, L3, L5: attention + feed-forward + proj_in/out + text encoder (q/k/v/out, fc1/fc2)
+  L2: attention + text encoder attention          L4: feed-forward only
+Scenarios (each measured once, in this order, on the same model for both sides):
+  load+apply one (L1), switch (L1 -> L2), stack 2 (L1 0.8 + L2 0.6), stack 5, back to stack 2,
+  change one weight in the stack of 2 (L2 0.6 -> 0.3), same stack again, restore.
+diffusers flow: `load_lora_weights(adapter_name=...)`, `set_adapters(names, weights)`,
+`fuse_lora()`, `unfuse_lora()`, `delete_adapters()`, `unload_lora_weights()` on a host object
+with the StableDiffusionLoraLoaderMixin (what StableDiffusionPipeline does, minus VAE/tokenizer).
+Floors, measured in the same run over the weights L1 touches: one read+write of them (memory) and
+the bare B@A products (compute, fp32 and bf16).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+START, END = "<!-- engine-bench:start -->", "<!-- engine-bench:end -->"
+
+ATTN = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+        "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"]
+FF = ["ff.net.0.proj", "ff.net.2"]
+PROJ = ["proj_in", "proj_out"]
+TE_ATTN = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"]
+TE_MLP = ["mlp.fc1", "mlp.fc2"]
+PLAN = {  # LoRA name -> (unet module suffixes, te module suffixes)
+    "L1": (ATTN + FF + PROJ, TE_ATTN + TE_MLP),
+    "L2": (ATTN, TE_ATTN),
+    "L3": (ATTN + FF + PROJ, TE_ATTN + TE_MLP),
+    "L4": (FF, []),
+    "L5": (ATTN + FF + PROJ, TE_ATTN + TE_MLP),
+}
+
+
+# ---------------------------------------------------------------------------- models and files
+def build_models(quick: bool):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)  # init straight into fp16: no fp32 copy of 860M params
+    try:
+        if quick:
+            unet = UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+                                        norm_num_groups=8, attention_head_dim=8, cross_attention_dim=64,
+                                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+            te_cfg = CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                                    num_attention_heads=4, max_position_embeddings=77)
+        else:  # SD1.5: the diffusers default UNet config with SD1.5's context width; CLIP ViT-L/14 text
+            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+            te_cfg = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                    num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                    projection_dim=768, hidden_act="quick_gelu")
+        te = CLIPTextModel(te_cfg)
+    finally:
+        torch.set_default_dtype(old)
+    unet.eval().requires_grad_(False)
+    te.eval().requires_grad_(False)
+    return unet, te
+
+
+def lora_targets(unet, te, name):
+    unet_suffixes, te_suffixes = PLAN[name]
+    targets = []
+    for prefix, model, suffixes in (("unet", unet, unet_suffixes), ("text_encoder", te, te_suffixes)):
+        for mname, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and any(mname.endswith(s) for s in suffixes):
+                targets.append((prefix, mname, module.weight.shape))
+    return targets
+
+
+def make_lora_file(directory, unet, te, name, rank, seed):
+    """A kohya LoRA: PEFT-layout tensors -> diffusers' convert_state_dict_to_kohya, alpha = rank/2."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    peft = {}
+    for prefix, mname, shape in lora_targets(unet, te, name):
+        out_f, in_f = shape[0], shape[1] * (shape[2] * shape[3] if len(shape) == 4 else 1)
+        # |ΔW| about 5-10 % of |W0|, like a trained LoRA at weight 1
+        a = torch.randn(rank, in_f, generator=g) / in_f ** 0.5
+        b = torch.randn(out_f, rank, generator=g) * (0.15 / (in_f ** 0.5))
+        if len(shape) == 4:  # conv (SD1.5 proj_in/out are 1x1 convs): conv-shaped factors, as PEFT saves them
+            a = a.reshape(rank, shape[1], shape[2], shape[3])
+            b = b.reshape(out_f, rank, 1, 1)
+        peft[f"{prefix}.{mname}.lora_A.weight"] = a.half()
+        peft[f"{prefix}.{mname}.lora_B.weight"] = b.half()
+    kohya = convert_state_dict_to_kohya(peft)
+    for k in list(kohya):
+        if k.endswith(".alpha"):
+            kohya[k] = torch.tensor(float(rank) / 2)
+    path = os.path.join(directory, f"{name}.safetensors")
+    save_file({k: v.contiguous() for k, v in kohya.items()}, path,
+              metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(rank / 2)})
+    return path
+
+
+# ---------------------------------------------------------------------------- helpers
+class Timer:
+    def __init__(self):
+        self.t = {}
+
+    def run(self, label, fn):
+        gc.collect()
+        t0 = time.perf_counter()
+        out = fn()
+        self.t[label] = time.perf_counter() - t0
+        return out
+
+
+def touched_weights(engine):
+    return [ref.tensor for ref in engine.patcher._slots.values()]
+
+
+def floors(weights, factors):
+    """(memory floor: one in-place read+write of `weights`, compute floors: bare B@A in fp32/bf16)."""
+    gc.collect()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for w in weights:
+            w.mul_(1.0)  # reads and writes every element once; ×1 keeps the values
+    mem = time.perf_counter() - t0
+    comp = {}
+    for dt in (torch.float32, torch.bfloat16):
+        fs = [(u.to(dt), d.to(dt)) for u, d in factors]
+        gc.collect()
+        t0 = time.perf_counter()
+        for u, d in fs:
+            torch.mm(u, d)
+        comp[dt] = time.perf_counter() - t0
+        del fs
+    return mem, comp
+
+
+def accuracy(binding, engine, w0_of, stack_spec, max_slots=None):
+    """Max error of the merged fp16 weights against an fp32 oracle W0 + Σ m·s·B@A (unrounded),
+    in units of the fp16 spacing at the oracle value (ulps)."""
+    worst = 0.0
+    total = 0
+    ulps_hist = [0, 0, 0]  # <=0.5, <=1, >1
+    for key, ref in list(engine.patcher._slots.items())[:max_slots]:
+        contribs = engine.patcher._contribs[key]
+        w0 = ref.view(w0_of[id(ref.tensor)]).float()
+        oracle = w0.reshape(w0.shape[0], -1).clone()
+        for entry, m, dyn in contribs:
+            up, down, scale = entry.adapter.low_rank(dyn)
+            oracle += (m * scale) * (up.float().reshape(up.shape[0], -1) @ down.float().reshape(down.shape[0], -1))
+        got = ref.view(ref.tensor.detach()).float().reshape(oracle.shape)
+        spacing = torch.pow(2.0, torch.floor(torch.log2(oracle.abs().clamp_min(2.0 ** -14)))) * 2.0 ** -10
+        err = ((got - oracle).abs() / spacing)
+        worst = max(worst, float(err.max()))
+        total += err.numel()
+        ulps_hist[0] += int((err <= 0.5).sum())
+        ulps_hist[1] += int(((err > 0.5) & (err <= 1)).sum())
+        ulps_hist[2] += int((err > 1).sum())
+    return worst, [h / max(total, 1) for h in ulps_hist]
+
+
+# ---------------------------------------------------------------------------- the two sides
+def run_ours(unet, te, files, compute_dtype):
+    from lora_core.engine import Engine
+    from lora_core.targets import Binding
+
+    binding = Binding.from_diffusers(unet, [te])
+    engine = Engine(binding, cache_size=8, compute_dtype=compute_dtype)
+    T = Timer()
+    f = files
+    T.run("load+apply one", lambda: engine.apply([(f["L1"], 1.0, 1.0)]))
+    w0_of = {id(ref.tensor): engine.patcher._backups[ref.group] for ref in engine.patcher._slots.values()}
+    touched = list({id(t): t for t in touched_weights(engine)}.values())
+    factors = [e.low_rank[:2] for p in engine.patcher._plans.values() for e in p.entries if e.low_rank]
+    T.run("switch", lambda: engine.apply([(f["L2"], 1.0, 1.0)]))
+    T.run("stack 2", lambda: engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.6)]))
+    T.run("stack 5", lambda: engine.apply([(f[n], 0.5, 0.5) for n in ("L1", "L2", "L3", "L4", "L5")]))
+    T.run("back to stack 2", lambda: engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.6)]))
+    rw = T.run("change one weight", lambda: engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.3)]))
+    reps = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.3)])
+        reps.append(time.perf_counter() - t0)
+    T.t["same stack again"] = statistics.median(reps)
+    info = {"reweight_slots": rw.slots_recomputed, "stack2_slots": len(engine.patcher._slots)}
+    acc = accuracy(binding, engine, w0_of, None)
+    # L2's share: the same reweight costs, relative to L2 applied alone (warm cache) and restored
+    T.run("restore", engine.restore)
+    engine2_t = Timer()
+    engine2_t.run("L2 alone", lambda: engine.apply([(f["L2"], 0.6, 0.3)]))
+    engine.restore()
+    info["L2 alone"] = engine2_t.t["L2 alone"]
+    return T.t, touched, factors, acc, info
+
+
+def diffusers_host(unet, te):
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    class Host(StableDiffusionLoraLoaderMixin):
+        """What StableDiffusionPipeline brings to LoRA loading, without VAE/tokenizer/scheduler."""
+
+        hf_device_map = None
+
+        def __init__(self):
+            self.unet, self.text_encoder = unet, te
+
+        @property
+        def components(self):
+            return {"unet": self.unet, "text_encoder": self.text_encoder}
+
+    return Host()
+
+
+def run_diffusers(unet, te, files):
+    import logging
+
+    for name in ("diffusers", "transformers", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+    except Exception:
+        pass
+    pipe = diffusers_host(unet, te)
+    f = files
+    T = Timer()
+    loaded = set()
+
+    def ensure(*names):
+        for n in names:
+            if n not in loaded:
+                pipe.load_lora_weights(f[n], adapter_name=n)
+                loaded.add(n)
+
+    def stack(names, weights):
+        pipe.unfuse_lora()
+        ensure(*names)
+        pipe.set_adapters(list(names), weights)
+        pipe.fuse_lora(adapter_names=list(names))
+
+    def first():
+        ensure("L1")
+        pipe.set_adapters(["L1"], [1.0])
+        pipe.fuse_lora(adapter_names=["L1"])
+
+    def switch():
+        pipe.unfuse_lora()
+        pipe.delete_adapters("L1")
+        loaded.discard("L1")
+        ensure("L2")
+        pipe.set_adapters(["L2"], [1.0])
+        pipe.fuse_lora(adapter_names=["L2"])
+
+    T.run("load+apply one", first)
+    T.run("switch", switch)
+    T.run("stack 2", lambda: stack(["L1", "L2"], [0.8, 0.6]))
+    T.run("stack 5", lambda: stack(["L1", "L2", "L3", "L4", "L5"], [0.5] * 5))
+    T.run("back to stack 2", lambda: stack(["L1", "L2"], [0.8, 0.6]))
+    T.run("change one weight", lambda: stack(["L1", "L2"], [0.8, 0.3]))
+    T.run("same stack again", lambda: stack(["L1", "L2"], [0.8, 0.3]))
+
+    def restore():
+        pipe.unfuse_lora()
+        pipe.unload_lora_weights()
+
+    T.run("restore", restore)
+    return T.t
+
+
+# ---------------------------------------------------------------------------- report
+ORDER = ["load+apply one", "switch", "stack 2", "stack 5", "back to stack 2", "change one weight",
+         "same stack again", "restore"]
+
+
+def fmt_s(x):
+    return f"{x * 1000:.2f} ms" if x < 0.1 else f"{x:.2f} s"
+
+
+def report(meta, ours, ours_bf16, theirs, floor_mem, floor_comp, acc32, acc16, info, diffusers_exact):
+    lines = []
+    lines.append(f"Command: `{meta['command']}`  ")
+    lines.append(f"Date: {meta['date']}; {meta['machine']}; torch {torch.__version__}, "
+                 f"{torch.get_num_threads()} threads; {meta['size']}  ")
+    lines.append(f"Touched by L1: {meta['touched_tensors']} tensors, {meta['touched_mb']:.0f} MB fp16. "
+                 f"Floors: memory (one read+write) {fmt_s(floor_mem)}; compute (bare B@A) "
+                 f"fp32 {fmt_s(floor_comp[torch.float32])}, bf16 {fmt_s(floor_comp[torch.bfloat16])}.")
+    lines.append("")
+    lines.append("| scenario | lora_core (fp32 compute) | ×mem floor | ×fp32 B@A floor | lora_core (bf16 compute) "
+                 "| diffusers+PEFT | diffusers / ours |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for k in ORDER:
+        o = ours[k]
+        b = ours_bf16.get(k) if ours_bf16 else None
+        d = theirs.get(k) if theirs else None
+        lines.append(
+            f"| {k} | {fmt_s(o)} | {o / floor_mem:.2f} | {o / floor_comp[torch.float32]:.2f} | "
+            f"{fmt_s(b) if b is not None else '-'} | {fmt_s(d) if d is not None else '-'} | "
+            f"{f'{d / o:.1f}×' if d is not None else '-'} |")
+    lines.append("")
+    lines.append(f"Change one weight (L2 in a stack of L1+L2): {info['reweight_slots']} of "
+                 f"{info['stack2_slots']} slots recomputed; L2 applied alone takes {fmt_s(info['L2 alone'])}, "
+                 f"the reweight {fmt_s(ours['change one weight'])}.  ")
+    lines.append(f"Each figure is the best of {meta['repeat']} run(s). Same stack again (ours): median of 200 calls. diffusers has no such check: a host re-running "
+                 f"set_adapters+fuse pays the time shown.  ")
+    lines.append(f"Accuracy of the merged fp16 weights (stack L1 0.8 + L2 0.3) against an fp32 oracle "
+                 f"W0 + Σ m·s·B@A, in fp16 ulps at the oracle value: fp32 compute max {acc32[0]:.2f} ulp "
+                 f"({acc32[1][0] * 100:.2f} % ≤ 0.5 ulp, {acc32[1][2] * 100:.4f} % > 1 ulp); bf16 compute max "
+                 f"{acc16[0]:.2f} ulp ({acc16[1][0] * 100:.2f} % ≤ 0.5, {acc16[1][2] * 100:.4f} % > 1 ulp).  ")
+    lines.append(f"Restore: lora_core bit for bit (checked); diffusers unfuse+unload: {diffusers_exact}.")
+    return "\n".join(lines)
+
+
+def write_doc(section: str):
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = f"{START}\n## Engine: apply / switch / stack (lora_core vs diffusers+PEFT)\n\n{section}\n{END}"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny models (seconds), for a smoke test")
+    ap.add_argument("--rank", type=int, default=None, help="LoRA rank (default 32; 4 with --quick)")
+    ap.add_argument("--no-diffusers", action="store_true", help="measure lora_core only")
+    ap.add_argument("--repeat", type=int, default=1, help="run every scenario N times, keep the best")
+    ap.add_argument("--write-docs", action="store_true", help="update the engine section of docs/BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    rank = args.rank or (4 if args.quick else 32)
+
+    t0 = time.perf_counter()
+    unet, te = build_models(args.quick)
+    print(f"models built in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    snapshot = {k: v.clone() for k, v in list(unet.state_dict().items()) + [("te." + k, v) for k, v in te.state_dict().items()]}
+    with tempfile.TemporaryDirectory() as d:
+        files = {n: make_lora_file(d, unet, te, n, rank, seed=i + 1) for i, n in enumerate(PLAN)}
+        print("LoRA files written", file=sys.stderr)
+
+        runs = []
+        for _ in range(args.repeat):  # best of N per scenario: the machine is shared
+            runs.append(run_ours(unet, te, files, torch.float32))
+            assert_same(unet, te, snapshot, "lora_core restore")
+        ours = best([r[0] for r in runs])
+        _t, touched, factors, acc32, info = runs[0]
+        runs16 = []
+        for _ in range(args.repeat):
+            runs16.append(run_ours(unet, te, files, torch.bfloat16))
+            assert_same(unet, te, snapshot, "lora_core restore (bf16)")
+        ours16, acc16 = best([r[0] for r in runs16]), runs16[0][3]
+        floor_list = [floors(touched, factors) for _ in range(max(3, args.repeat))]
+        floor_mem = min(f[0] for f in floor_list)
+        floor_comp = {dt: min(f[1][dt] for f in floor_list) for dt in (torch.float32, torch.bfloat16)}
+        theirs = None
+        exact = "not measured"
+        if not args.no_diffusers:
+            theirs_runs = []
+            for i in range(args.repeat):
+                theirs_runs.append(run_diffusers(unet, te, files))
+                if i == 0:
+                    exact = diff_count(unet, te, snapshot)
+                restore_snapshot(unet, te, snapshot)  # start the next round from the same weights
+            theirs = best(theirs_runs)
+    meta = {
+        "command": "python -m bench.engine" + (" --quick" if args.quick else "")
+                   + (f" --repeat {args.repeat}" if args.repeat != 1 else "") + (" --write-docs" if args.write_docs else ""),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end",
+        "size": ("tiny UNet + CLIP (--quick)" if args.quick else "SD1.5 UNet + CLIP-L, fp16, random init")
+                + f", rank {rank}",
+        "repeat": args.repeat,
+        "touched_tensors": len(touched),
+        "touched_mb": sum(t.numel() * t.element_size() for t in touched) / 1e6,
+    }
+    section = report(meta, ours, ours16, theirs, floor_mem, floor_comp, acc32, acc16, info, exact)
+    print(section)
+    if args.write_docs:
+        write_doc(section)
+        print(f"\nwrote {DOC}", file=sys.stderr)
+    return 0
+
+
+def best(runs):
+    return {k: min(r[k] for r in runs) for k in runs[0]}
+
+
+def restore_snapshot(unet, te, snapshot):
+    with torch.no_grad():
+        for k, v in unet.state_dict().items():
+            v.copy_(snapshot[k])
+        for k, v in te.state_dict().items():
+            v.copy_(snapshot["te." + k])
+
+
+def assert_same(unet, te, snapshot, what):
+    bad = diff_count(unet, te, snapshot)
+    if bad != "bit for bit":
+        raise SystemExit(f"{what} is not bit-exact: {bad}")
+
+
+def diff_count(unet, te, snapshot):
+    current = dict(unet.state_dict())
+    current.update({"te." + k: v for k, v in te.state_dict().items()})
+    missing = [k for k in snapshot if k not in current]
+    differ = [k for k in snapshot if k in current and not torch.equal(current[k], snapshot[k])]
+    if not missing and not differ:
+        return "bit for bit"
+    return f"{len(differ)} tensors differ from the original" + (f", {len(missing)} missing" if missing else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

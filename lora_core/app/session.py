@@ -1,0 +1,248 @@
+"""Session: the standalone app's glue. prompt -> tags -> library -> engine -> pipeline -> infotext.
+
+One Session owns the LoRA Library, the loaded PipelineHandle and the Engine patching it. Every
+problem a user can cause (bad tag, unknown or ambiguous LoRA, LoRA for another model family,
+unreadable checkpoint, out-of-range setting) comes back as a message, never as an exception.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+DEMO_CHOICE = "Demo model (built-in)"
+HASH_WAIT_S = 120.0  # longest wait for the library's hasher before writing an infotext without a hash
+
+
+class Session:
+    """`Session(models_dir, data_dir, checkpoint=None)`.
+
+    models_dir holds `Stable-diffusion/` (checkpoints) and `Lora/`. checkpoint: a path or a name
+    from `checkpoints()`; None loads the first checkpoint found, else the built-in demo model (and,
+    the first time, writes the demo LoRAs to `Lora/demo/`).
+    """
+
+    def __init__(self, models_dir, data_dir, checkpoint=None, *, config_root=None, scan: bool = True):
+        from lora_core.library import Library
+
+        self.models_dir = Path(models_dir)
+        self.data_dir = Path(data_dir)
+        self.lora_dir = self.models_dir / "Lora"
+        self.checkpoint_dir = self.models_dir / "Stable-diffusion"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lora_dir.mkdir(parents=True, exist_ok=True)
+        self.config_root = config_root
+        self.messages: list[str] = []  # startup/switch notes for the UI
+        self._lock = threading.RLock()
+        self.pipeline = None
+        self.engine = None
+        self.library = Library([str(self.lora_dir)], data_dir=str(self.data_dir))
+        if checkpoint is None:
+            found = self.checkpoints()[1:]
+            checkpoint = found[0] if found else DEMO_CHOICE
+        self.switch_checkpoint(str(checkpoint))
+        if scan:
+            self.rescan()
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoints(self) -> list[str]:
+        """Choices for the checkpoint picker: the demo model, then files under Stable-diffusion/."""
+        from lora_core.app.checkpoints import list_checkpoints
+
+        names = [p.relative_to(self.checkpoint_dir).as_posix() for p in list_checkpoints(self.checkpoint_dir)]
+        return [DEMO_CHOICE, *names]
+
+    def current_checkpoint(self) -> str:
+        handle = self.pipeline
+        if handle is None or handle.is_demo:
+            return DEMO_CHOICE
+        try:
+            return handle.checkpoint_path.resolve().relative_to(self.checkpoint_dir.resolve()).as_posix()
+        except ValueError:
+            return str(handle.checkpoint_path)
+
+    def _checkpoint_path(self, name: str) -> Path | None:
+        """None for the demo model; a listed name or an existing file path otherwise."""
+        if name in (DEMO_CHOICE, "demo", ""):
+            return None
+        listed = dict((n, self.checkpoint_dir / n) for n in self.checkpoints()[1:])
+        if name in listed:
+            return listed[name]
+        path = Path(name).expanduser()
+        if path.is_file():
+            return path
+        raise FileNotFoundError(f"checkpoint {name!r} not found (looked in {self.checkpoint_dir})")
+
+    def switch_checkpoint(self, name: str) -> list[str]:
+        """Load another checkpoint (or the demo model). On failure the current model stays loaded
+        (or the demo model is loaded if there is none) and the reason is returned as a message."""
+        from lora_core.app.pipeline import PipelineHandle
+        from lora_core.engine import Engine
+
+        notes: list[str] = []
+        with self._lock:
+            try:
+                path = self._checkpoint_path(name)
+                handle = PipelineHandle.load(path, data_dir=self.data_dir, config_root=self.config_root)
+            except Exception as exc:  # unreadable/unsupported file: keep the app usable
+                logger.warning("cannot load checkpoint %s: %s", name, exc)
+                notes.append(f"Could not load checkpoint {name}: {exc}")
+                if self.pipeline is not None:
+                    self.messages = notes
+                    return notes
+                handle = PipelineHandle.load(None, data_dir=self.data_dir)
+            if self.engine is not None:
+                self.engine.restore()
+            self.pipeline = handle
+            self.engine = Engine(handle.binding)
+            notes.extend(handle.notes)
+            if handle.is_demo:
+                notes.append(handle.label)
+                notes.extend(self._write_demo_loras(handle))
+            logger.info("loaded %s", handle.label)
+            self.messages = notes
+            return notes
+
+    def _write_demo_loras(self, handle) -> list[str]:
+        from lora_core.app.demo import ensure_demo_loras
+
+        try:
+            written = ensure_demo_loras(self.lora_dir, self.data_dir, handle)
+        except OSError as exc:
+            return [f"Could not write the demo LoRAs to {self.lora_dir}: {exc}"]
+        if written:
+            self.rescan()
+            return [f"Wrote {len(written)} demo LoRAs to {written[0].parent}"]
+        return []
+
+    @property
+    def family(self) -> str | None:
+        return self.pipeline.family if self.pipeline is not None else None
+
+    def rescan(self):
+        report = self.library.scan()
+        self.library.request_hashes()
+        return report
+
+    def close(self) -> None:
+        with self._lock:
+            if self.engine is not None:
+                self.engine.restore()
+            self.library.close()
+
+    # ------------------------------------------------------------------ generation
+    def txt2img(self, prompt: str, negative: str = "", steps: int = 20, cfg: float = 7.0, seed: int = -1,
+                width: int | None = None, height: int | None = None, sampler: str = "Euler a",
+                batch_count: int = 1, progress: Callable[[int, int], None] | None = None,
+                cancel: threading.Event | None = None):
+        """Generate from a prompt with `<lora:...>` tags. Returns (images, infotext of the first
+        image, messages). Each image carries its own infotext in `image.info["parameters"]`."""
+        from lora_core.app.infotext import PNG_KEY, generation_infotext
+        from lora_core.app.pipeline import GenerationParams, ParamError
+        from lora_core.tags import parse_prompt
+
+        prompt = prompt if isinstance(prompt, str) else ""
+        negative = negative if isinstance(negative, str) else ""
+        messages: list[str] = []
+        with self._lock:
+            handle, engine = self.pipeline, self.engine
+            size = handle.default_size
+            try:
+                params = GenerationParams(
+                    prompt="", negative=negative, steps=steps, cfg=cfg, seed=-1 if seed is None else seed,
+                    width=width or size, height=height or size, sampler=sampler, batch_count=batch_count,
+                ).validated()
+            except ParamError as exc:
+                return [], "", [str(exc)]
+            parsed = parse_prompt(prompt, family=handle.family)
+            messages.extend(parsed.problems)
+            messages.extend(parsed.warnings)
+            # the negative prompt may carry tags too (A1111 applies them as well); strip them from the text
+            neg_parsed = parse_prompt(negative, family=handle.family)
+            wanted = list(parsed.requests) + list(neg_parsed.requests)
+            messages.extend(neg_parsed.problems)
+            requests, used = [], []
+            for req in wanted:
+                try:
+                    entry = self.library.find(req.name)
+                except LookupError as exc:  # NotFound / AmbiguousName: readable messages
+                    messages.append(str(exc))
+                    continue
+                if entry.error:
+                    messages.append(f"LoRA {req.name}: {entry.error}")
+                    continue
+                requests.append((entry.path, req.te, req.unet, req.dyn, req.lbw))
+                used.append((req, entry))
+            params = _with_texts(params, parsed.clean_text, neg_parsed.clean_text)
+            with handle.lock:
+                try:
+                    report = engine.apply(requests)
+                except Exception as exc:  # not attributable to one LoRA; the patcher rolled back
+                    logger.exception("applying LoRAs failed")
+                    return [], "", messages + [f"LoRAs could not be applied: {exc}"]
+                messages.extend(report.warnings)
+                applied = {str(Path(r.path)) for r in report.loras if r.applied}
+                for r in report.loras:
+                    if r.applied and r.unmatched:
+                        example = f" (e.g. {r.unmatched_keys[0]})" if r.unmatched_keys else ""
+                        messages.append(f"LoRA {r.name}: {r.unmatched} modules not found in this model{example}")
+                    elif r.refused is None and not r.matched:
+                        messages.append(f"LoRA {r.name}: nothing in it matches this model; skipped")
+                try:
+                    images = handle.generate(params, progress=progress, cancel=cancel)
+                except Exception as exc:
+                    logger.exception("generation failed")
+                    return [], "", messages + [f"Generation failed: {exc}"]
+            if cancel is not None and cancel.is_set():
+                messages.append(f"Cancelled: {len(images)} of {params.batch_count} images done")
+            used = [(req, entry) for req, entry in used if str(Path(entry.path)) in applied]
+            if used:
+                self.library.mark_used([entry.path for _, entry in used])
+            lora_hashes = self._lora_hashes(used, messages)
+            infotexts = []
+            for image in images:
+                text = generation_infotext(
+                    prompt=prompt, negative=negative, steps=params.steps, sampler=params.sampler,
+                    cfg=params.cfg, seed=image.info.get("seed", params.seed), width=params.width,
+                    height=params.height, model_name=handle.model_name, model_hash=handle.model_hash,
+                    lora_hashes=lora_hashes,
+                )
+                image.info[PNG_KEY] = text
+                infotexts.append(text)
+        return images, (infotexts[0] if infotexts else ""), _dedupe(messages)
+
+    def _lora_hashes(self, used, messages: list[str]) -> list[tuple[str, str]]:
+        """(name as written in the prompt, AutoV3 short hash) for the applied LoRAs."""
+        missing = [entry.path for _, entry in used if not entry.autov3]
+        if missing:
+            self.library.request_hashes(missing)
+            if not self.library.wait_for_hashes(HASH_WAIT_S):
+                messages.append("LoRA hashes are still being computed; the infotext has none for some LoRAs")
+        out = []
+        for req, entry in used:
+            if not entry.autov3:
+                try:
+                    entry = self.library.entry(entry.path)
+                except (LookupError, OSError, ValueError):
+                    continue
+            if entry.autov3:
+                out.append((req.name, entry.autov3))
+        return out
+
+
+def _with_texts(params, prompt: str, negative: str):
+    from dataclasses import replace
+
+    return replace(params, prompt=prompt, negative=negative)
+
+
+def _dedupe(messages: list[str]) -> list[str]:
+    seen, out = set(), []
+    for m in messages:
+        if m and m not in seen:
+            seen.add(m)
+            out.append(m)
+    return out

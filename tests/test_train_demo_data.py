@@ -1,0 +1,104 @@
+"""The synthetic demo scenes: deterministic, captions agree with pixels, styles measurable."""
+import numpy as np
+import pytest
+
+from lora_core.demo_data import (BASE, CONCEPT, DEMO_LORA_DATASETS, HELD_OUT_PAIRS, LOCON, STYLE, Scene,
+                                 background_colour, describe, dominant_colour, fill_ratio, held_out_prompts,
+                                 held_out_scenes, is_held_out, nearest_colour, object_mask, render,
+                                 render_many, stripe_score, texture_score)
+from lora_core.demo_data.scenes import COLOURS
+from lora_core.train.dataset import scan_folder
+
+
+def _bytes(seed, n, **kw):
+    return [(r.image.tobytes(), r.scene.caption()) for r in render_many(seed, n, **kw)]
+
+
+def test_same_seed_same_scenes_other_seed_other_scenes():
+    assert _bytes(3, 20) == _bytes(3, 20)
+    assert _bytes(3, 20) != _bytes(4, 20)
+
+
+def test_caption_wording():
+    s = Scene("circle", "red", "small", "left", "blue")
+    assert s.caption() == "a small red circle on a blue background, on the left"
+    assert Scene("star", "white", "large", "center", "orange").caption() == \
+        "a large white star on an orange background, in the center"
+    assert Scene("square", "green", "small", "top", "black", count=2).caption() == \
+        "two small green squares on a black background"
+    assert s.caption("lcstripes").startswith("lcstripes, a small red circle")
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_measurements_agree_with_ground_truth(size):
+    """Every caption attribute read back from the pixels, for 250 random scenes."""
+    wrong = []
+    for r in render_many(11, 250, size=size):
+        s, m = r.scene, describe(r.image)
+        got = (m.background, m.colour, m.count, m.size, m.position if s.count == 1 else s.position)
+        want = (s.background, s.colour, s.count, s.size, s.position)
+        if got != want:
+            wrong.append((s, m))
+    assert not wrong, wrong[:3]
+
+
+def test_mask_helpers_match_rendered_mask():
+    r = render(Scene("square", "yellow", "large", "right", "purple"))
+    measured = object_mask(r.image, "purple")
+    # anti-aliased edge pixels may fall either way; the interior must agree exactly
+    assert abs(int(measured.sum()) - int(r.mask.sum())) <= 2 * r.diameter
+    assert (measured & r.mask).sum() / r.mask.sum() > 0.97
+    assert dominant_colour(r.image, r.mask) == ("yellow", pytest.approx(1.0, abs=0.05))
+    assert background_colour(r.image)[0] == "purple"
+    assert nearest_colour(COLOURS["orange"]) == "orange"
+
+
+def test_shapes_have_distinct_fill_ratios():
+    ratios = {shape: fill_ratio(render(Scene(shape, "red", "large", "center", "white")).mask)
+              for shape in ("square", "circle", "cross", "triangle", "star")}
+    assert ratios["square"] > 0.95
+    assert 0.7 < ratios["circle"] < 0.85
+    assert 0.5 < ratios["cross"] < 0.66
+    assert 0.45 < ratios["triangle"] < 0.6
+    assert ratios["star"] < 0.47
+
+
+def test_style_sets_are_measurably_different_from_plain_scenes():
+    plain = list(BASE.items(5, 30))
+    striped = list(STYLE.items(5, 30))
+    checker = list(LOCON.items(5, 30))
+    assert max(stripe_score(i, r.mask) for i, _, r in plain) < 2.0
+    assert min(stripe_score(i, r.mask) for i, _, r in striped) > 10.0
+    assert max(texture_score(i, r.mask) for i, _, r in plain) < 2.0
+    assert min(texture_score(i, r.mask) for i, _, r in checker) > 5.0
+    # the same scenes underneath: the style does not change what the caption says
+    assert [c for _, c, _ in striped] == ["lcstripes, " + c for _, c, _ in plain]
+    assert all(c.startswith("lccheck, ") for _, c, _ in checker)
+
+
+def test_concept_set_names_the_cross_by_its_trigger():
+    items = list(CONCEPT.items(2, 20))
+    assert all(r.scene.shape == "cross" for _, _, r in items)
+    assert all(" lcshape" in c and "cross" not in c for _, c, _ in items)
+    assert all(0.5 < fill_ratio(r.mask) < 0.66 for _, _, r in items if r.scene.count == 1)
+    assert set(DEMO_LORA_DATASETS) == {"style", "concept", "locon"}
+
+
+def test_held_out_pairs_never_in_training_sets():
+    for ds in (BASE, STYLE, LOCON):
+        assert not any(is_held_out(r.scene) for _, _, r in ds.items(0, 400))
+    scenes = held_out_scenes(16)
+    assert {(s.shape, s.colour) for s in scenes} == set(HELD_OUT_PAIRS)
+    prompts = held_out_prompts(16)
+    assert len(set(prompts)) == 16 and prompts == held_out_prompts(16)
+
+
+def test_written_kohya_folder_reads_back(tmp_path):
+    folder = STYLE.write(tmp_path, seed=1, n=5, repeats=3)
+    assert folder.name == "3_stripes"
+    ds = scan_folder(tmp_path)
+    assert len(ds.items) == 5 and ds.num_train_images == 15
+    want = [c for _, c, _ in STYLE.items(1, 5)]
+    assert [i.caption for i in ds.items] == want
+    img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(ds.items[0].image).convert("RGB"))
+    assert img.shape == (64, 64, 3)

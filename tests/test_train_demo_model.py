@@ -1,0 +1,93 @@
+"""tools/train_demo_model.py and its LDM export: key names, exact round trip through diffusers'
+own single-file converters (the oracle), determinism, size budget."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lora_core.train.demo_model import DemoArch, DemoTrainSettings, build_models, train_demo_model
+from lora_core.train.ldm_export import sd1_state_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = DemoArch(unet_channels=(32, 32, 32, 32), unet_layers_per_block=1, te_hidden=32, te_layers=1,
+                 te_intermediate=64, vae_channels=(8, 8, 8, 8))
+FEW = DemoTrainSettings(n_images=16, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup=1)
+
+
+def test_ldm_export_round_trips_through_diffusers_converters():
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from lora_core.app.checkpoints import _clip_l_tensors
+
+    unet, te, vae = build_models(SMALL, seed=3)
+    sd = sd1_state_dict(unet, vae, te)
+    for name, got, model in (("unet", convert_ldm_unet_checkpoint(sd, unet.config), unet),
+                             ("vae", convert_ldm_vae_checkpoint(sd, vae.config), vae)):
+        want = model.state_dict()
+        assert sorted(got) == sorted(want), name
+        for k in want:
+            assert got[k].shape == want[k].shape and torch.equal(got[k], want[k]), (name, k)
+    clip = {k.removeprefix("text_model."): v for k, v in _clip_l_tensors(sd).items()}
+    want = te.state_dict()
+    assert sorted(clip) == sorted(want)
+    assert all(torch.equal(clip[k], want[k]) for k in want)
+
+
+def test_default_demo_model_fits_the_size_budget():
+    unet, te, vae = build_models(DemoArch(), seed=0)
+    n = sum(p.numel() for m in (unet, te, vae) for p in m.parameters())
+    assert n * 2 < 30e6  # stored as fp16
+    assert unet.config.cross_attention_dim == te.config.hidden_size
+    assert te.config.vocab_size == 49408  # the real CLIP vocabulary
+
+
+def test_tool_smoke_run_writes_an_ldm_checkpoint_and_manifest(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import train_demo_model as tool
+    finally:
+        sys.path.pop(0)
+    assert tool.main(["--out", str(tmp_path), "--smoke", "--no-progress", "--data-dir", str(tmp_path / "cache")]) == 0
+    ckpt = tmp_path / "lora_core-demo.safetensors"
+    manifest = json.loads((tmp_path / "lora_core-demo.json").read_text())
+    assert manifest["vae_steps"] == 2 and manifest["unet_steps"] == 2 and manifest["seed"] == 1234
+    from lora_core.train.demo_model import sha256_file
+
+    assert manifest["sha256"] == sha256_file(ckpt)
+    assert ckpt.stat().st_size < 30 * 1024 * 1024
+    with safe_open(str(ckpt), "pt") as fh:
+        keys = set(fh.keys())
+        meta = fh.metadata()
+    for key in ("model.diffusion_model.input_blocks.0.0.weight",
+                "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                "model.diffusion_model.middle_block.1.proj_in.weight",
+                "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.ff.net.2.bias",
+                "model.diffusion_model.out.2.weight", "model.diffusion_model.time_embed.0.weight",
+                "first_stage_model.encoder.down.0.block.0.conv1.weight",
+                "first_stage_model.decoder.up.3.upsample.conv.weight",
+                "first_stage_model.encoder.mid.attn_1.q.weight", "first_stage_model.quant_conv.weight",
+                "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+                "cond_stage_model.transformer.text_model.final_layer_norm.weight"):
+        assert key in keys, key
+    assert not any(k.startswith(("unet.", "vae.", "text_encoder.", "down_blocks")) for k in keys)
+    configs = json.loads(meta["lora_core_demo_configs"])
+    assert configs["unet"]["block_out_channels"] == [32, 64, 64, 64]
+    assert (tmp_path / "configs" / "sd15" / "unet" / "config.json").is_file()
+    vae_cfg = json.loads((tmp_path / "configs" / "sd15" / "vae" / "config.json").read_text())
+    assert vae_cfg["scaling_factor"] == pytest.approx(manifest["vae_scaling_factor"])
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    a = train_demo_model(tmp_path / "a", SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
+    b = train_demo_model(tmp_path / "b", SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
+    assert a["sha256"] == b["sha256"]
+    sd = load_file(str(tmp_path / "a" / a["file"]))
+    unet, te, vae = build_models(SMALL, seed=FEW.seed)
+    fresh = sd1_state_dict(unet, vae, te, dtype=torch.float16)
+    assert sd.keys() == fresh.keys()
+    # trained: the UNet moved away from its initialisation
+    assert not torch.equal(sd["model.diffusion_model.out.2.weight"], fresh["model.diffusion_model.out.2.weight"])
