@@ -3,7 +3,8 @@
 The extension is loaded into the A1111 stand-in (tests/a1111_standin) exactly as the webui loads
 it, next to a fake built-in Lora extension; then the UI is built as the webui builds it: the
 extension tabs, every lora_core setting as the settings page would create it, the Lora cards
-page, the gradio config of the whole page, and the JSON routes. Exits non-zero on any problem.
+page, the gradio config of the whole page; then every event of the tab runs once through gradio's
+own processing, and the JSON routes answer. Exits non-zero on any problem.
 """
 import importlib.util
 import json
@@ -44,6 +45,28 @@ def settings_components(gr, opts):
     return built
 
 
+def demo_events(demo):
+    return len(demo.dependencies)
+
+
+def run_events(demo):
+    """Runs every event handler of the page once with the components' current values, through
+    gradio's own pre/post-processing (what a click in the browser does). Returns failures."""
+    import asyncio
+
+    async def run():
+        failures = []
+        for index, dep in enumerate(demo.dependencies):
+            inputs = [demo.blocks[cid].value for cid in dep["inputs"]]
+            try:
+                await demo.process_api(fn_index=index, inputs=inputs, state={})
+            except Exception as exc:  # noqa: BLE001 - collected and reported below
+                failures.append(f"event {index} ({dep.get('trigger')}): {type(exc).__name__}: {exc}")
+        return failures
+
+    return asyncio.run(run())
+
+
 def main():
     start = time.perf_counter()
     import gradio as gr
@@ -63,6 +86,9 @@ def main():
         config = w.demo.get_config_file()
         assert len(config["components"]) > 10, "the page has too few components"
         assert len(settings_components(gr, w.m.shared.opts)) >= 6
+        assert demo_events(w.demo) > 5, "the tab wires too few events"
+        failures = run_events(w.demo)
+        assert not failures, failures
 
         page = next(p for p in w.m.ui_extra_networks.extra_pages if p.name == "lora")
         page.populate("txt2img")
@@ -76,7 +102,7 @@ def main():
         assert client.post("/sdapi/v1/refresh-loras").status_code == 200
         w.close()
     assert "torch" not in sys.modules
-    print(f"gradio {gr.__version__}: lora_core A1111 tab, settings, cards page and routes OK "
+    print(f"gradio {gr.__version__}: lora_core A1111 tab (events included), settings, cards page and routes OK "
           f"({time.perf_counter() - start:.1f}s)")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks that lora_core's AUTOMATIC1111 UI (LoRA tab, settings, cards page, routes) builds under
 # gradio 3.41.2, the version A1111 1.x ships, in a venv that has no torch. Creating the venv takes
-# ~20 s with a warm pip cache (~2 min without); the check itself ~10 s.
+# 20 s to 3 min (pip cache, index speed); the check itself ~10 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-g3

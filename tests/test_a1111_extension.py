@@ -30,6 +30,16 @@ def _lora_file(path: Path, metadata=None):
     return path
 
 
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(out, "PNG")
+    return out.getvalue()
+
+
 @pytest.fixture
 def root(tmp_path, monkeypatch):
     (tmp_path / "models" / "Lora").mkdir(parents=True)
@@ -138,6 +148,16 @@ def test_cards_page_items_have_the_webui_fields_and_filter_by_family(root):
     assert item["sd_version"] == "SD1"
     assert item["prompt"] == '"<lora:one:0.6>" + " blue \\"hat\\""'
     assert "one" in html
+    assert item["preview"] is None
+    (lora_dir / "one.preview.png").write_bytes(_png())
+    w.host.refresh()
+    page.populate("txt2img")
+    preview = page.items["one"]["preview"]
+    assert preview.startswith("./lora_core/api/thumb?path=")
+    from fastapi.testclient import TestClient
+
+    response = TestClient(w.app).get(preview[1:])
+    assert response.status_code == 200 and response.headers["content-type"].startswith("image/")
     w.m.shared.opts.lora_core_show_all_families = True
     page.populate("txt2img")
     assert set(page.items) == {"one", "xl"}

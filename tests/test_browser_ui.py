@@ -32,7 +32,7 @@ def server(tmp_path_factory):
     models = base / "models"
     (models / "Stable-diffusion").mkdir(parents=True)
     hostile_lora(models / "Lora" / "evil")
-    srv = Server(models, base / "data", base / "server.log")
+    srv = Server(base, base / "server.log")
     try:
         srv.wait_ready(timeout=900)
         yield srv
@@ -53,6 +53,7 @@ def browser():
 def page(browser, server):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
+    pg.set_default_timeout(60_000)  # CI machines are small: gradio round trips can take seconds
     pg.errors = []
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
     pg.goto(server.url + "/", wait_until="load")
@@ -74,10 +75,12 @@ def _search(pg, text, show_all=False):
     field = pg.locator("#lora_core_search textarea, #lora_core_search input").first
     field.fill(text)
     field.press("Enter")
+    # data-query echoes the search the grid shows: wait for this search's page, not the previous one
     pg.wait_for_function(
-        "t => { const c = document.querySelectorAll('#lora_core_grid .lora-core-card');"
-        " return c.length > 0 && [...c].every(e => (e.getAttribute('data-lora-key') || '').toLowerCase().includes(t)); }",
-        arg=text.lower(), timeout=30_000,
+        "t => { const p = document.querySelector('#lora_core_grid .lora-core-page');"
+        " return p && p.getAttribute('data-query') === t"
+        " && p.querySelectorAll('.lora-core-card').length > 0; }",
+        arg=text, timeout=90_000,
     )
 
 
@@ -98,7 +101,7 @@ def _generate(pg):
         arg=before, timeout=180_000,
     )
     img = pg.locator("#txt2img_gallery img").first
-    img.wait_for(timeout=30_000)
+    img.wait_for(timeout=90_000)
     src = img.get_attribute("src")
     response = pg.request.get(src if src.startswith("http") else pg.url.rstrip("/") + "/" + src.lstrip("/"))
     assert response.ok, src
@@ -124,7 +127,7 @@ def test_click_card_generate_and_restore(page, server):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     _search(pg, "demo")
     card.locator(".lora-core-info-btn").click()  # details panel of the card, for the screenshot too
-    pg.locator("#lora_core_details .lora-core-details-title", has_text="demo_warm").wait_for(timeout=30_000)
+    pg.locator("#lora_core_details .lora-core-details-title", has_text="demo_warm").wait_for(timeout=90_000)
     assert "warm light" in pg.locator("#lora_core_edit_activation textarea").input_value()
     pg.screenshot(path=str(SCREENSHOTS / "lora_tab.png"), full_page=True)
     card.click()
@@ -176,7 +179,7 @@ def test_hostile_metadata_never_runs(page):
     assert XSS_SCRIPT in text, "the payload is shown as text"
     card.locator(".lora-core-info-btn").click()
     details = pg.locator("#lora_core_details .lora-core-details-title")
-    details.wait_for(timeout=30_000)
+    details.wait_for(timeout=90_000)
     body = pg.locator("#lora_core_details").inner_text()
     assert XSS_IMG in body and XSS_SCRIPT in body
     # the training tags (one is the payload) are clickable chips that fill the activation text
@@ -220,7 +223,7 @@ def test_favorite_details_and_paste(page):
     _search(pg, "demo_cool")
     card = pg.locator('#lora_core_grid .lora-core-card[data-lora-name="demo_cool"]')
     card.locator(".lora-core-fav-btn").click()
-    pg.locator('#lora_core_grid .lora-core-card-fav[data-lora-name="demo_cool"]').wait_for(timeout=30_000)
+    pg.locator('#lora_core_grid .lora-core-card-fav[data-lora-name="demo_cool"]').wait_for(timeout=90_000)
     pg.locator("#lora_core_search textarea, #lora_core_search input").first.fill("")
     pg.locator("#lora_core_favorites_only input[type=checkbox]").check()
     pg.wait_for_function("document.querySelectorAll('#lora_core_grid .lora-core-card').length === 1")

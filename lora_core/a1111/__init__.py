@@ -31,7 +31,7 @@ def setup(webui: Webui, extension_dir: str) -> A1111Host:
 
     host = A1111Host(webui, extension_dir)
     network = make_network_class(webui.extra_networks.ExtraNetwork)(host)
-    page_class = make_page_class(webui.ui_extra_networks.ExtraNetworksPage)
+    page_class = make_page_class(webui.ui_extra_networks.ExtraNetworksPage, API_PREFIX)
     guard = ModelGuard(webui.sd_models, host.before_model_change)
     guard.install()
     callbacks = webui.script_callbacks

@@ -27,9 +27,10 @@ def visible_for(entry_family: str | None, model_family: str | None, show_all: bo
     return entry_family == model_family
 
 
-def make_page_class(base: type) -> type:
+def make_page_class(base: type, api_prefix: str) -> type:
     """Subclass of the webui's `ExtraNetworksPage` (passed in: `lora_core.a1111` never imports
-    `modules`)."""
+    `modules`). Card images come from lora_core's thumbnail route under `api_prefix` (preview
+    files and covers embedded in the LoRA alike)."""
 
     class LoraCorePage(base):
         def __init__(self, host: Any):
@@ -69,7 +70,7 @@ def make_page_class(base: type) -> type:
             return None
 
         def item_for(self, entry: Any, index: int) -> dict:
-            from lora_core.ui.entry_view import format_weight, view_of
+            from lora_core.ui.entry_view import format_weight, preview_url_for, view_of
 
             view = view_of(entry)
             tag_name = self.host.preferred_name(entry)
@@ -82,8 +83,9 @@ def make_page_class(base: type) -> type:
             path = os.path.splitext(entry.path)[0]
             card_name = entry.name if not view.ambiguous else (getattr(entry, "rel_name", None) or entry.name)
             preview = None
-            if getattr(entry, "preview", None) and os.path.isfile(entry.preview):
-                preview = self.link_preview(entry.preview)
+            if getattr(entry, "preview", None) or (getattr(entry, "summary", None) or {}).get("cover_images"):
+                # relative, like the webui's own thumb links, so a --subpath deployment works
+                preview = "." + preview_url_for(api_prefix, entry.path, getattr(entry, "mtime", 0.0))
             samples_format = getattr(self.host.webui.shared.opts, "samples_format", "png")
             return {
                 "name": card_name,

@@ -23,8 +23,10 @@ def register_network(extra_networks: Any, network: Any) -> None:
     registry = extra_networks.extra_network_registry
     previous = registry.get(NETWORK_NAME)
     if previous is not None and previous is not network:
-        log.info("lora_core: replacing the <lora:...> handler %s.%s (built-in Lora extension) with lora_core",
-                 type(previous).__module__, type(previous).__name__)
+        # A warning, so it shows with the webui's default log level: users should know which
+        # extension handles their tags (disable the built-in Lora extension to silence it).
+        log.warning("lora_core: replacing the <lora:...> handler %s.%s (built-in Lora extension) with lora_core",
+                    type(previous).__module__, type(previous).__name__)
     extra_networks.register_extra_network(network)
     for alias in ALIASES:
         old = extra_networks.extra_network_aliases.get(alias)

@@ -148,7 +148,9 @@ def register_routes(
                 image = thumbnail(entry)
             except Exception:  # noqa: BLE001 - fall back to the preview file itself
                 log.debug("thumbnail failed for %s", entry.path, exc_info=True)
-        image = image or getattr(entry, "preview", None)
+        if not image:  # serve the preview itself, but never through a link out of the library
+            preview = getattr(entry, "preview", None)
+            image = preview if preview and _inside_library(library, preview) else None
         if not image or not os.path.isfile(image):
             raise HTTPException(status_code=404, detail="no preview")
         media = IMAGE_TYPES.get(Path(image).suffix.lower())
@@ -167,6 +169,16 @@ def register_routes(
 
 def _has_picture(e: Any) -> bool:
     return bool(getattr(e, "preview", None)) or bool((getattr(e, "summary", None) or {}).get("cover_images"))
+
+
+def _inside_library(library: Any, path: str) -> bool:
+    """True when the real location of `path` is inside the library's folders (a preview replaced
+    by a symbolic link after the scan must not be served)."""
+    roots = getattr(library, "roots", None)
+    if roots is None:  # a library object without roots answers for its own entries
+        return True
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(str(r).rstrip(os.sep) + os.sep) for r in roots)
 
 
 def _known_entry(library: Any, path: str) -> Any:

@@ -145,7 +145,7 @@ def _mean_rgb(handle, seed: int):
 
     from lora_core.app.pipeline import GenerationParams
 
-    params = GenerationParams(prompt="", steps=12, cfg=7.0, seed=seed, width=DEMO_SIZE, height=DEMO_SIZE,
+    params = GenerationParams(prompt="", steps=8, cfg=7.0, seed=seed, width=DEMO_SIZE, height=DEMO_SIZE,
                               sampler="Euler")
     img = handle.generate(params)[0]
     return np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(0) / 255.0

@@ -71,7 +71,7 @@ def check_safetensors_header(path: str) -> tuple[dict, dict[str, str]]:
         raise LoraFormatError(path, f"cannot read file: {e.strerror or e}") from e
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting: RecursionError
         raise LoraFormatError(path, f"header is not valid JSON ({e})") from e
     if not isinstance(header, dict):
         raise LoraFormatError(path, "header is not a JSON object")

@@ -19,7 +19,7 @@ from lora_core.library.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -68,9 +68,13 @@ CREATE INDEX IF NOT EXISTS files_sort_size ON files(size DESC, stem COLLATE NOCA
 CREATE INDEX IF NOT EXISTS files_sort_used ON files(last_used DESC, stem COLLATE NOCASE, rel COLLATE NOCASE, root, alias);
 CREATE INDEX IF NOT EXISTS files_family ON files(family);
 CREATE INDEX IF NOT EXISTS files_folder ON files(folder);
+CREATE INDEX IF NOT EXISTS files_root_folder ON files(root, folder);
 CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
 CREATE INDEX IF NOT EXISTS files_addnet ON files(addnet);
 CREATE VIRTUAL TABLE IF NOT EXISTS files_fts USING fts5(text, tokenize='trigram');
+-- one digest per folder: a warm start compares 1 row per folder, not 1 per file
+CREATE TABLE IF NOT EXISTS folder_digests(root TEXT NOT NULL, folder TEXT NOT NULL, digest TEXT NOT NULL,
+                                          PRIMARY KEY(root, folder));
 CREATE TABLE IF NOT EXISTS user_data(
     path TEXT PRIMARY KEY,
     favorite INTEGER NOT NULL DEFAULT 0,
@@ -163,7 +167,7 @@ class IndexDB:
             if row is not None and row[0] != str(SCHEMA_VERSION):
                 # the file index is a cache: rebuild it; user data and stacks are kept
                 logger.info("library index schema %s -> %s: the file index will be rebuilt", row[0], SCHEMA_VERSION)
-                for table in ("files_fts", "details", "files"):
+                for table in ("files_fts", "details", "files", "folder_digests"):
                     conn.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -204,12 +208,31 @@ class IndexDB:
         return self.connection().execute(sql, params).fetchall()
 
     # -- files ---------------------------------------------------------------------------------
-    def known_files(self, roots: list[str]) -> dict[str, tuple[int, int, str, str | None]]:
+    def folder_digests(self, roots: list[str]) -> dict[tuple[str, str], str]:
         marks = ",".join("?" * len(roots))
+        rows = self.connection().execute(f"SELECT root, folder, digest FROM folder_digests WHERE root IN ({marks})", roots)
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    def known_in_folders(self, folders) -> dict[str, tuple[int, int, str, str | None]]:
+        """path -> (size, mtime_ns, sidecar_sig, error) of the rows in the given (root, folder)s."""
         cur = self.connection().cursor()
-        cur.row_factory = None  # plain tuples: this reads every row on each warm start
-        rows = cur.execute(f"SELECT path, size, mtime_ns, sidecar_sig, error FROM files WHERE root IN ({marks})", roots)
-        return {path: (size, mtime, sig, error) for path, size, mtime, sig, error in rows}
+        cur.row_factory = None
+        out = {}
+        for root, folder in folders:
+            for path, size, mtime, sig, error in cur.execute(
+                "SELECT path, size, mtime_ns, sidecar_sig, error FROM files WHERE root=? AND folder=?", (root, folder)
+            ):
+                out[path] = (size, mtime, sig, error)
+        return out
+
+    @staticmethod
+    def set_folder_digests(conn, digests: dict[tuple[str, str], str | None]) -> None:
+        for (root, folder), digest in digests.items():
+            if digest is None:
+                conn.execute("DELETE FROM folder_digests WHERE root=? AND folder=?", (root, folder))
+            else:
+                conn.execute("INSERT OR REPLACE INTO folder_digests(root, folder, digest) VALUES(?, ?, ?)",
+                             (root, folder, digest))
 
     @staticmethod
     def _put_details(conn, file_id: int, rec: dict, fresh: bool) -> None:

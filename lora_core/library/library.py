@@ -97,26 +97,37 @@ class Library:
         present = [r for r in self.roots if os.path.isdir(r)]
         walked = scanner.walk(present)
         report.problems.extend(walked.problems)
-        known = self.db.known_files(self.roots) if self.roots else {}
         report.total = len(walked.files)
+        # Only folders whose digest changed are compared file by file (a warm start with nothing
+        # new reads one digest per folder). Rows under a missing root (unmounted drive) stay.
+        by_folder = walked.folders()
+        digests = {key: scanner.folder_digest(files) for key, files in by_folder.items()}
+        stored = self.db.folder_digests(self.roots) if self.roots else {}
+        dirty = {key for key, digest in digests.items() if stored.get(key) != digest}
+        dirty |= {key for key in stored if key not in digests and key[0] in present}
+        known = self.db.known_in_folders(sorted(dirty))
         changed, side_changed = [], []
-        for path, found in walked.files.items():
-            old = known.get(path)
-            # "cannot read/stat" errors (permissions, I/O) are retried: fixing them does not change mtime
-            retry = old is not None and old[3] is not None and old[3].startswith("cannot ")
-            if old is None or (old[0], old[1]) != (found.size, found.mtime_ns) or found.error or retry:
-                changed.append(found)
-            elif old[2] != found.sidecar_sig:
-                side_changed.append(found)
-        # rows under a missing folder (unmounted drive) stay: only files gone from a present folder leave
-        prefixes = tuple(r.rstrip(os.sep) + os.sep for r in present)
-        removed = [p for p in known if p not in walked.files and p.startswith(prefixes)]
+        for key in dirty:
+            for found in by_folder.get(key, ()):
+                old = known.get(found.path)
+                # "cannot read/stat" errors are retried: fixing permissions does not change mtime
+                retry = old is not None and old[3] is not None and old[3].startswith("cannot ")
+                if old is None or (old[0], old[1]) != (found.size, found.mtime_ns) or found.error or retry:
+                    changed.append(found)
+                elif old[2] != found.sidecar_sig:
+                    side_changed.append(found)
+        removed = [p for p in known if p not in walked.files]
+        retry_folders: set = set()
         try:
-            self._write_changed(changed, progress, report)
+            self._write_changed(changed, progress, report, retry_folders)
             self._write_sidecar_changes(side_changed, report)
             if removed:
                 self.db.write(self.db.delete_files, removed)
                 report.removed = len(removed)
+            # saved last: a failed write above leaves the folder dirty for the next scan
+            self.db.write(self.db.set_folder_digests, {
+                key: None if key in retry_folders else digests.get(key) for key in dirty
+            })
         except StorageError as exc:
             report.problems.append(str(exc))
             logger.error("%s", exc)
@@ -138,7 +149,7 @@ class Library:
             out.update({r[0]: r[1] for r in rows})
         return out
 
-    def _write_changed(self, changed, progress, report: ScanReport) -> None:
+    def _write_changed(self, changed, progress, report: ScanReport, retry_folders: set) -> None:
         tags = self._user_tags([f.path for f in changed]) if changed else {}
         batch = []
         for i, found in enumerate(changed):
@@ -149,6 +160,8 @@ class Library:
                 side = scanner.read_sidecars(found)
             if error:
                 logger.warning("%s: %s", found.path, error)
+                if error.startswith("cannot "):
+                    retry_folders.add((found.root, found.folder))
             batch.append(scanner.record(found, summary, error, side, tags.get(found.path, "")))
             report.read += 1
             if len(batch) >= WRITE_BATCH:
@@ -180,7 +193,7 @@ class Library:
     def refresh(self, path: str) -> Entry | None:
         """Re-read one file's sidecars (after the UI or Civitai code wrote them)."""
         entry = self.entry(path)
-        sig, preview = scanner.folder_signature(entry.path)
+        sig, preview = scanner.folder_signature(entry.path, self.roots)
         found = scanner.Found(entry.path, entry.root, entry.rel_name, entry.folder, entry.name, entry.ext,
                               entry.size, int(round(entry.mtime * 1e9)), sig, preview)
         side = scanner.read_sidecars(found)
@@ -450,12 +463,17 @@ class Library:
     def write_user_metadata(self, path, updates: dict) -> Entry:
         """Merge `updates` into the A1111 `.json` sidecar (atomic) and refresh the index."""
         entry = self.entry(path)
+        side = sidecars.user_metadata_path(entry.path)
+        if os.path.islink(side) and not self._inside(side):  # merging would copy an outside file in
+            raise StorageError(f"cannot write {side}: it links outside the library folders")
         sidecars.write_user_metadata(entry.path, updates)
         return self.refresh(entry.path)
 
     def thumbnail(self, entry: Entry, size: int = 256) -> str | None:
         """Path of a cached thumbnail: the preview file, else the first cover embedded in the file."""
         cache = os.path.join(self.data_dir, "thumbnails")
+        if entry.preview and not self._inside(entry.preview):  # replaced by a link out after the scan
+            return None
         if entry.preview:
             return thumbnails.thumbnail(cache, source_path=entry.preview, size=size)
         if entry.summary.get("cover_images") and entry.ext == ".safetensors" and self._inside(entry.path):

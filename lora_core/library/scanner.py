@@ -7,6 +7,7 @@ LoRA.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -40,6 +41,21 @@ class Found:
 class WalkResult:
     files: dict[str, Found] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+
+    def folders(self) -> dict[tuple[str, str], list[Found]]:
+        """(root, folder) -> files found directly in it."""
+        out: dict[tuple[str, str], list[Found]] = {}
+        for found in self.files.values():
+            out.setdefault((found.root, found.folder), []).append(found)
+        return out
+
+
+def folder_digest(files: list[Found]) -> str:
+    """Changes when any file of a folder is added, removed, resized, touched or gets new sidecars."""
+    text = "\n".join(
+        sorted(f"{f.stem}{f.ext}\t{f.size}\t{f.mtime_ns}\t{f.sidecar_sig}\t{f.error or ''}" for f in files)
+    )
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
 def real_roots(dirs) -> list[str]:
@@ -167,7 +183,7 @@ def walk(roots: list[str]) -> WalkResult:
                     continue
                 seen.add(identity)
                 if folder_sidecars is None:
-                    folder_sidecars = _folder_sidecars(entries)
+                    folder_sidecars = _folder_sidecars(_not_linking_out(entries, roots))
                 stem = name[:dot]
                 sig, preview = _sidecar_signature(stem, folder_sidecars)
                 result.files[entry.path] = Found(
@@ -177,8 +193,24 @@ def walk(roots: list[str]) -> WalkResult:
     return result
 
 
-def folder_signature(lora_path: str) -> tuple[str, str | None]:
-    """Sidecar signature and preview of one LoRA file (lists its folder)."""
+def _not_linking_out(entries, roots: list[str]) -> list:
+    """Drop sidecars/previews that are symbolic links leaving the roots: they would be read (and a
+    preview served over HTTP) from outside the library folders."""
+    kept = []
+    for entry in entries:
+        try:
+            if entry.is_symlink() and not is_within(entry.path, roots):
+                logger.info("ignoring %s: it links outside the library folders", entry.path)
+                continue
+        except OSError:
+            continue
+        kept.append(entry)
+    return kept
+
+
+def folder_signature(lora_path: str, roots: list[str] | None = None) -> tuple[str, str | None]:
+    """Sidecar signature and preview of one LoRA file (lists its folder). With `roots`, sidecars
+    linking outside them are ignored, as in `walk`."""
     folder = os.path.dirname(lora_path)
     stem = os.path.splitext(os.path.basename(lora_path))[0]
     try:
@@ -186,6 +218,8 @@ def folder_signature(lora_path: str) -> tuple[str, str | None]:
             entries = list(it)
     except OSError:
         return "", None
+    if roots is not None:
+        entries = _not_linking_out(entries, roots)
     return _sidecar_signature(stem, _folder_sidecars(entries))
 
 

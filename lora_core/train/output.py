@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 
@@ -101,15 +100,11 @@ def tensor_data_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 def save_lora_file(path, network, metadata: dict[str, str], dtype=torch.float32) -> Path:
     """Write atomically (temp file + rename): an interrupted save never leaves half a file."""
-    from safetensors.torch import save_file
+    from .safetensors_io import write_safetensors
 
-    path = Path(path)
     tensors = network.kohya_state_dict(dtype)
     metadata = dict(metadata)
     metadata["sshs_model_hash"] = tensor_data_sha256(tensors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    path = write_safetensors(path, tensors, metadata)
     logger.info("wrote %s (%d modules)", path, len(network.loras))
     return path

@@ -148,7 +148,7 @@ class LoraTabController:
                 label="", page=page, total=0, views=[],
             )
         return QueryResult(
-            html=render.render_grid(views, total, page, size, note),
+            html=render.render_grid(views, total, page, size, note, query=q.search or ""),
             label=render.page_label(total, page, size),
             page=page, total=total, views=views,
         )

@@ -101,8 +101,10 @@ def render_card(v: EntryView) -> str:
     )
 
 
-def render_grid(views: Sequence[EntryView], total: int, page: int, page_size: int, note: str = "") -> str:
-    """The card grid for one page of results (only this page's cards are ever built)."""
+def render_grid(views: Sequence[EntryView], total: int, page: int, page_size: int, note: str = "",
+                query: str = "") -> str:
+    """The card grid for one page of results (only this page's cards are ever built).
+    `query` (the search text) is echoed in data-query so scripts can tell which search is shown."""
     if not views:
         empty = "No LoRAs match." if total == 0 else "No LoRAs on this page."
         inner = f'<div class="lora-core-empty">{esc(empty)}</div>'
@@ -110,7 +112,7 @@ def render_grid(views: Sequence[EntryView], total: int, page: int, page_size: in
         inner = "".join(render_card(v) for v in views)
     note_html = f'<div class="lora-core-note">{esc(note)}</div>' if note else ""
     return (
-        f'<div class="lora-core-page" data-total="{int(total)}" data-page="{int(page)}">'
+        f'<div class="lora-core-page" data-total="{int(total)}" data-page="{int(page)}" data-query="{esc(query)}">'
         f'{note_html}<div class="lora-core-grid">{inner}</div></div>'
     )
 

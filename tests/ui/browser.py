@@ -42,16 +42,19 @@ def wait_for_chromium(timeout: float = 600) -> bool:
 class Server:
     """`python -m lora_core serve` in a subprocess; its output goes to a log file for failures."""
 
-    def __init__(self, models_dir: Path, data_dir: Path, log_path: Path):
+    def __init__(self, workdir: Path, log_path: Path):
+        """Runs in `workdir` with the default-looking `--models-dir models --data-dir data` (so the
+        page, and the screenshots, show the paths a user sees)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False",
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lora_core.app.serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--models-dir", str(models_dir), "--data-dir", str(data_dir)],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            [sys.executable, "-m", "lora_core", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--models-dir", "models", "--data-dir", "data"],
+            cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
 
     def log_tail(self, n: int = 4000) -> str:

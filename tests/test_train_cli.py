@@ -1,0 +1,93 @@
+"""`python -m lora_core train` end to end on a tiny SD1-layout single-file checkpoint (written in
+LDM layout, loaded back by lora_core.app.checkpoints with a configs folder)."""
+import argparse
+import json
+
+import pytest
+
+from lora_core.demo_data import BASE
+from lora_core.train.demo_model import DemoArch, build_models, write_configs
+from lora_core.train.ldm_export import sd1_state_dict
+from lora_core.train.safetensors_io import write_safetensors
+
+ARCH = DemoArch(unet_channels=(32, 32, 32, 32), unet_layers_per_block=1, te_hidden=32, te_layers=1,
+                te_intermediate=64, vae_channels=(8, 8, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    unet, te, vae = build_models(ARCH, seed=0)
+    path = write_safetensors(root / "tiny.safetensors", sd1_state_dict(unet, vae, te))
+    write_configs(root / "configs", ARCH, scaling=1.0)
+    BASE.write(root / "data", seed=0, n=3, repeats=2)
+    return root
+
+
+def _run(argv):
+    from lora_core.commands import train
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return train.run(parser.parse_args(argv))
+
+
+def _argv(root, out, *extra):
+    return ["--checkpoint", str(root / "tiny.safetensors"), "--config-root", str(root / "configs"),
+            "--data", str(root / "data"), "--out", str(out), "--data-dir", str(root / "cache"), *extra]
+
+
+def test_train_command_writes_lora_and_preview(checkpoint, tmp_path, capsys):
+    from lora_core.formats import load_lora
+
+    out = tmp_path / "style.safetensors"
+    rc = _run(_argv(checkpoint, out, "--steps", "3", "--rank", "2", "--alpha", "1", "--trigger", "lcstripes",
+                    "--targets", "locon", "--seed", "5"))
+    assert rc == 0
+    lora = load_lora(out)
+    assert lora.family == "sd1" and lora.algorithms()["locon"] > 0
+    assert any(k.startswith("te1:text_model_encoder_layers_0") for k in lora.adapters)
+    md = lora.metadata
+    assert md["ss_output_name"] == "style" and md["ss_steps"] == "3" and md["ss_seed"] == "5"
+    assert md["ss_resolution"] == "(64, 64)"  # the model's native size: 8x8 latents x 8
+    assert md["ss_sd_model_name"] == "tiny" and md["ss_num_train_images"] == "6"
+    assert json.loads(md["ss_tag_frequency"])["2_scenes"]["lcstripes"] == 3
+    assert (tmp_path / "style.preview.png").is_file()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_train_command_bad_input_is_a_clear_error(checkpoint, tmp_path, capsys):
+    assert _run(_argv(checkpoint, tmp_path / "x.ckpt", "--steps", "1")) == 2
+    assert ".safetensors" in capsys.readouterr().out
+    bad = _argv(checkpoint, tmp_path / "x.safetensors", "--steps", "1")
+    bad[bad.index("--data") + 1] = str(tmp_path / "missing")
+    assert _run(bad) == 2
+    assert "not found" in capsys.readouterr().out
+    notckpt = tmp_path / "lora.safetensors"
+    write_safetensors(notckpt, {"lora_unet_x.lora_down.weight": __import__("torch").zeros(1, 1)})
+    bad = _argv(checkpoint, tmp_path / "y.safetensors", "--steps", "1")
+    bad[bad.index("--checkpoint") + 1] = str(notckpt)
+    assert _run(bad) == 2
+    assert "lora.safetensors" in capsys.readouterr().out
+
+
+def test_ctrl_c_writes_the_lora_so_far(checkpoint, tmp_path, monkeypatch, capsys):
+    from lora_core.formats import load_lora
+    from lora_core.train import trainer
+
+    real = trainer.F.mse_loss
+    calls = {"n": 0}
+
+    def interrupting_loss(*a, **kw):  # Ctrl-C arrives during the 3rd step's forward pass
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(trainer.F, "mse_loss", interrupting_loss)
+    out = tmp_path / "cut.safetensors"
+    assert _run(_argv(checkpoint, out, "--steps", "20", "--no-preview")) == 130
+    lora = load_lora(out)
+    assert lora.metadata["ss_steps"] == "2" and lora.metadata["lora_core_interrupted"] == "True"
+    assert not (tmp_path / "cut.preview.png").exists()
+    assert "interrupted" in capsys.readouterr().out
