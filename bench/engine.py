@@ -120,7 +120,8 @@ def make_lora_file(directory, unet, te, name, rank, seed):
 
 # ---------------------------------------------------------------------------- helpers
 class Timer:
-    def __init__(self):
+    def __init__(self, side=""):
+        self.side = side
         self.t = {}
 
     def run(self, label, fn):
@@ -128,6 +129,7 @@ class Timer:
         t0 = time.perf_counter()
         out = fn()
         self.t[label] = time.perf_counter() - t0
+        print(f"  {self.side}: {label}: {fmt_s(self.t[label])}", file=sys.stderr, flush=True)
         return out
 
 
@@ -186,7 +188,7 @@ def run_ours(unet, te, files, compute_dtype):
 
     binding = Binding.from_diffusers(unet, [te])
     engine = Engine(binding, cache_size=8, compute_dtype=compute_dtype)
-    T = Timer()
+    T = Timer(f"lora_core {str(compute_dtype).replace('torch.', '')}")
     f = files
     T.run("load+apply one", lambda: engine.apply([(f["L1"], 1.0, 1.0)]))
     w0_of = {id(ref.tensor): engine.patcher._backups[ref.group] for ref in engine.patcher._slots.values()}
@@ -207,7 +209,7 @@ def run_ours(unet, te, files, compute_dtype):
     acc = accuracy(binding, engine, w0_of, None)
     # L2's share: the same reweight costs, relative to L2 applied alone (warm cache) and restored
     T.run("restore", engine.restore)
-    engine2_t = Timer()
+    engine2_t = Timer("lora_core")
     engine2_t.run("L2 alone", lambda: engine.apply([(f["L2"], 0.6, 0.3)]))
     engine.restore()
     info["L2 alone"] = engine2_t.t["L2 alone"]
@@ -248,7 +250,7 @@ def run_diffusers(unet, te, files):
         pass
     pipe = diffusers_host(unet, te)
     f = files
-    T = Timer()
+    T = Timer("diffusers")
     loaded = set()
 
     def ensure(*names):

@@ -137,3 +137,49 @@ def test_pickled_checkpoint_with_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError):
         checkpoints.read_state_dict(path)
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("yaml_text, expected", [
+    ('model:\n  params:\n    parameterization: "v"\n', "v_prediction"),
+    ("model:\n  params:\n    linear_start: 0.00085\n", "epsilon"),
+])
+def test_sd2_prediction_type_follows_the_yaml_next_to_it(tmp_path, yaml_text, expected):
+    path, config_root, _ = write_checkpoint(tmp_path, "sd2")
+    path.with_suffix(".yaml").write_text(yaml_text)
+    handle = PipelineHandle.load(path, data_dir=tmp_path / "data", config_root=config_root)
+    assert handle.pipe.scheduler.config.prediction_type == expected
+    assert any(".yaml" in n for n in handle.notes)
+
+
+def test_sd2_without_yaml_is_probed_like_a1111(tmp_path):
+    path, config_root, _ = write_checkpoint(tmp_path, "sd2")
+    handle = PipelineHandle.load(path, data_dir=tmp_path / "data", config_root=config_root)
+    predicts_v = checkpoints._unet_predicts_v(handle.pipe.unet, torch.float32)
+    assert handle.pipe.scheduler.config.prediction_type == ("v_prediction" if predicts_v else "epsilon")
+    # a UNet whose output sits far below its input is a v-model by that test
+    with torch.no_grad():
+        handle.pipe.unet.conv_out.bias.fill_(-5.0)
+    assert checkpoints._unet_predicts_v(handle.pipe.unet, torch.float32)
+
+
+@pytest.mark.parametrize("folder", sorted(KNOWN))
+def test_full_size_ldm_names_convert_onto_the_shipped_configs(folder):
+    """Real-size LDM key sets (named by lora_core.targets.naming) map through diffusers' converter
+    onto every parameter of the models built from the shipped configs, shapes included (meta tensors)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from lora_core.train.ldm_export import unet_to_ldm, vae_to_ldm
+
+    root = CONFIG_ROOT / folder
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
+    for model, ldm, convert in ((unet, unet_to_ldm(unet), convert_ldm_unet_checkpoint),
+                                (vae, vae_to_ldm(vae), convert_ldm_vae_checkpoint)):
+        converted = convert(ldm, model.config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert {k: tuple(v.shape) for k, v in converted.items()} == expected
+    assert detect_family({k: tuple(v.shape) for k, v in {**unet_to_ldm(unet)}.items()}) == \
+        {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}[folder]

@@ -182,3 +182,37 @@ def test_unloadable_checkpoint_keeps_the_app_running(session, tmp_path):
     assert session.pipeline.is_demo
     assert session.txt2img("a cat", seed=1, steps=2)[0]
     (bad / "broken.safetensors").unlink()
+
+
+def test_infotext_round_trip_reproduces_the_image(session):
+    from lora_core.app.infotext import parse_infotext, relink_loras
+
+    images, info, msgs = session.txt2img("a fox, <lora:demo_cool:0.7>", "dull, grey", seed=21, steps=6,
+                                         sampler="DPM++ 2M", cfg=5.5)
+    assert msgs == [] and images[0].info["parameters"] == info
+    entry = session.library.find("demo_cool")
+    parsed = parse_infotext(info)
+    assert parsed.lora_hashes() == {"demo_cool": entry.autov3}
+    assert parsed.settings["Model hash"] == session.pipeline.model_hash
+    # pasted from a machine where the file was called "cool_v2": the hash finds the local name
+    foreign = info.replace("demo_cool", "cool_v2")
+    pasted = parse_infotext(foreign)
+
+    def name_for_hash(h):
+        found = session.library.by_hash(h)
+        return found[0].name if len(found) == 1 else None
+
+    prompt, notes = relink_loras(pasted.prompt, pasted.lora_hashes(), name_for_hash)
+    assert prompt == "a fox, <lora:demo_cool:0.7>" and notes
+    fields = {**pasted.generation_fields(), "prompt": prompt}
+    again, info2, _ = session.txt2img(fields["prompt"], fields["negative"], steps=fields["steps"], cfg=fields["cfg"],
+                                      seed=fields["seed"], width=fields["width"], height=fields["height"],
+                                      sampler=fields["sampler"])
+    assert np.array_equal(_px(again), _px(images)) and info2 == info
+
+
+def test_long_prompt_and_negative_tags_are_reported(session):
+    images, _, msgs = session.txt2img("cat " * 100, "<lora:demo_warm:1> ugly", seed=1, steps=2)
+    assert images
+    assert any("100 tokens" in m and "75" in m for m in msgs)
+    assert any("negative prompt" in m and "ignored" in m for m in msgs)

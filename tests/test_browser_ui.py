@@ -8,8 +8,6 @@ original image back bit for bit. Screenshots of both tabs go to docs/screenshots
 from __future__ import annotations
 
 import io
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,4 +239,21 @@ def test_favorite_details_and_paste(page):
     assert pg.locator("#txt2img_neg_prompt textarea").input_value() == "fog"
     assert pg.locator("#txt2img_seed input").first.input_value() == "77"
     assert pg.locator("#txt2img_steps input[type=number]").first.input_value() == "9"
+    assert not pg.errors, pg.errors
+
+
+def test_checkpoint_refresh_and_unloadable_checkpoint(page, server):
+    pg = page
+    (server.workdir / "models" / "Stable-diffusion" / "broken.safetensors").write_bytes(b"not a checkpoint")
+    pg.locator("#lora_core_checkpoint_refresh").click()
+    dropdown = pg.locator("#lora_core_checkpoint input").first
+    dropdown.click()
+    option = pg.get_by_role("option", name="broken.safetensors")
+    option.click()
+    status = pg.locator("#lora_core_checkpoint_status")
+    pg.wait_for_function("document.querySelector('#lora_core_checkpoint_status').innerText.includes('broken')")
+    assert "Could not load checkpoint broken.safetensors" in status.inner_text()
+    # the demo model stays loaded, says so, and the picker shows it again
+    assert "Demo model loaded" in pg.locator("#lora_core_banner").inner_text()
+    pg.wait_for_function("document.querySelector('#lora_core_checkpoint input').value.startsWith('Demo model')")
     assert not pg.errors, pg.errors

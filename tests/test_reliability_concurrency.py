@@ -124,10 +124,11 @@ def test_patch_failure_inside_a_generation_is_a_message_and_changes_nothing(sess
     unet = session.pipeline.pipe.unet
     warm = _pixels(_gen(session, "warm")[0])
     after_warm = _snap(unet)
-    failing = FailAfter(patcher_module.write_slot, 5, RuntimeError("injected failure in the slot loop"))
+    # the demo LoRAs patch one slot each: fail on the first write (the rollback writes it again)
+    failing = FailAfter(patcher_module.write_slot, 1, RuntimeError("injected failure in the slot loop"))
     monkeypatch.setattr(patcher_module, "write_slot", failing)
     images, messages = _gen(session, "cool+green")
-    assert failing.fired and failing.calls > 5  # slots were written, then rolled back
+    assert failing.fired and failing.calls >= 2
     assert images == [] and any("could not be applied" in m and "injected" in m for m in messages), messages
     assert _same(unet, after_warm)
     monkeypatch.undo()

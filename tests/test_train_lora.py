@@ -160,10 +160,12 @@ def test_same_seed_same_lora_and_base_untouched(parts, dataset):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_v_prediction_scheduler_trains(tmp_path, dataset):
+def test_v_prediction_scheduler_and_bf16_train(tmp_path, dataset):
     vparts = tiny_parts(tmp_path, seed=1, prediction_type="v_prediction")
-    _, result = _train(vparts, dataset, steps=2, train_te=False)
+    _, result = _train(vparts, dataset, steps=2, train_te=False, dtype="bf16")
     assert result.prediction_type == "v_prediction" and len(result.losses) == 2
+    assert all(loss == loss and loss < 100 for loss in result.losses)  # finite
+    assert {p.dtype for p in result.network.parameters()} == {torch.float32}  # LoRA weights stay fp32
     _remove(result)
 
 

@@ -1,7 +1,6 @@
 """The REST routes (A1111-compatible list/refresh, autocomplete, paging, thumbnails) on a real Library."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--unet-batch", type=int, default=defaults.unet_batch)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--data-dir", default=None, help="tokenizer cache folder (default: <out>/.cache)")
+    p.add_argument("--loras", action="store_true",
+                   help="then train the demo LoRAs (style, concept, LoCon) with `lora_core train` into <out>/loras")
+    p.add_argument("--lora-steps", type=int, default=None, help="override each demo LoRA's step count")
     p.add_argument("--smoke", action="store_true", help="2 steps of each phase on 64 images (plumbing check)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -47,6 +50,15 @@ def main(argv=None) -> int:
                                 progress=not args.no_progress)
     print(json.dumps({k: manifest[k] for k in ("file", "bytes", "sha256", "seed", "vae_steps", "unet_steps",
                                                   "timings", "seconds")}, indent=2))
+    if args.loras:
+        from lora_core.train.demo_loras import train_demo_loras
+
+        out = Path(args.out)
+        written = train_demo_loras(out / manifest["file"], out / "configs", out / "loras", out / "lora_data",
+                                   data_dir=args.data_dir, seed=args.seed,
+                                   steps=2 if args.smoke else args.lora_steps, images=8 if args.smoke else None,
+                                   preview=not args.smoke)
+        print("demo LoRAs: " + ", ".join(str(p) for p in written))
     return 0
 
 

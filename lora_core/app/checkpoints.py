@@ -14,15 +14,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 logger = logging.getLogger(__name__)
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 # family (as lora_core.formats names it) -> folder of shipped diffusers configs
-FAMILY_CONFIG_DIRS = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
+FAMILY_CONFIG_DIRS = MappingProxyType({"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"})
 # cross-attention context width of the UNet -> family
-CONTEXT_DIM_FAMILY = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+CONTEXT_DIM_FAMILY = MappingProxyType({768: "sd1", 1024: "sd2", 2048: "sdxl"})
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")  # what A1111 lists in models/Stable-diffusion
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -142,6 +143,18 @@ def _fit_text_model_level(converted: dict, expected_keys) -> dict:
     return {k[len("text_model."):] if k.startswith("text_model.") else k: v for k, v in converted.items()}
 
 
+def _unet_predicts_v(unet, dtype) -> bool:
+    """A1111's test for SD2 v-models: at t=999 on a flat 0.5 input with a flat 0.5 context, a
+    v-prediction UNet's output lies well below its input (mean difference < -1)."""
+    import torch
+
+    with torch.inference_mode():
+        x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, dtype=dtype)
+        context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, dtype=dtype)
+        out = unet(x, torch.tensor([999]), encoder_hidden_states=context).sample
+    return bool((out - x).float().mean().item() < -1)
+
+
 def _assign(model, converted: dict, what: str, path, dtype) -> None:
     """Load converted tensors into a meta-device model; every parameter must be provided."""
     converted = {k: v.to(dtype) if v.is_floating_point() else v for k, v in converted.items()}
@@ -229,10 +242,13 @@ def load_checkpoint(path, data_dir, config_root=None, dtype=None) -> LoadedCheck
 
     sched_cfg = json.loads((config_dir / "scheduler" / "scheduler_config.json").read_text())
     if family == "sd2":
+        # SD2 comes as 768-v (v-prediction) and 512-base (epsilon) with identical tensor shapes
         hint = _v_prediction_hint(path)
-        if hint is False:
-            sched_cfg["prediction_type"] = "epsilon"
-            notes.append("SD2 epsilon model (from the .yaml next to it)")
+        source = "from the .yaml next to it"
+        if hint is None:
+            hint, source = _unet_predicts_v(unet, dtype), "detected from the UNet's output"
+        sched_cfg["prediction_type"] = "v_prediction" if hint else "epsilon"
+        notes.append(f"SD2 {'v-prediction' if hint else 'epsilon'} model ({source})")
     from lora_core.app.samplers import DEFAULT_SAMPLER, make_scheduler
 
     components = {

@@ -108,7 +108,7 @@ def load_demo_handle(data_dir):
     return PipelineHandle(
         build_pipeline("sd1", components), family="sd1", is_demo=True, label=LABEL, checkpoint_path=None,
         model_name=DEMO_NAME, model_hash=_weights_hash(components),
-        base_scheduler_config=dict(components["scheduler"].config), default_size=DEMO_SIZE,
+        base_scheduler_config=dict(components["scheduler"].config), default_size=DEMO_SIZE, num_threads=1,
     )
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable
 
 from lora_core.app.samplers import DEFAULT_SAMPLER, canonical_sampler, make_scheduler
@@ -17,7 +19,7 @@ from lora_core.app.samplers import DEFAULT_SAMPLER, canonical_sampler, make_sche
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-DEFAULT_SIZE = {"demo": 64, "sd1": 512, "sd2": 768, "sdxl": 1024}
+DEFAULT_SIZE = MappingProxyType({"demo": 64, "sd1": 512, "sd2": 768, "sdxl": 1024})
 
 
 class ParamError(ValueError):
@@ -73,7 +75,7 @@ class PipelineHandle:
 
     def __init__(self, pipe, *, family: str, is_demo: bool, label: str, checkpoint_path: Path | None,
                  model_name: str, model_hash: str | None, base_scheduler_config: dict,
-                 default_size: int, notes: list[str] | None = None):
+                 default_size: int, notes: list[str] | None = None, num_threads: int | None = None):
         self.pipe = pipe
         self.family = family
         self.is_demo = is_demo
@@ -85,6 +87,9 @@ class PipelineHandle:
         self.notes = list(notes or [])
         self._scheduler_config = dict(base_scheduler_config)
         self._binding = None
+        # CPU threads while generating (None: torch's setting). Tiny models run fastest on one
+        # thread, and OpenMP threads spin badly when the CPU is shared.
+        self.num_threads = num_threads
         # One generation at a time; the session also holds it around LoRA activation + generation.
         self.lock = threading.RLock()
 
@@ -130,7 +135,7 @@ class PipelineHandle:
         params = params.validated()
         total = params.steps * params.batch_count
         images = []
-        with self.lock, torch.inference_mode():
+        with self.lock, torch.inference_mode(), _threads(self.num_threads):
             for i in range(params.batch_count):
                 if cancel is not None and cancel.is_set():
                     break
@@ -161,6 +166,21 @@ class PipelineHandle:
                 image.info["seed"] = seed
                 images.append(image)
         return images
+
+
+@contextmanager
+def _threads(n: int | None):
+    import torch
+
+    if not n:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def build_pipeline(family: str, components: dict):

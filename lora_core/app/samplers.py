@@ -1,8 +1,10 @@
 """Sampler names shown to users (A1111 spelling) mapped to diffusers schedulers, all built offline."""
 from __future__ import annotations
 
+from types import MappingProxyType
+
 # name -> (diffusers scheduler class name, extra config overrides)
-SAMPLERS: dict[str, tuple[str, dict]] = {
+SAMPLERS = MappingProxyType({
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -11,7 +13,7 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
     ),
     "DDIM": ("DDIMScheduler", {}),
-}
+})
 DEFAULT_SAMPLER = "Euler a"
 
 

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -272,19 +272,23 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None) -> A
         ckpt_refresh.click(on_ckpt_refresh, outputs=[ckpt])
 
         def on_ckpt_change(name):
+            """Switch models; the picker then shows what is really loaded (the old model on failure)."""
             if not name or name == session_current_checkpoint(session):
-                return demo_banner_html(session, models_dir), "", gr.update()
+                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
             try:
                 notes = session_switch(session, name)
             except Exception as exc:  # noqa: BLE001 - the session reports failures itself; belt and braces
                 log.exception("switching checkpoint failed")
                 notes = [f"Could not load {name}: {exc}"]
             loaded = session_current_checkpoint(session)
-            notes = [f"Loaded {loaded}."] + [n for n in notes if n != getattr(session_pipeline(session), "label", None)]
-            return demo_banner_html(session, models_dir), _messages_html(notes), _default_size(session)
+            label = getattr(session_pipeline(session), "label", None)
+            notes = [f"Loaded: {loaded}."] + [n for n in notes if n != label]
+            size = _default_size(session)
+            return (demo_banner_html(session, models_dir), _messages_html(notes), size, size,
+                    gr.update(choices=session_checkpoints(session), value=loaded))
 
-        ckpt.change(on_ckpt_change, inputs=[ckpt], outputs=[banner, ckpt_status, width]).then(
-            lambda: _default_size(session), outputs=[height])
+        # .input (user picks only): the picker's own reset to the loaded model must not re-trigger it
+        ckpt.input(on_ckpt_change, inputs=[ckpt], outputs=[banner, ckpt_status, width, height, ckpt])
         panel.attach_load(demo)
     return demo
 

@@ -160,10 +160,11 @@ class Session:
             parsed = parse_prompt(prompt, family=handle.family)
             messages.extend(parsed.problems)
             messages.extend(parsed.warnings)
-            # the negative prompt may carry tags too (A1111 applies them as well); strip them from the text
+            # as in A1111, only the prompt's tags load LoRAs; tags in the negative prompt are dropped
             neg_parsed = parse_prompt(negative, family=handle.family)
-            wanted = list(parsed.requests) + list(neg_parsed.requests)
-            messages.extend(neg_parsed.problems)
+            if neg_parsed.requests or neg_parsed.problems:
+                messages.append("LoRA tags in the negative prompt are ignored")
+            wanted = list(parsed.requests)
             requests, used = [], []
             for req in wanted:
                 try:
@@ -177,6 +178,7 @@ class Session:
                 requests.append((entry.path, req.te, req.unet, req.dyn, req.lbw))
                 used.append((req, entry))
             params = _with_texts(params, parsed.clean_text, neg_parsed.clean_text)
+            messages.extend(_truncation_notes(handle, params))
             with handle.lock:
                 try:
                     report = engine.apply(requests)
@@ -196,22 +198,23 @@ class Session:
                 except Exception as exc:
                     logger.exception("generation failed")
                     return [], "", messages + [f"Generation failed: {exc}"]
-            if cancel is not None and cancel.is_set():
-                messages.append(f"Cancelled: {len(images)} of {params.batch_count} images done")
-            used = [(req, entry) for req, entry in used if str(Path(entry.path)) in applied]
-            if used:
-                self.library.mark_used([entry.path for _, entry in used])
-            lora_hashes = self._lora_hashes(used, messages)
-            infotexts = []
-            for image in images:
-                text = generation_infotext(
-                    prompt=prompt, negative=negative, steps=params.steps, sampler=params.sampler,
-                    cfg=params.cfg, seed=image.info.get("seed", params.seed), width=params.width,
-                    height=params.height, model_name=handle.model_name, model_hash=handle.model_hash,
-                    lora_hashes=lora_hashes,
-                )
-                image.info[PNG_KEY] = text
-                infotexts.append(text)
+        # outside the lock: waiting for a new LoRA's hash must not hold up other generations
+        if cancel is not None and cancel.is_set():
+            messages.append(f"Cancelled: {len(images)} of {params.batch_count} images done")
+        used = [(req, entry) for req, entry in used if str(Path(entry.path)) in applied]
+        if used:
+            self.library.mark_used([entry.path for _, entry in used])
+        lora_hashes = self._lora_hashes(used, messages)
+        infotexts = []
+        for image in images:
+            text = generation_infotext(
+                prompt=prompt, negative=negative, steps=params.steps, sampler=params.sampler,
+                cfg=params.cfg, seed=image.info.get("seed", params.seed), width=params.width,
+                height=params.height, model_name=handle.model_name, model_hash=handle.model_hash,
+                lora_hashes=lora_hashes,
+            )
+            image.info[PNG_KEY] = text
+            infotexts.append(text)
         return images, (infotexts[0] if infotexts else ""), _dedupe(messages)
 
     def _lora_hashes(self, used, messages: list[str]) -> list[tuple[str, str]]:
@@ -231,6 +234,22 @@ class Session:
             if entry.autov3:
                 out.append((req.name, entry.autov3))
         return out
+
+
+def _truncation_notes(handle, params) -> list[str]:
+    """CLIP reads 75 tokens (+ start/end); diffusers drops the rest, so say so."""
+    tokenizer = getattr(handle.pipe, "tokenizer", None)
+    if tokenizer is None:
+        return []
+    notes = []
+    for what, text in (("prompt", params.prompt), ("negative prompt", params.negative)):
+        if not text:
+            continue
+        n = len(tokenizer(text, truncation=False).input_ids) - 2
+        limit = tokenizer.model_max_length - 2
+        if n > limit:
+            notes.append(f"The {what} is {n} tokens long; only the first {limit} are used")
+    return notes
 
 
 def _with_texts(params, prompt: str, negative: str):

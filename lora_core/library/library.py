@@ -337,65 +337,67 @@ class Library:
         where, params = [f"+f.root IN ({self._root_marks})"], list(self.roots)
         terms = [t for t in str(query or "").lower().split() if t]
         long_terms = [t for t in terms if len(t) >= 3]
-        short_terms = [t for t in terms if len(t) < 3]
+        for t in terms:
+            if len(t) < 3:  # too short for the trigram index: folder/name and alias only
+                like = "%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                where.append("(f.rel LIKE ? ESCAPE '\\' OR f.alias LIKE ? ESCAPE '\\')")
+                params += [like, like]
         if family:
             where.append("f.family = ?")
             params.append(family)
         if folder:
             folder = folder.strip("/")
-            where.append("(f.folder = ? OR substr(f.folder, 1, ?) = ?)")
-            params += [folder, len(folder) + 1, folder + "/"]
+            # subfolders as an index range: "a/" <= folder < "a0" ('0' follows '/')
+            where.append("(f.folder = ? OR (f.folder >= ? AND f.folder < ?))")
+            params += [folder, folder + "/", folder + "0"]
         if favorites_only:
             where.append("f.path IN (SELECT path FROM user_data WHERE favorite = 1)")
         cond = " AND ".join(where)
         offset = page * page_size
-        if not terms:
+        if not long_terms:
             total = self.db.query(f"SELECT COUNT(*) FROM files f WHERE {cond}", params)[0][0]
             ids = [r[0] for r in self.db.query(
                 f"SELECT f.id FROM files f WHERE {cond} ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?",
                 params + [page_size, offset])]
             return Page(total=total, items=self._entries_by_id(ids), page=page, page_size=page_size)
-        # Text query: the FTS index gives the matching ids; the order comes from the filtered,
-        # sorted id list (read once through a covering sort index and kept until the index
-        # changes). Joining and sorting thousands of matches in SQL was the slow part at 50,000.
-        # Words under 3 letters (too short for the trigram index) match folder/name and alias.
-        matched = None
-        if long_terms:
-            match = " AND ".join('"' + t.replace('"', '""') + '"' for t in long_terms)
-            matched = {r[0] for r in self.db.query("SELECT rowid FROM files_fts WHERE files_fts MATCH ?", (match,))}
-            if not matched:
-                return Page(total=0, items=[], page=page, page_size=page_size)
-        if matched is not None and len(matched) <= SMALL_MATCH and not self._has_order(cond, params, sort):
+        # Text query: the FTS index gives the matching ids; their order comes from the filtered,
+        # sorted id list (read once through a covering sort index, kept until the index changes).
+        # Joining and sorting thousands of matches in SQL was the slow part at 50,000 files.
+        match = " AND ".join('"' + t.replace('"', '""') + '"' for t in long_terms)
+        matched = self._fts_ids(match)
+        if not matched:
+            return Page(total=0, items=[], page=page, page_size=page_size)
+        if len(matched) <= SMALL_MATCH and not self._has_order(cond, params, sort):
             # few matches and no cached order: let SQL sort just those
-            hits = self._rows_in_order(f"{cond} AND f.id IN (SELECT rowid FROM files_fts WHERE files_fts MATCH ?)",
-                                       params + [match], sort)
+            hits = self._ids_in_order(
+                f"{cond} AND f.id IN (SELECT rowid FROM files_fts WHERE files_fts MATCH ?)", params + [match], sort)
         else:
-            hits = self._ordered_ids(cond, params, sort)
-            if matched is not None:
-                hits = [h for h in hits if h[0] in matched]
-        for t in short_terms:
-            hits = [(i, names) for i, names in hits if t in names]
-        ids = [i for i, _ in hits[offset:offset + page_size]]
-        return Page(total=len(hits), items=self._entries_by_id(ids), page=page, page_size=page_size)
+            hits = [i for i in self._ordered_ids(cond, params, sort) if i in matched]
+        return Page(total=len(hits), items=self._entries_by_id(hits[offset:offset + page_size]), page=page,
+                    page_size=page_size)
+
+    def _fts_ids(self, match: str) -> set[int]:
+        cur = self.db.connection().cursor()
+        cur.row_factory = None
+        return {r[0] for r in cur.execute("SELECT rowid FROM files_fts WHERE files_fts MATCH ?", (match,))}
 
     def _has_order(self, cond: str, params: list, sort: str) -> bool:
         cached = self._order_cache.get((cond, tuple(params), sort))
         return cached is not None and cached[0] == (self.db.generation, self.db.data_version())
 
-    def _rows_in_order(self, cond: str, params: list, sort: str) -> list[tuple[int, str]]:
+    def _ids_in_order(self, cond: str, params: list, sort: str) -> list[int]:
         cur = self.db.connection().cursor()
         cur.row_factory = None  # plain tuples: this may read every row
-        rows = cur.execute(f"SELECT f.id, f.rel, f.alias FROM files f WHERE {cond} ORDER BY {SORTS[sort]}", params)
-        return [(i, f"{rel}\n{alias or ''}".lower()) for i, rel, alias in rows]
+        return [r[0] for r in cur.execute(f"SELECT f.id FROM files f WHERE {cond} ORDER BY {SORTS[sort]}", params)]
 
-    def _ordered_ids(self, cond: str, params: list, sort: str) -> list[tuple[int, str]]:
-        """[(id, "rel\nalias" lowercased)] of the filtered rows in sort order, cached per index version."""
+    def _ordered_ids(self, cond: str, params: list, sort: str) -> list[int]:
+        """Ids of the filtered rows in sort order, cached per index version."""
         key = (cond, tuple(params), sort)
         version = (self.db.generation, self.db.data_version())
         cached = self._order_cache.get(key)
         if cached is not None and cached[0] == version:
             return cached[1]
-        ordered = self._rows_in_order(cond, params, sort)
+        ordered = self._ids_in_order(cond, params, sort)
         with self._order_lock:  # UI handlers search from several threads
             if len(self._order_cache) >= 8:  # a handful of sort/filter combinations is all a UI uses
                 self._order_cache.pop(next(iter(self._order_cache)))

@@ -70,16 +70,7 @@ class LoraTabController:
     def _library(self) -> Any:
         return self.library_provider()
 
-    def _favorites(self, lib: Any) -> set[str]:
-        fav = getattr(lib, "favorites", None)
-        try:
-            value = fav() if callable(fav) else fav
-        except Exception:  # noqa: BLE001 - a broken favorites file must not break browsing
-            log.exception("reading favorites failed")
-            return set()
-        return {str(p) for p in (value or ())}
-
-    def _view(self, lib: Any, entry: Any, favorites: set[str], metadata: Mapping[str, Any] | None = None) -> EntryView:
+    def _view(self, lib: Any, entry: Any, metadata: Mapping[str, Any] | None = None) -> EntryView:
         path = str(getattr(entry, "path", "") or "")
         mtime = getattr(entry, "mtime", 0) or 0
         tag_name, ambiguous = resolve_tag_name(lib, entry)
@@ -87,7 +78,6 @@ class LoraTabController:
             (getattr(entry, "summary", None) or {}).get("cover_images"))
         return view_of(
             entry,
-            favorites=favorites,
             preview_url=preview_url_for(self.settings.api_prefix, path, float(mtime)) if path and has_preview else None,
             metadata=metadata,
             tag_name=tag_name,
@@ -139,8 +129,7 @@ class LoraTabController:
                 result = lib.search(q.search or "", page=page - 1, page_size=size, sort=sort_key, family=family,
                                     folder=folder, favorites_only=bool(q.favorites_only))
                 total = int(result.total)
-            favorites = self._favorites(lib)
-            views = [self._view(lib, e, favorites) for e in result.items]
+            views = [self._view(lib, e) for e in result.items]
         except Exception as exc:  # noqa: BLE001 - show the problem in the tab, keep the app alive
             log.exception("LoRA search failed")
             return QueryResult(
@@ -170,14 +159,13 @@ class LoraTabController:
             return render.render_details(None, f"Cannot load details: {exc}"), _editor_values(None)
         if entry is None:
             return render.render_details(None, "This LoRA is no longer in the library."), _editor_values(None)
-        view = self._view(lib, entry, self._favorites(lib), metadata=full_metadata(getattr(entry, "path", "")))
+        view = self._view(lib, entry, metadata=full_metadata(getattr(entry, "path", "")))
         return render.render_details(view), _editor_values(view)
 
     def toggle_favorite(self, key: str) -> bool:
         """Flip the favorite flag; returns the new state."""
         lib = self._library()
-        entry = lib.entry(key)
-        now = not (bool(getattr(entry, "favorite", False)) or key in self._favorites(lib))
+        now = not bool(getattr(lib.entry(key), "favorite", False))
         lib.set_favorite(key, now)
         return now
 

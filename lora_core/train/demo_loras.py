@@ -1,0 +1,77 @@
+"""The demo LoRAs, trained by `python -m lora_core train` itself on the demo base model.
+
+Each recipe pairs a synthetic data set (lora_core.demo_data) with training settings; the LoRA is
+written as `<out>/<name>.safetensors` with an A1111-style `<name>.json` sidecar (activation text,
+preferred weight, description) and, when the pipeline is available, `<name>.preview.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_core.demo_data import CONCEPT, LOCON, STYLE, DemoDataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoLoraRecipe:
+    name: str
+    dataset: DemoDataset
+    targets: str
+    rank: int
+    alpha: float
+    steps: int
+    lr: float = 1e-3
+    images: int = 200
+    preferred_weight: float = 1.0
+
+    @property
+    def activation_text(self) -> str:
+        return self.dataset.trigger or ""
+
+
+RECIPES = (
+    DemoLoraRecipe("demo_stripes", STYLE, "attn_ff", 4, 4.0, 800),
+    DemoLoraRecipe("demo_lcshape", CONCEPT, "attn_ff", 8, 8.0, 1000),
+    DemoLoraRecipe("demo_checker", LOCON, "locon", 4, 4.0, 800),
+)
+
+
+def train_demo_loras(checkpoint, config_root, out_dir, work_dir, data_dir=None, seed: int = 1234,
+                     steps: int | None = None, images: int | None = None, preview: bool = True) -> list[Path]:
+    """Render each recipe's data set under work_dir and train it with the `train` command."""
+    from lora_core.commands import train as train_command
+
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    written = []
+    for i, recipe in enumerate(RECIPES):
+        data = work_dir / recipe.name
+        recipe.dataset.write(data, seed=seed + 100 + i, n=images or recipe.images, repeats=1)
+        out = out_dir / f"{recipe.name}.safetensors"
+        argv = ["--checkpoint", str(checkpoint), "--config-root", str(config_root), "--data", str(data),
+                "--out", str(out), "--rank", str(recipe.rank), "--alpha", str(recipe.alpha),
+                "--lr", str(recipe.lr), "--steps", str(steps or recipe.steps), "--targets", recipe.targets,
+                "--seed", str(seed + i), "--data-dir", str(data_dir or work_dir / ".cache")]
+        if not preview:
+            argv.append("--no-preview")
+        parser = argparse.ArgumentParser()
+        train_command.add_arguments(parser)
+        rc = train_command.run(parser.parse_args(argv))
+        if rc != 0:
+            raise RuntimeError(f"training {recipe.name} failed (exit status {rc})")
+        sidecar = {
+            "description": f"lora_core demo LoRA ({recipe.dataset.description}).",
+            "activation text": recipe.activation_text,
+            "preferred weight": recipe.preferred_weight,
+            "sd version": "SD1",
+            "notes": "Trained by `python -m lora_core train` on the lora_core demo model; "
+                     "it has no meaningful effect on real checkpoints.",
+        }
+        out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        written.append(out)
+        logger.info("trained %s", out)
+    return written
