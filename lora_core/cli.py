@@ -1,4 +1,4 @@
-"""Command line entry point: `python -m lora_core <command>`.
+"""lora_core: apply, browse and bake LoRA files for Stable Diffusion (`python -m lora_core <command>`).
 
 Subcommands live in their own modules and are imported only when chosen, so `--help` and the
 catalog commands never pay for torch.
@@ -17,6 +17,7 @@ COMMANDS = {
     "list": ("lora_core.commands.list_loras", "list the LoRA library"),
     "serve": ("lora_core.app.serve", "start the standalone web UI"),
     "generate": ("lora_core.app.generate", "generate an image from a prompt with <lora:...> tags"),
+    "train": ("lora_core.commands.train", "train a LoRA on a folder of captioned images"),
 }
 
 
@@ -30,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         # Each command module is imported lazily: its add_arguments is looked up only when the
         # command is parsed. argparse needs the arguments up front, so import the (torch-free)
         # module header here; command modules must keep heavy imports inside run().
-        importlib.import_module(module_name).add_arguments(p)
+        try:
+            importlib.import_module(module_name).add_arguments(p)
+        except ImportError as exc:  # one broken command must not take the others down
+            logging.getLogger(__name__).debug("command %s unavailable: %s", name, exc)
+            p.set_defaults(_unavailable=f"{name}: {exc}")
     return parser
 
 
@@ -42,5 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if getattr(args, "_unavailable", None):
+        logging.getLogger(__name__).error("command not available: %s", args._unavailable)
+        return 2
     module = importlib.import_module(args._module)
     return int(module.run(args) or 0)

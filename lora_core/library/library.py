@@ -38,7 +38,7 @@ SORTS = {
     "last_used": "f.last_used DESC, f.stem COLLATE NOCASE, f.rel COLLATE NOCASE",   # never used (NULL) last
 }
 MAX_PAGE_SIZE = 1000
-SMALL_MATCH = 2000   # text matches up to this many are sorted by SQL; more use the cached order
+SMALL_MATCH = 5000   # text matches up to this many are sorted by SQL; more use the cached order
 WRITE_BATCH = 500
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -354,7 +354,7 @@ class Library:
             where.append("f.path IN (SELECT path FROM user_data WHERE favorite = 1)")
         cond = " AND ".join(where)
         offset = page * page_size
-        if not long_terms:
+        if not terms:
             total = self.db.query(f"SELECT COUNT(*) FROM files f WHERE {cond}", params)[0][0]
             ids = [r[0] for r in self.db.query(
                 f"SELECT f.id FROM files f WHERE {cond} ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?",
@@ -363,6 +363,10 @@ class Library:
         # Text query: the FTS index gives the matching ids; their order comes from the filtered,
         # sorted id list (read once through a covering sort index, kept until the index changes).
         # Joining and sorting thousands of matches in SQL was the slow part at 50,000 files.
+        if not long_terms:  # short words only: the LIKE filter is part of the cached order
+            hits = self._ordered_ids(cond, params, sort)
+            return Page(total=len(hits), items=self._entries_by_id(hits[offset:offset + page_size]), page=page,
+                        page_size=page_size)
         match = " AND ".join('"' + t.replace('"', '""') + '"' for t in long_terms)
         matched = self._fts_ids(match)
         if not matched:
