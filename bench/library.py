@@ -274,6 +274,17 @@ def render(results: list[dict], command: str, repeat: dict | None = None) -> str
         ]
         for name, q in repeat["queries"].items():
             lines.append(f"| `{name}` | {q['first']:.1f} ms | {q['best']:.1f} ms | {q['median']:.1f} ms |")
+        big = next((r for r in results if r["n"] == repeat["n"]), None)
+        worst_median = max(q["median"] for q in repeat["queries"].values())
+        worst_first = max(q["first"] for q in repeat["queries"].values())
+        load = os.getloadavg()[0]
+        lines += ["", (
+            f"Against the goals at {repeat['n']:,} files (load average {load:.1f} on this 2-core machine while "
+            f"measuring): warm start CPU time {big['warm_start_cpu_s']:.2f} s; wall best {repeat['warm_best_s']:.2f} s, "
+            f"median {repeat['warm_median_s']:.2f} s, and {big['warm_start_s']:.2f} s in the full run above (waiting "
+            f"for a core counts there); every query's median is "
+            f"{worst_median:.0f} ms or less, the first text query after opening or after an index change took up "
+            f"to {worst_first:.0f} ms (it reads the sort order once)." if big else "")]
         lines.append("")
     return "\n".join(lines)
 

@@ -9,9 +9,15 @@ from lora_core.demo_data import BASE
 from lora_core.train.demo_model import DemoArch, build_models, write_configs
 from lora_core.train.ldm_export import sd1_state_dict
 from lora_core.train.safetensors_io import write_safetensors
+from train.tiny_parts import one_torch_thread
 
 ARCH = DemoArch(unet_channels=(32, 32, 32, 32), unet_layers_per_block=1, te_hidden=32, te_layers=1,
                 te_intermediate=64, vae_channels=(8, 8, 8, 8))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,17 @@ from safetensors.torch import load_file
 
 from lora_core.train.demo_model import DemoArch, DemoTrainSettings, build_models, train_demo_model
 from lora_core.train.ldm_export import sd1_state_dict
+from train.tiny_parts import one_torch_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = DemoArch(unet_channels=(32, 32, 32, 32), unet_layers_per_block=1, te_hidden=32, te_layers=1,
                  te_intermediate=64, vae_channels=(8, 8, 8, 8))
 FEW = DemoTrainSettings(n_images=16, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    yield from one_torch_thread()
 
 
 def test_ldm_export_round_trips_through_diffusers_converters():

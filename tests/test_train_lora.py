@@ -14,9 +14,14 @@ from lora_core.demo_data import BASE
 from lora_core.train import (Components, LoRANetwork, NetworkSpec, TrainConfig, build_metadata, find_targets,
                              save_lora_file, scan_folder, train_lora)
 from lora_core.train.network import merged_forward_check
-from train.tiny_parts import tiny_parts
+from train.tiny_parts import one_torch_thread, tiny_parts
 
 RES = 16  # 16x16 pixels -> 8x8 latents with the 2-level test VAE
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -27,3 +27,14 @@ def tiny_parts(tmp_dir, seed: int = 0, prediction_type: str = "epsilon") -> dict
                           num_train_timesteps=1000, prediction_type=prediction_type)
     return {"unet": unet.eval(), "text_encoder": te.eval(), "vae": vae.eval(),
             "tokenizer": load_clip_tokenizer(tmp_dir), "scheduler": sched}
+
+
+def one_torch_thread():
+    """Generator for a module fixture: torch on one thread while the module runs. On a busy
+    machine OpenMP threads spin-wait and tiny models train ~10x slower; CI loses little."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
