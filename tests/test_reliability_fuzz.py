@@ -58,7 +58,7 @@ def test_loadable_files_are_never_broken_in_the_library(tmp_path, valid_bytes, e
     except HeaderError as exc:  # pragma: no cover - this is the failure the test looks for
         pytest.fail(f"load_lora accepts the file but the library calls it broken: {exc.problem}")
     assert metadata == lora.metadata
-    assert lora.adapters and header
+    assert len(header) >= len(lora.adapters)  # every adapter comes from tensors the header lists
 
 
 @pytest.fixture(scope="module")

@@ -47,8 +47,9 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("long")
     out = [make_lora(d, "peft_a", seed=61), make_lora(d, "peft_b", seed=62, with_te=False, rank=2, alpha=1.0),
            make_lora(d, "kohya_c", seed=63, kohya=True, rank=8, alpha=4.0)]
-    for i, algo in enumerate(("loha", "lokr", "locon", "diag-oft")):
-        out.append(make_unet_lycoris(d, algo, seed=70 + i))
+    parts = {"loha": ("down_blocks",), "lokr": ("mid_block",), "locon": ("down_blocks",), "diag-oft": ("mid_block",)}
+    for i, (algo, where) in enumerate(parts.items()):  # a part of the UNet each: keeps 1,000 switches quick
+        out.append(make_unet_lycoris(d, algo, seed=70 + i, parts=where))
     return out
 
 
@@ -60,17 +61,42 @@ def _equal(modules, snaps) -> bool:
     return all(torch.equal(m.state_dict()[k], s[k]) for m, s in zip(modules, snaps) for k in s)
 
 
-def _random_stack(rng: random.Random, files):
-    stack = []
-    for path in rng.sample(files, rng.randint(0, 4)):
-        bw = None
-        if rng.random() < 0.2:
-            bw = [rng.choice([0.0, 0.5, 1.0, 1.5]) for _ in range(26)]
-        stack.append((path, rng.choice([0.0, 0.4, 1.0, -0.6]), rng.choice([0.3, 1.0, 0.75, -1.0]), None, bw))
+def _entry(rng: random.Random, path):
+    bw = [rng.choice([0.0, 0.5, 1.0, 1.5]) for _ in range(26)] if rng.random() < 0.2 else None
+    return (path, rng.choice([0.0, 0.4, 1.0, -0.6]), rng.choice([0.3, 1.0, 0.75, -1.0]), None, bw)
+
+
+def _next_stack(rng: random.Random, stack: list, files) -> list:
+    """What a user does between generations: reweight one LoRA (most often), add or drop one,
+    reorder, or write a whole new prompt."""
+    stack = list(stack)
+    roll = rng.random()
+    unused = [f for f in files if f not in [s[0] for s in stack]]
+    if roll < 0.45 and stack:
+        i = rng.randrange(len(stack))
+        stack[i] = _entry(rng, stack[i][0])
+    elif roll < 0.65 and unused and len(stack) < 4:
+        stack.insert(rng.randint(0, len(stack)), _entry(rng, rng.choice(unused)))
+    elif roll < 0.8 and stack:
+        stack.pop(rng.randrange(len(stack)))
+    elif roll < 0.85 and len(stack) > 1:
+        rng.shuffle(stack)
+    else:
+        stack = [_entry(rng, path) for path in rng.sample(files, rng.randint(0, 4))]
     return stack
 
 
-def test_thousand_switches_stay_exact_and_release_memory(files):
+@pytest.fixture
+def one_thread():
+    """The tensors here are tiny: torch's intra-op threads only add synchronisation (measured 8x
+    slower with 2 threads on a busy 2-core machine). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_thousand_switches_stay_exact_and_release_memory(files, one_thread):
     unet, te = base_models()
     w0 = _snap(unet, te)
     loaded: list[weakref.ref] = []
@@ -83,12 +109,13 @@ def test_thousand_switches_stay_exact_and_release_memory(files):
     cache = LoraCache(max_count=CACHE_SIZE, loader=tracking_loader)
     engine = Engine(Binding.from_diffusers(unet, [te]), cache=cache)
     rng = random.Random(1234)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     rss_warm = None
     checks = 0
     slots = 0
+    stack: list = []
     for step in range(1, SWITCHES + 1):
-        stack = _random_stack(rng, files)
+        stack = _next_stack(rng, stack, files)
         report = engine.apply(stack)
         assert not [r for r in report.loras if r.refused], report.warnings
         slots += report.slots_recomputed
@@ -104,19 +131,21 @@ def test_thousand_switches_stay_exact_and_release_memory(files):
             alive = sum(1 for ref in loaded if ref() is not None)
             assert alive <= CACHE_SIZE + len(stack), (step, alive)
         if step % 250 == 0:
-            engine.apply([])
+            stack = []
+            engine.apply(stack)
             assert _equal((unet, te), w0), f"not the originals after emptying the stack at {step}"
             assert engine.patcher.backup_bytes == 0
         if step == 100:
             gc.collect()
             rss_warm = rss_bytes()
     engine.restore()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     assert _equal((unet, te), w0)
     assert engine.patcher.backup_bytes == 0
     gc.collect()
     rss_end = rss_bytes()
     growth_mb = (rss_end - rss_warm) / 2**20
+    print(f"\n{SWITCHES} switches in {seconds:.1f} s")
     assert growth_mb < RSS_BOUND_MB, f"RSS grew {growth_mb:.1f} MB over {SWITCHES - 100} switches"
     assert cache.misses > CACHE_SIZE * 10  # the cache really evicted and re-read
     in_cache = len(cache)
@@ -128,9 +157,9 @@ def test_thousand_switches_stay_exact_and_release_memory(files):
                "cache_hits": cache.hits, "cache_misses": cache.misses, "slots_recomputed": slots,
                "fresh_engine_checks": checks, "rss_after_100_mb": round(rss_warm / 2**20, 1),
                "rss_after_1000_mb": round(rss_end / 2**20, 1), "rss_growth_mb": round(growth_mb, 2),
-               "seconds": round(seconds, 1), "cached_at_end": in_cache}
+               "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "cached_at_end": in_cache}
     print("\nlong-session figures:", json.dumps(figures))
     if FIGURES:
         with open(FIGURES, "a") as fh:
             fh.write(json.dumps({"long_session": figures}) + "\n")
-    assert seconds < 120, f"{SWITCHES} switches took {seconds:.0f} s"
+    assert seconds < 120, f"{SWITCHES} switches took {seconds:.0f} s (budget: 2 minutes)"

@@ -65,6 +65,10 @@ def test_train_command_writes_lora_and_preview(checkpoint, tmp_path, capsys):
 def test_train_command_bad_input_is_a_clear_error(checkpoint, tmp_path, capsys):
     assert _run(_argv(checkpoint, tmp_path / "x.ckpt", "--steps", "1")) == 2
     assert ".safetensors" in capsys.readouterr().out
+    assert _run(_argv(checkpoint, tmp_path / "x.safetensors", "--steps", "0")) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().out
+    assert _run(_argv(checkpoint, tmp_path / "x.safetensors", "--steps", "1", "--resolution", "60")) == 2
+    assert "multiple of 8" in capsys.readouterr().out
     bad = _argv(checkpoint, tmp_path / "x.safetensors", "--steps", "1")
     bad[bad.index("--data") + 1] = str(tmp_path / "missing")
     assert _run(bad) == 2

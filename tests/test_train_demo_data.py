@@ -102,3 +102,29 @@ def test_written_kohya_folder_reads_back(tmp_path):
     assert [i.caption for i in ds.items] == want
     img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(ds.items[0].image).convert("RGB"))
     assert img.shape == (64, 64, 3)
+
+
+def test_check_scene_accepts_ground_truth_and_rejects_wrong_prompts():
+    from dataclasses import replace
+
+    from lora_core.demo_data import check_scene, shape_of
+
+    checks = failures = 0
+    for ds in (BASE, STYLE, LOCON, CONCEPT):
+        for image, _, r in ds.items(21, 60):
+            result = check_scene(image, r.scene if ds is not CONCEPT else replace(r.scene, shape="lcshape"))
+            assert set(result) >= {"background", "colour", "count", "size", "position", "shape"}
+            assert ("style" in result) == (r.scene.style is not None)
+            checks += len(result)
+            failures += sum(not v for v in result.values())
+    assert failures <= checks * 0.01, (failures, checks)
+    # a prompt that disagrees with the picture is caught, attribute by attribute
+    r = render(Scene("triangle", "red", "large", "left", "blue"))
+    assert shape_of(r.mask) == "triangle"
+    assert all(check_scene(r.image, r.scene).values())
+    for field, value in (("colour", "green"), ("background", "white"), ("size", "small"), ("position", "right"),
+                         ("shape", "circle"), ("count", 2)):
+        wrong = replace(r.scene, **{field: value})
+        assert not check_scene(r.image, wrong)[field], field
+    assert not check_scene(r.image, replace(r.scene, style="stripes"))["style"]
+    assert not check_scene(r.image, replace(r.scene, style="checker"))["style"]

@@ -57,7 +57,8 @@ def test_tool_smoke_run_writes_an_ldm_checkpoint_and_manifest(tmp_path):
         import train_demo_model as tool
     finally:
         sys.path.pop(0)
-    assert tool.main(["--out", str(tmp_path), "--smoke", "--no-progress", "--data-dir", str(tmp_path / "cache")]) == 0
+    assert tool.main(["--out", str(tmp_path), "--smoke", "--loras", "--no-progress",
+                      "--data-dir", str(tmp_path / "cache")]) == 0
     ckpt = tmp_path / "lora_core-demo.safetensors"
     manifest = json.loads((tmp_path / "lora_core-demo.json").read_text())
     assert manifest["vae_steps"] == 2 and manifest["unet_steps"] == 2 and manifest["seed"] == 1234
@@ -85,6 +86,17 @@ def test_tool_smoke_run_writes_an_ldm_checkpoint_and_manifest(tmp_path):
     assert (tmp_path / "configs" / "sd15" / "unet" / "config.json").is_file()
     vae_cfg = json.loads((tmp_path / "configs" / "sd15" / "vae" / "config.json").read_text())
     assert vae_cfg["scaling_factor"] == pytest.approx(manifest["vae_scaling_factor"])
+    # the demo LoRAs, made by `lora_core train` on that checkpoint
+    from lora_core.formats import load_lora
+
+    loras = {p.stem: load_lora(p) for p in sorted((tmp_path / "loras").glob("*.safetensors"))}
+    assert set(loras) == {"demo_stripes", "demo_lcshape", "demo_checker"}
+    assert all(lf.family == "sd1" and lf.metadata["ss_steps"] == "2" for lf in loras.values())
+    assert loras["demo_checker"].algorithms()["locon"] > 0
+    assert "locon" not in loras["demo_stripes"].algorithms()
+    sidecar = json.loads((tmp_path / "loras" / "demo_stripes.json").read_text())
+    assert sidecar["activation text"] == "lcstripes"
+    assert json.loads(loras["demo_lcshape"].metadata["ss_tag_frequency"])["1_cross"]
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path):
@@ -97,3 +109,25 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     assert sd.keys() == fresh.keys()
     # trained: the UNet moved away from its initialisation
     assert not torch.equal(sd["model.diffusion_model.out.2.weight"], fresh["model.diffusion_model.out.2.weight"])
+
+
+def test_tool_output_loads_through_the_app_and_its_loras_bind(tmp_path):
+    """The checkpoint + configs load with lora_core.app.checkpoints, and every module of a LoRA
+    trained on it resolves in a lora_core.targets Binding over the loaded model."""
+    from lora_core.app.checkpoints import load_checkpoint
+    from lora_core.formats import load_lora
+    from lora_core.targets import Binding
+    from lora_core.train.demo_loras import train_demo_loras
+
+    manifest = train_demo_model(tmp_path, SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
+    ckpt = tmp_path / manifest["file"]
+    loaded = load_checkpoint(ckpt, tmp_path / "cache", config_root=tmp_path / "configs")
+    assert loaded.family == "sd1"
+    assert loaded.components["vae"].config.scaling_factor == pytest.approx(manifest["vae_scaling_factor"])
+    paths = train_demo_loras(ckpt, tmp_path / "configs", tmp_path / "loras", tmp_path / "work",
+                             data_dir=tmp_path / "cache", steps=1, images=2, preview=False)
+    binding = Binding.from_diffusers(loaded.components["unet"], [loaded.components["text_encoder"]])
+    for path in paths:
+        lora = load_lora(path)
+        matched, unmatched = binding.match(lora)
+        assert matched == len(lora.adapters) and unmatched == 0, path.name

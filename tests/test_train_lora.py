@@ -250,3 +250,21 @@ def test_keyboard_interrupt_keeps_a_usable_lora(parts, dataset, tmp_path):
         assert not list(tmp_path.glob("*.tmp"))
     finally:
         _remove(result)
+
+
+def test_broken_image_fails_before_training_and_leaves_the_model_unwrapped(parts, tmp_path):
+    from PIL import Image
+
+    from lora_core.train import DatasetError
+
+    folder = tmp_path / "1_x"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"\x89PNG broken")
+    steps = []
+    config = TrainConfig(network=NetworkSpec(rank=2, alpha=2), resolution=RES, steps=5)
+    with pytest.raises(DatasetError, match="b.png"):
+        train_lora(Components.from_dict(parts), scan_folder(tmp_path), config, progress=False,
+                   on_step=lambda s, loss: steps.append(s))
+    assert steps == []
+    assert not any("forward" in vars(m) for m in parts["unet"].modules())

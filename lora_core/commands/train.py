@@ -48,6 +48,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config-root", default=None,
                         help="folder of diffusers configs (<root>/sd15/unet/config.json, ...) for a non-standard "
                              "checkpoint such as the demo model (default: the shipped SD1/SD2 configs)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default; 1 is often faster on a busy machine)")
     parser.add_argument("--no-preview", action="store_true", help="do not render a preview PNG next to the LoRA")
 
 
@@ -76,14 +78,29 @@ def _write_preview(family, components, prompt: str, out: Path, resolution: int, 
         return None
 
 
+def _bad_numbers(args) -> str | None:
+    for flag, value in (("--steps", args.steps), ("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--rank", args.rank), ("--conv-rank", args.conv_rank), ("--resolution", args.resolution)):
+        if value is not None and value < 1:
+            return f"{flag} must be at least 1 (got {value})"
+    if not args.lr > 0 or (args.te_lr is not None and not args.te_lr >= 0):
+        return "learning rates must be positive"
+    return None
+
+
 def run(args) -> int:
+    import torch
+
     from lora_core.app.checkpoints import CheckpointError, file_sha256, load_checkpoint
     from lora_core.train import (Components, DatasetError, NetworkSpec, TrainConfig, build_metadata,
                                  save_lora_file, scan_folder, train_lora)
 
     out = Path(args.out)
+    problem = _bad_numbers(args)
     if out.suffix.lower() != ".safetensors":
-        print(f"error: --out must end in .safetensors (got {out.name})")
+        problem = f"--out must end in .safetensors (got {out.name})"
+    if problem:
+        print(f"error: {problem}")
         return 2
     try:
         spec = NetworkSpec(rank=args.rank, alpha=args.alpha, targets=args.targets, conv_rank=args.conv_rank,
@@ -92,6 +109,8 @@ def run(args) -> int:
     except (ValueError, DatasetError) as exc:
         print(f"error: {exc}")
         return 2
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     data_dir = _data_dir(args.data_dir)
     try:
         loaded = load_checkpoint(args.checkpoint, data_dir, config_root=args.config_root)
@@ -102,6 +121,9 @@ def run(args) -> int:
     # the size the model was trained at: latent sample size x the VAE's down-sampling
     vae_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     resolution = args.resolution or int(parts.unet.config.sample_size) * vae_factor
+    if resolution % vae_factor:
+        print(f"error: --resolution must be a multiple of {vae_factor} for this model (got {resolution})")
+        return 2
     config = TrainConfig(network=spec, lr=args.lr, te_lr=args.te_lr, steps=args.steps, epochs=args.epochs,
                          resolution=resolution, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
     print(f"training {out.name}: {len(dataset.items)} images, {dataset.num_train_images} per epoch with repeats, "
@@ -114,7 +136,7 @@ def run(args) -> int:
     name = args.name or out.stem
     ckpt = Path(args.checkpoint)
     meta = build_metadata(name=name, family=loaded.family, config=config, dataset=dataset, result=result,
-                          model_name=ckpt.stem, model_hash=file_sha256(ckpt, data_dir)[:12])
+                          model_name=ckpt.stem, model_hash=file_sha256(ckpt, data_dir))
     try:
         save_lora_file(out, result.network, meta)
     except KeyboardInterrupt:  # a second Ctrl-C during the (atomic) save: nothing half-written

@@ -196,3 +196,73 @@ def describe(image) -> Measured:
     colour = dominant_colour(arr, mask)[0]
     pos = position_of(biggest) if len(parts) == 1 else None
     return Measured(bg, colour, len(parts), size_of(biggest), pos, fill_ratio(biggest))
+
+
+def shape_of(mask: np.ndarray) -> str:
+    """square / circle / triangle / cross / star of one object's mask, from three numbers:
+    fill ratio (area / bounding box: ~1, ~0.78, ~0.55, ~0.55, ~0.45), how much of the area lies
+    in the top half of the box (a point-up triangle: ~1/4, the others ~1/2) and in the box's four
+    corner ninths (a cross: none)."""
+    x0, y0, x1, y1 = bbox(mask)
+    box = mask[y0:y1, x0:x1].astype(bool)
+    area = box.sum()
+    fill = area / box.size
+    if fill > 0.87:
+        return "square"
+    if fill > 0.66:
+        return "circle"
+    h, w = box.shape
+    top = box[: h // 2].sum() / area
+    if top < 0.32 and fill > 0.46:  # a star that lost its thin top point is still less full
+        return "triangle"
+    ch, cw = max(1, h // 3), max(1, w // 3)
+    corners = (box[:ch, :cw].sum() + box[:ch, w - cw:].sum() + box[h - ch:, :cw].sum()
+               + box[h - ch:, w - cw:].sum()) / area
+    return "cross" if corners < 0.04 else "star"
+
+STRIPED_MIN = 10.0  # stripe_score of a striped background (plain backgrounds score < 2)
+CHECKERED_MIN = 5.0  # texture_score of a checkered fill (flat fills score < 2)
+
+
+def check_scene(image, scene) -> dict[str, bool]:
+    """Which of a scene's (a prompt's) attributes an image shows: background, colour, count, size,
+    position (single objects), shape (by fill ratio; "lcshape" means the cross), and the style.
+
+    For quality tests of generated pictures: e.g. require most held-out prompts to pass most checks.
+    """
+    from .scenes import stripe_colour
+
+    if isinstance(image, Image.Image) and image.size != (64, 64):
+        # the thresholds (edge scores, component sizes) are calibrated at the demo size
+        image = image.convert("RGB").resize((64, 64), Image.Resampling.BOX)
+    arr = as_array(image)
+    result: dict[str, bool] = {}
+    if scene.style == "stripes":
+        # half the background is a shade of its colour: it must still cover a good part of the frame
+        frame = colour_names(arr[border_mask(arr.shape)])
+        result["background"] = float((frame == _NAMES.index(scene.background)).mean()) > 0.3
+        # the object: its own colour, and far from both stripe colours (blends of the two are not)
+        mask = (object_mask_by_colour(arr, scene.colour) & object_mask(arr, scene.background)
+                & object_mask(arr, stripe_colour(scene.background, scene.colour)))
+    else:
+        result["background"] = background_colour(arr)[0] == scene.background
+        mask = object_mask(arr, scene.background)
+    parts = components(mask)
+    result["count"] = len(parts) == scene.count
+    if not parts:
+        return {**result, "colour": False, "size": False, "position": False, "shape": False,
+                **({"style": False} if scene.style else {})}
+    union = np.zeros_like(mask)
+    for p in parts:
+        union |= p
+    biggest = max(parts, key=lambda p: p.sum())
+    result["colour"] = dominant_colour(arr, union)[0] == scene.colour or (
+        scene.style == "checker" and dominant_colour(arr, union)[1] < 0.9)
+    result["size"] = size_of(biggest) == scene.size
+    result["position"] = scene.count != 1 or position_of(biggest) == scene.position
+    result["shape"] = shape_of(biggest) == ("cross" if scene.shape == "lcshape" else scene.shape)
+    if scene.style == "stripes":
+        result["style"] = stripe_score(arr, union) > STRIPED_MIN
+    elif scene.style == "checker":
+        result["style"] = texture_score(arr, union) > CHECKERED_MIN
+    return result

@@ -126,9 +126,25 @@ def _shade(rgb, factor: float) -> tuple[int, int, int]:
     return tuple(int(c + (255 - c) * (factor - 1)) for c in rgb)
 
 
-def _stripe_colour(rgb) -> tuple[int, int, int]:
-    # dark backgrounds get light stripes and vice versa, so the stripes always show
-    return _shade(rgb, 1.6) if sum(rgb) < 200 else _shade(rgb, 0.55)
+def _dist(a, b) -> float:
+    return float(np.sqrt(sum((int(x) - int(y)) ** 2 for x, y in zip(a, b))))
+
+
+def contrast_shade(rgb, avoid) -> tuple[int, int, int]:
+    """The darker or lighter shade of `rgb` that stands out most from both `rgb` itself and the
+    colour `avoid` (the object for stripes, the background for checks), so masks stay clean."""
+    candidates = [_shade(rgb, 0.55), _shade(rgb, 1.6)]
+    return max(candidates, key=lambda c: min(_dist(c, rgb), _dist(c, avoid)))
+
+
+def stripe_colour(background: str, colour: str) -> tuple[int, int, int]:
+    """The colour of the background stripes of a striped scene."""
+    return contrast_shade(COLOURS[background], COLOURS[colour])
+
+
+def checker_colour(colour: str, background: str) -> tuple[int, int, int]:
+    """The second colour of a checkered object."""
+    return contrast_shade(COLOURS[colour], COLOURS[background])
 
 
 def render(scene: Scene, size: int = 64, jitter: tuple[float, float] = (0.0, 0.0)) -> Rendered:
@@ -143,7 +159,7 @@ def render(scene: Scene, size: int = 64, jitter: tuple[float, float] = (0.0, 0.0
     if scene.style == "stripes":
         # diagonal stripes over the background, 8 px period at 64x64
         period = 8 * ss / 64
-        sc = _stripe_colour(bg)
+        sc = stripe_colour(scene.background, scene.colour)
         for k in range(-ss, 2 * ss, int(period)):
             draw.polygon([(k, 0), (k + period / 2, 0), (k + period / 2 - ss, ss), (k - ss, ss)], fill=sc)
     centres = object_centres(scene, size, jitter)
@@ -155,7 +171,7 @@ def render(scene: Scene, size: int = 64, jitter: tuple[float, float] = (0.0, 0.0
         cell = 4 * SUPERSAMPLE * size // 64
         check = Image.new("RGB", (ss, ss), fg)
         cdraw = ImageDraw.Draw(check)
-        alt = _stripe_colour(fg)
+        alt = checker_colour(scene.colour, scene.background)
         for y in range(0, ss, cell):
             for x in range(0, ss, cell):
                 if (x // cell + y // cell) % 2:

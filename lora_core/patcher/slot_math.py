@@ -60,11 +60,11 @@ def write_slot(
         torch.add(w0, full, out=live)
 
 
-# Rows are computed in blocks of about this many elements (1 MB in fp32) in one reused fp32
+# Rows are computed in blocks of about this many elements (4 MB in fp32) in one reused fp32
 # buffer: W0 rows are widened into it, U@D is accumulated onto them by the GEMM itself (addmm),
 # and the block is rounded into the live tensor while still in cache. The slot then costs one
 # read of W0 and one write of W besides the product, and never a full-size fp32 ΔW.
-CHUNK_ELEMENTS = 1 << 18
+CHUNK_ELEMENTS = 1 << 20
 _CHUNKED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # others take the plain path
 
 

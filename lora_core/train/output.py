@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
+import random
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ def build_metadata(*, name: str, family: str, config, dataset, result, model_nam
     per_epoch = -(-dataset.num_train_images // config.batch_size)
     v_pred = result.prediction_type == "v_prediction"
     meta = {
-        "ss_session_id": str(uuid.UUID(int=(config.seed * 2654435761 + 1) % (1 << 128))).replace("-", "")[:10],
+        "ss_session_id": str(random.Random(f"{name}|{config.seed}|{result.started_at}").getrandbits(31)),
         "ss_output_name": name,
         "ss_training_started_at": repr(float(result.started_at)),
         "ss_training_finished_at": repr(float(result.finished_at)),

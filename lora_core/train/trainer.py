@@ -93,12 +93,26 @@ class _LatentCache:
         self.scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def sample(self, index: int, generator: torch.Generator) -> torch.Tensor:
+    def prepare(self, progress: bool) -> None:
+        """Encode every image up front (like kohya's cache_latents): a broken image fails before
+        any training time is spent, and the loop only samples."""
+        items = range(len(self.dataset.items))
+        if progress:
+            from tqdm import tqdm
+
+            items = tqdm(items, desc="caching latents", unit="image", leave=False)
+        for index in items:
+            self._encode(index)
+
+    def _encode(self, index: int) -> None:
         if index not in self._cache:
             pixels = load_image_tensor(self.dataset.items[index].image, self.resolution)[None]
             with torch.no_grad(), _autocast(self.dtype):
                 dist = self.vae.encode(pixels).latent_dist
             self._cache[index] = (dist.mean.float(), dist.std.float())
+
+    def sample(self, index: int, generator: torch.Generator) -> torch.Tensor:
+        self._encode(index)
         mean, std = self._cache[index]
         noise = torch.randn(mean.shape, generator=generator)
         return (mean + std * noise) * self.scaling
@@ -140,14 +154,15 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
     n_timesteps = int(noise_sched.config.num_train_timesteps)
 
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
     losses: list[float] = []
     step = epoch = 0
     interrupted = False
     try:
+        latents.prepare(progress)
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="training", unit="step", dynamic_ncols=True)
         while step < total:
             order = dataset.epoch_order()
             perm = torch.randperm(len(order), generator=generator).tolist()
@@ -194,6 +209,9 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
     except KeyboardInterrupt:
         interrupted = True
         logger.warning("training interrupted after %d of %d steps; keeping the LoRA trained so far", step, total)
+    except BaseException:
+        network.remove()  # leave the caller's model as it was
+        raise
     finally:
         if bar is not None:
             bar.close()

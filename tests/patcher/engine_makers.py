@@ -3,10 +3,7 @@ encoder), saved with diffusers' own `save_lora_weights`, optionally converted to
 diffusers' `convert_state_dict_to_kohya`. Models are built in code, as small as the layout allows."""
 from __future__ import annotations
 
-import copy
 import os
-import sys
-from pathlib import Path
 
 import torch
 
@@ -146,6 +143,3 @@ def tiny_ldm_checkpoint(dtype=torch.float32):
     ckpt["alphas_cumprod"] = torch.linspace(0.99, 0.01, 10, dtype=torch.float64)
     return ckpt
 
-
-def clone_state(model):
-    return copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
