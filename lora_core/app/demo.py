@@ -1,13 +1,20 @@
 """The embedded demo model and demo LoRAs, used when no checkpoint is installed.
 
-The demo model is a tiny SD1-layout pipeline (narrow UNet, 2-layer CLIP text encoder with the real
-CLIP vocabulary, small VAE) whose weights come from a fixed seed: its pictures are coloured noise,
-but generation, LoRA tags, weights and restore all work end to end in about a second. Everything
-about it lives in this module so a trained demo model can replace it later (`load_demo_handle`).
+The embedded default is a tiny SD1-layout model trained on synthetic scenes (plain coloured
+circles, squares, triangles and stars on plain backgrounds, 64x64; tools/train_demo_model.py).
+It ships as an ordinary A1111/LDM single-file checkpoint with its diffusers configs and a
+manifest in `lora_core/app/demo_assets/` (see `demo_pack`), and is loaded by exactly the code a
+user checkpoint takes (`PipelineHandle.load` -> `checkpoints.load_checkpoint`); only its label,
+`is_demo` and default size differ. The three LoRAs trained on it by `lora_core train` (a stripes
+style, a new shape, a LoCon texture) are copied to `Lora/demo/` on first run.
 
-The demo LoRAs patch the UNet's conv_out with a rank-1 conv LoRA whose down-projection averages the
-incoming activations, so it acts like a bias on the predicted noise; its direction is calibrated
-against this model so that each LoRA gives a clear colour cast.
+If the shipped file is missing or fails its sha256 check, the app still runs on the old fallback:
+a model of the same kind with weights drawn from a fixed seed, whose pictures are coloured noise.
+
+The colour-cast demo LoRAs (demo_warm/cool/green) patch the UNet's conv_out with a rank-1 conv
+LoRA whose down-projection averages the incoming activations, so it acts like a bias on the
+predicted noise; its direction is calibrated against the loaded demo model (trained or not) so
+that each LoRA gives a clear colour cast.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +32,14 @@ logger = logging.getLogger(__name__)
 DEMO_SEED = 1234
 DEMO_NAME = "lora_core-demo"
 DEMO_SIZE = 64
-DEMO_VERSION = 1  # bump when the demo model or its LoRAs change (rewrites the demo LoRAs)
+DEMO_VERSION = 2  # bump when the demo model or its LoRAs change (rewrites the demo LoRAs)
 DEMO_LORA_FOLDER = "demo"
-LABEL = ("Demo model (tiny, random weights: images are coloured noise). "
-         "Put a Stable Diffusion checkpoint (.safetensors: SD1, SD2 or SDXL) in models/Stable-diffusion "
-         "and select it to generate real images.")
+LABEL = ("Demo model (tiny, trained only on simple coloured shapes - circles, squares, triangles, stars - "
+         "at 64x64). Put a Stable Diffusion checkpoint (.safetensors: SD1, SD2 or SDXL) in "
+         "models/Stable-diffusion and select it to generate real images.")
+FALLBACK_LABEL = ("Demo model (tiny, random weights: images are coloured noise). "
+                  "Put a Stable Diffusion checkpoint (.safetensors: SD1, SD2 or SDXL) in models/Stable-diffusion "
+                  "and select it to generate real images.")
 
 
 @dataclass(frozen=True)
@@ -101,12 +112,51 @@ def _weights_hash(components: dict) -> str:
     return h.hexdigest()[:10]
 
 
-def load_demo_handle(data_dir):
+def load_demo_handle(data_dir, assets=None):
+    """The embedded default: the shipped trained demo model, or the random-weight fallback (with a
+    warning in the log and in `handle.notes`) when its files are missing, altered or unloadable.
+    assets: another folder with the asset layout (default: demo_pack.assets_dir())."""
+    from lora_core.app.demo_pack import DemoPackError, load_verified_pack
+
+    try:
+        pack = load_verified_pack(assets)
+        return _trained_handle(pack, data_dir)
+    except DemoPackError as exc:
+        problem = str(exc)
+    except Exception as exc:  # an unloadable file must not stop the app from starting
+        problem = f"cannot load the shipped demo checkpoint ({type(exc).__name__}: {exc})"
+    logger.warning("trained demo model unavailable: %s; falling back to the random-weight demo model", problem)
+    handle = random_demo_handle(data_dir)
+    handle.notes.append(f"The trained demo model could not be used ({problem}); "
+                        "using random weights instead (pictures are coloured noise).")
+    return handle
+
+
+def _trained_handle(pack, data_dir):
+    from lora_core.app.pipeline import PipelineHandle
+
+    # the very path a user checkpoint takes; only the shipped configs are named
+    handle = PipelineHandle.load(pack.checkpoint, data_dir=data_dir, config_root=pack.config_root)
+    handle.is_demo = True
+    handle.label = LABEL
+    handle.model_name = DEMO_NAME
+    handle.default_size = pack.default_size
+    handle.num_threads = 1  # a tiny model runs fastest on one thread, and shares the CPU well
+    return handle
+
+
+def is_trained_demo(handle, pack) -> bool:
+    """Whether handle is the shipped trained demo model (its file hash is the pack's)."""
+    return bool(getattr(handle, "is_demo", False)) and handle.model_hash == pack.short_hash
+
+
+def random_demo_handle(data_dir):
+    """The fallback demo model: the same kind of tiny SD1 pipeline, weights drawn from DEMO_SEED."""
     from lora_core.app.pipeline import PipelineHandle, build_pipeline
 
     components = build_demo_components(data_dir)
     return PipelineHandle(
-        build_pipeline("sd1", components), family="sd1", is_demo=True, label=LABEL, checkpoint_path=None,
+        build_pipeline("sd1", components), family="sd1", is_demo=True, label=FALLBACK_LABEL, checkpoint_path=None,
         model_name=DEMO_NAME, model_hash=_weights_hash(components),
         base_scheduler_config=dict(components["scheduler"].config), default_size=DEMO_SIZE, num_threads=1,
     )
