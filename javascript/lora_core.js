@@ -153,7 +153,7 @@
     setPromptText(ta, toggleLora(ta.value, name, tag, triggers));
   }
 
-  function sendAction(action, key) {
+  function sendAction(action, key, extra) {
     var box = textareaOf("lora_core_action");
     var holder = byId("lora_core_action_btn");
     var button = holder && (holder.tagName === "BUTTON" ? holder : holder.querySelector("button"));
@@ -161,7 +161,15 @@
       return;
     }
     // The nonce makes every click a change, even on the same card twice.
-    box.value = JSON.stringify({ action: action, key: key, nonce: Date.now() + Math.random() });
+    var msg = { action: action, key: key, nonce: Date.now() + Math.random() };
+    if (extra) {
+      for (var k in extra) {
+        if (Object.prototype.hasOwnProperty.call(extra, k)) {
+          msg[k] = extra[k];
+        }
+      }
+    }
+    box.value = JSON.stringify(msg);
     fireInput(box);
     // Let gradio read the new value before the click event is sent.
     setTimeout(function () {
@@ -184,6 +192,86 @@
     fireInput(ta);
   }
 
+  // Add every tag of a saved stack that the prompt does not already name (one click, one input event).
+  function insertTags(text, tagsText) {
+    var tags = tagsText.match(/<(?:lora|lyco):[^<>]+>/gi) || [];
+    var out = text;
+    tags.forEach(function (tag) {
+      var name = /^<(?:lora|lyco):([^:>]*)/i.exec(tag)[1];
+      var re = new RegExp("<(?:lora|lyco):" + escapeRegExp(name) + "(?::[^>]*)?>", "i");
+      if (!re.test(out)) {
+        out = appendPiece(out, tag);
+      }
+    });
+    return out;
+  }
+  window.loraCoreInsertTags = insertTags; // exposed for tests
+
+  function insertStack(tagsText) {
+    var ta = targetPrompt();
+    if (ta) {
+      setPromptText(ta, insertTags(ta.value, tagsText));
+    }
+  }
+
+  function searchFor(text) {
+    var box = textareaOf("lora_core_search");
+    var holder = byId("lora_core_search_btn");
+    var button = holder && (holder.tagName === "BUTTON" ? holder : holder.querySelector("button"));
+    if (!box || !button) {
+      return;
+    }
+    box.value = text;
+    fireInput(box);
+    setTimeout(function () {
+      button.click();
+    }, 50);
+  }
+
+  // While a background Civitai fetch runs, show its progress (JSON route) and refresh the grid at the end.
+  var civitaiPolling = false;
+  function pollCivitai() {
+    if (civitaiPolling) {
+      return;
+    }
+    civitaiPolling = true;
+    var sawRunning = false;
+    function tick() {
+      fetch(API_PREFIX + "/civitai/status", { credentials: "same-origin" })
+        .then(function (r) {
+          return r.ok ? r.json() : null;
+        })
+        .then(function (st) {
+          if (!st) {
+            civitaiPolling = false;
+            return;
+          }
+          var holder = byId("lora_core_civitai_progress");
+          var line = holder && holder.querySelector(".lora-core-civitai-progress");
+          if (line && typeof st.text === "string") {
+            line.textContent = st.text;
+          }
+          if (st.running) {
+            sawRunning = true;
+            setTimeout(tick, 1000);
+            return;
+          }
+          civitaiPolling = false;
+          if (sawRunning) {
+            var b = byId("lora_core_search_btn");
+            var btn = b && (b.tagName === "BUTTON" ? b : b.querySelector("button"));
+            if (btn) {
+              btn.click(); // redraw cards: trigger words, previews
+            }
+          }
+        })
+        .catch(function () {
+          civitaiPolling = false;
+        });
+    }
+    setTimeout(tick, 600);
+  }
+
   function eventTarget(ev) {
     // Events from inside a shadow root are retargeted; the composed path has the real element.
     var path = ev.composedPath ? ev.composedPath() : null;
@@ -202,6 +290,56 @@
       if (chip) {
         ev.preventDefault();
         addTrainingTag(chip.getAttribute("data-tag") || "");
+        return;
+      }
+      var stackSave = t.closest("#lora_core_stack_save");
+      if (stackSave) {
+        ev.preventDefault();
+        ev.stopPropagation();
+        var nameBox = textareaOf("lora_core_stack_name");
+        var prompt = targetPrompt();
+        sendAction("stack_save", nameBox ? nameBox.value : "", { prompt: prompt ? prompt.value : "" });
+        return;
+      }
+      if (t.closest("#lora_core_civitai_all")) {
+        pollCivitai(); // the click itself still goes to gradio, which starts the fetch
+        return;
+      }
+      var insert = t.closest(".lora-core-stack-insert");
+      if (insert) {
+        ev.preventDefault();
+        insertStack(insert.getAttribute("data-stack-tags") || "");
+        return;
+      }
+      var del = t.closest(".lora-core-stack-delete");
+      if (del) {
+        ev.preventDefault();
+        sendAction("stack_delete", del.getAttribute("data-stack-name") || "");
+        return;
+      }
+      var removeTag = t.closest(".lora-core-user-tag-remove");
+      if (removeTag) {
+        ev.preventDefault();
+        var details = removeTag.closest(".lora-core-details");
+        sendAction("tag_remove", details ? details.getAttribute("data-lora-key") || "" : "", {
+          tag: removeTag.getAttribute("data-tag") || "",
+        });
+        return;
+      }
+      var blurred = t.closest(".lora-core-blur");
+      if (blurred) {
+        // First click on a blurred (NSFW) preview only reveals it; it does not insert the tag.
+        ev.preventDefault();
+        ev.stopPropagation();
+        blurred.classList.remove("lora-core-blur");
+        blurred.classList.add("lora-core-revealed");
+        return;
+      }
+      var userTag = t.closest(".lora-core-user-tag");
+      if (userTag) {
+        ev.preventDefault();
+        ev.stopPropagation();
+        searchFor(userTag.getAttribute("data-tag") || "");
         return;
       }
       var card = t.closest(".lora-core-card");

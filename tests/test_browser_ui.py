@@ -257,3 +257,30 @@ def test_checkpoint_refresh_and_unloadable_checkpoint(page, server):
     assert "Demo model loaded" in pg.locator("#lora_core_banner").inner_text()
     pg.wait_for_function("document.querySelector('#lora_core_checkpoint input').value.startsWith('Demo model')")
     assert not pg.errors, pg.errors
+
+
+def test_saved_stack_roundtrip_and_matched_modules(page):
+    pg = page
+    _open_tab(pg, "txt2img")
+    pg.locator(PROMPT).fill("a hill, <lora:demo_warm:0.4>")
+    _search(pg, "demo_warm")
+    pg.locator("#lora_core_stack_name textarea, #lora_core_stack_name input").first.fill("warmth")
+    pg.locator("#lora_core_stack_save").click()
+    stack = pg.locator('#lora_core_stacks .lora-core-stack[data-stack-name="warmth"]')
+    stack.wait_for(timeout=90_000)
+    assert stack.locator(".lora-core-stack-insert").get_attribute("data-stack-tags") == "<lora:demo_warm:0.4>"
+    _open_tab(pg, "txt2img")
+    pg.locator(PROMPT).fill("a lake")
+    _open_tab(pg, "LoRA")
+    stack.locator(".lora-core-stack-insert").click()
+    assert pg.locator(PROMPT).input_value() == "a lake, <lora:demo_warm:0.4>"
+    # Details compute matched modules against the loaded (demo) checkpoint on demand.
+    card = pg.locator('#lora_core_grid .lora-core-card[data-lora-name="demo_warm"]')
+    card.locator(".lora-core-info-btn").click()
+    pg.wait_for_function("(document.querySelector('#lora_core_details') || {}).innerText"
+                         " && document.querySelector('#lora_core_details').innerText.includes('module(s) matched')",
+                         timeout=90_000)
+    assert ", 0 unmatched" in pg.locator("#lora_core_details").inner_text()
+    stack.locator(".lora-core-stack-delete").click()
+    stack.wait_for(state="detached", timeout=90_000)
+    assert not pg.errors, pg.errors

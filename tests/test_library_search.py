@@ -110,6 +110,8 @@ def test_both_text_search_strategies_agree(lib, monkeypatch, small_match):
 
     monkeypatch.setattr(library_module, "SMALL_MATCH", small_match)
     lib._order_cache.clear()
+    lib._hits_cache.clear()
+    lib.db.write(lambda conn: conn.execute("DELETE FROM sort_orders"), bump=False)  # no stored order either
     assert names(lib.search("style")) == ["ink_wash", "Zeta"]  # folder "styles" / alias "zetaStyle"
     assert names(lib.search("ink", sort="date")) == ["ink_wash"]
     assert names(lib.search("1girl smile", sort="name")) == ["bob"]

@@ -136,9 +136,9 @@ def test_low_rank_loras_on_a_slot_share_one_matmul(model, monkeypatch):
     shapes = []
     real = slot_math._write_low_rank_chunked
 
-    def spy(live, w0_, up, down):
+    def spy(live, w0_, up, down, **kw):
         shapes.append((tuple(up.shape), tuple(down.shape)))
-        return real(live, w0_, up, down)
+        return real(live, w0_, up, down, **kw)
 
     monkeypatch.setattr(slot_math, "_write_low_rank_chunked", spy)
     stack = [ActiveLora(lo, unet=0.5 + i) for i, lo in enumerate(loras)]

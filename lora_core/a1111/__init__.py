@@ -35,6 +35,13 @@ def setup(webui: Webui, extension_dir: str) -> A1111Host:
     guard = ModelGuard(webui.sd_models, host.before_model_change)
     guard.install()
     callbacks = webui.script_callbacks
+    from lora_core.library.civitai_sync import CivitaiSync
+
+    civitai = CivitaiSync(host.library, host.settings.civitai)
+
+    def match_counts(path: str):
+        engine = getattr(host, "_engine", None)  # created on the first generation
+        return None if engine is None else engine.binding.match(engine.cache.get(path))
 
     def before_ui():
         takeover.register_network(webui.extra_networks, network)
@@ -44,7 +51,8 @@ def setup(webui: Webui, extension_dir: str) -> A1111Host:
         from lora_core.ui.controller import TabSettings
         from lora_core.ui.tab import build_lora_tab
 
-        tab = build_lora_tab(host.library, TabSettings(current_family=host.current_family, api_prefix=API_PREFIX))
+        tab = build_lora_tab(host.library, TabSettings(current_family=host.current_family, api_prefix=API_PREFIX,
+                                                       rescan=host.refresh, civitai=civitai, match_counts=match_counts))
         return [(tab, TAB_TITLE, TAB_ELEM_ID)]
 
     def ui_settings():
@@ -58,7 +66,7 @@ def setup(webui: Webui, extension_dir: str) -> A1111Host:
 
         takeover.register_network(webui.extra_networks, network)  # whoever registered after us
         takeover.replace_routes(app)
-        register_routes(app, host.library, prefix=API_PREFIX, rescan=host.refresh)
+        register_routes(app, host.library, prefix=API_PREFIX, rescan=host.refresh, civitai=civitai)
 
     def unload():
         guard.uninstall()

@@ -38,6 +38,12 @@ OPTIONS = [
     Option("lora_core_add_hashes_to_infotext", True, "Add Lora hashes to infotext", "bool"),
     Option("lora_core_rewrite_pasted_names", True, "Resolve pasted Lora names by hash", "bool",
            info="when parameters are pasted, tags whose file was renamed point to the local file with the same hash"),
+    Option("lora_core_civitai_url", "https://civitai.com", "Civitai base URL", "str"),
+    Option("lora_core_civitai_key", "", "Civitai API key", "str",
+           info="empty: the CIVITAI_API_KEY environment variable"),
+    Option("lora_core_nsfw_threshold", "PG13", "Blur LoRA previews rated above", "str", "Dropdown",
+           {"choices": ["PG", "PG13", "R", "X", "XXX", "show all"]},
+           "ratings come from Civitai; previews above this are also not downloaded"),
     Option("lora_core_warn_in_infotext", True, "Write LoRA problems (missing file, wrong family) into the image comments", "bool"),
 ]
 
@@ -71,6 +77,14 @@ class Settings:
         except AttributeError:
             return option.default
         return _coerce(value, option)
+
+    def civitai(self) -> Any:
+        """The Civitai settings as a `lora_core.library.civitai_sync.CivitaiSettings`."""
+        from lora_core.library.civitai_sync import settings_from_env
+
+        return settings_from_env(self.get("lora_core_civitai_url").strip() or None,
+                                 self.get("lora_core_civitai_key").strip() or None,
+                                 self.get("lora_core_nsfw_threshold") or None)
 
     def cache_limits(self) -> tuple[int | None, int | None]:
         count = self.get("lora_core_cache_count")

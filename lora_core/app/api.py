@@ -68,6 +68,7 @@ def register_routes(
     prefix: str = "/lora_core/api",
     sdapi: bool = True,
     rescan: Callable[[], Any] | None = None,
+    civitai: Any = None,
 ) -> None:
     """Add the routes to a FastAPI `app`.
 
@@ -75,6 +76,10 @@ def register_routes(
     sdapi: also register `GET /sdapi/v1/loras` and `POST /sdapi/v1/refresh-loras` (a host that
         already serves them, like A1111's built-in Lora extension, may pass False).
     rescan: what refresh-loras runs (default: `library_provider().scan()`).
+    civitai: a `lora_core.library.civitai_sync.CivitaiSync`; adds `GET {prefix}/civitai/status`,
+        `POST {prefix}/civitai/fetch_all` and `POST {prefix}/civitai/fetch?path=` (the tab's JS polls
+        the status while a background fetch runs).
+    Always added: `GET {prefix}/stacks` (saved stacks with their prompt tags).
     """
     from fastapi import HTTPException, Query
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -158,6 +163,37 @@ def register_routes(
             raise HTTPException(status_code=404, detail="no preview")
         return FileResponse(image, media_type=media, headers={"Cache-Control": "max-age=86400",
                                                               "X-Content-Type-Options": "nosniff"})
+
+    @app.get(prefix + "/stacks")
+    def list_stacks():
+        from lora_core.ui.entry_view import format_weight
+
+        fn = getattr(lib(), "stacks", None)
+        stacks = fn() if callable(fn) else {}
+        return JSONResponse([
+            {"name": name, "items": [{"name": n, "weight": float(w)} for n, w in items],
+             "tags": ", ".join(f"<lora:{n}:{format_weight(float(w))}>" for n, w in items)}
+            for name, items in stacks.items()
+        ])
+
+    if civitai is not None:
+        @app.get(prefix + "/civitai/status")
+        def civitai_status():
+            st = civitai.status()
+            return JSONResponse({**st.to_dict(), "text": st.text()})
+
+        @app.post(prefix + "/civitai/fetch_all")
+        def civitai_fetch_all():
+            started = civitai.start_all()
+            st = civitai.status()
+            return JSONResponse({**st.to_dict(), "text": st.text(), "accepted": started})
+
+        @app.post(prefix + "/civitai/fetch")
+        def civitai_fetch(path: str):
+            entry = _known_entry(lib(), path)
+            if entry is None:
+                raise HTTPException(status_code=404, detail="not in the LoRA library")
+            return JSONResponse({"message": civitai.fetch_one(entry.path)})
 
     @app.get("/lora_core/static/{name}")
     def static(name: str):

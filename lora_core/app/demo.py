@@ -119,7 +119,8 @@ def load_demo_handle(data_dir, assets=None):
     from lora_core.app.demo_pack import DemoPackError, load_verified_pack
 
     try:
-        pack = load_verified_pack(assets)
+        # a damaged LoRA only keeps that LoRA out (ensure_demo_loras), not the model
+        pack = load_verified_pack(assets, loras=False)
         return _trained_handle(pack, data_dir)
     except DemoPackError as exc:
         problem = str(exc)
@@ -265,27 +266,56 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False) -> list[Path]:
-    """Write the demo LoRAs (+ .json sidecar + preview PNG) into lora_root/demo on first run.
+def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False, assets=None) -> list[Path]:
+    """Put the demo LoRAs (+ .json sidecar + preview PNG) into lora_root/demo on first run.
 
-    A marker in data_dir remembers it was done, so LoRAs the user deleted do not come back.
-    Needs the demo handle (the LoRAs are calibrated against the demo model). Returns written paths.
+    With the trained demo model loaded, the LoRAs of the asset folder are copied (the three trained
+    ones and the colour casts the install script calibrated against it); colour casts the pack does
+    not hold (always, on the random-weight fallback) are calibrated against the loaded model here.
+    A marker in data_dir remembers it was done, so LoRAs the user deleted do not come back (they
+    are written again only when DEMO_VERSION changes, or once when the trained model becomes
+    available after a run on the fallback). Returns the written LoRA paths.
     """
-    from safetensors.torch import save
+    from lora_core.app.demo_pack import DemoPackError, read_pack
 
+    try:
+        pack = read_pack(assets)
+        trained = is_trained_demo(handle, pack)
+    except DemoPackError:
+        pack, trained = None, False
     marker = Path(data_dir) / "demo_loras.json"
     if not force and marker.is_file():
         try:
-            if json.loads(marker.read_text()).get("version") == DEMO_VERSION:
+            done = json.loads(marker.read_text())
+            if done.get("version") == DEMO_VERSION and (done.get("trained") or not trained):
                 return []
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
     folder = Path(lora_root) / DEMO_LORA_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    if trained:
+        written.extend(_copy_trained_loras(pack, folder))
+    # colour casts the pack does not carry (fallback model, or an older pack) are calibrated here
+    missing = [spec for spec in DEMO_LORAS if not any(p.stem == spec.name for p in written)]
+    written.extend(write_colour_loras(handle, folder, missing))
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"version": DEMO_VERSION, "folder": str(folder), "trained": trained}))
+    logger.info("wrote %d demo LoRAs to %s", len(written), folder)
+    return written
+
+
+def write_colour_loras(handle, folder, specs=DEMO_LORAS) -> list[Path]:
+    """Calibrate the colour-cast LoRAs against handle's model and write them (+ sidecar + preview)."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    written: list[Path] = []
+    if not specs:
+        return written
     with handle.lock:
         jacobian, base = calibrate_colour_directions(handle)
-        for spec in DEMO_LORAS:
+        for spec in specs:
             tensors = demo_lora_tensors(handle, spec, jacobian, base)
             path = folder / f"{spec.name}.safetensors"
             _atomic_write_bytes(path, save(tensors, metadata=_metadata(spec, handle.model_hash)))
@@ -299,10 +329,33 @@ def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False) -> list[
             (folder / f"{spec.name}.json").write_text(json.dumps(sidecar, indent=2))
             _write_preview(handle, tensors, spec, folder / f"{spec.name}.preview.png")
             written.append(path)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"version": DEMO_VERSION, "folder": str(folder)}))
-    logger.info("wrote %d demo LoRAs to %s", len(written), folder)
     return written
+
+
+def _copy_trained_loras(pack, folder: Path) -> list[Path]:
+    """Copy the shipped trained LoRAs with their sidecars and previews; a file that does not match
+    the manifest is left out with a warning (the rest are still copied)."""
+    from lora_core.app.demo_pack import sha256_of
+
+    written = []
+    for lora in pack.loras:
+        if not lora.path.is_file() or sha256_of(lora.path) != lora.sha256:
+            logger.warning("demo LoRA %s is missing or does not match the manifest; not installed", lora.path)
+            continue
+        target = folder / f"{lora.name}.safetensors"
+        _atomic_copy(lora.path, target)
+        if lora.sidecar is not None and lora.sidecar.is_file():
+            _atomic_copy(lora.sidecar, folder / f"{lora.name}.json")
+        if lora.preview is not None and lora.preview.is_file():
+            _atomic_copy(lora.preview, folder / f"{lora.name}.preview.png")
+        written.append(target)
+    return written
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _write_preview(handle, tensors: dict, spec: DemoLora, path: Path) -> None:

@@ -94,6 +94,13 @@ def read_pack(root=None) -> DemoPack:
         raise DemoPackError(f"{manifest_path}: unreadable ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DemoPackError(f"{manifest_path}: not a format-{MANIFEST_FORMAT} demo manifest")
+    try:
+        return _pack_from_manifest(root, manifest_path, manifest)
+    except (AttributeError, TypeError, ValueError) as exc:  # a field of the wrong type
+        raise DemoPackError(f"{manifest_path}: malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _pack_from_manifest(root: Path, manifest_path: Path, manifest: dict) -> DemoPack:
     ckpt = manifest.get("checkpoint") or {}
     checkpoint = _inside(root, ckpt.get("file"), "checkpoint file")
     sha = ckpt.get("sha256")
@@ -122,13 +129,13 @@ def read_pack(root=None) -> DemoPack:
                     loras=tuple(loras))
 
 
-def verify_pack(pack: DemoPack) -> None:
-    """DemoPackError unless the checkpoint and every LoRA hash to what the manifest says."""
+def verify_pack(pack: DemoPack, loras: bool = True) -> None:
+    """DemoPackError unless the checkpoint (and with loras, every LoRA) hashes to what the manifest says."""
     actual = sha256_of(pack.checkpoint)
     if actual != pack.sha256:
         raise DemoPackError(f"{pack.checkpoint}: sha256 {actual[:12]}… does not match the manifest's "
                             f"{pack.sha256[:12]}… (changed weights without re-running install_demo_assets?)")
-    for lora in pack.loras:
+    for lora in pack.loras if loras else ():
         if not lora.path.is_file():
             raise DemoPackError(f"{lora.path}: demo LoRA not found")
         got = sha256_of(lora.path)
@@ -136,7 +143,7 @@ def verify_pack(pack: DemoPack) -> None:
             raise DemoPackError(f"{lora.path}: sha256 {got[:12]}… does not match the manifest's {lora.sha256[:12]}…")
 
 
-def load_verified_pack(root=None) -> DemoPack:
+def load_verified_pack(root=None, loras: bool = True) -> DemoPack:
     pack = read_pack(root)
-    verify_pack(pack)
+    verify_pack(pack, loras=loras)
     return pack

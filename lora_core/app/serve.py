@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with Stable-diffusion/ (checkpoints) and Lora/ (default: models)")
     parser.add_argument("--data-dir", default=None, help="index, thumbnails and caches (default: data)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint to load first (default: the first one, or the demo model)")
+    parser.add_argument("--civitai-url", default="https://civitai.com", help="Civitai base URL (default https://civitai.com)")
+    parser.add_argument("--civitai-key", default=None,
+                        help="Civitai API key (default: the CIVITAI_API_KEY environment variable)")
+    parser.add_argument("--nsfw-threshold", default="PG13", choices=["PG", "PG13", "R", "X", "XXX", "show all"],
+                        help="previews rated above this are blurred and not downloaded (default PG13)")
+    parser.add_argument("--no-civitai", action="store_true", help="never contact Civitai")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else Path("data")
     data_dir.mkdir(parents=True, exist_ok=True)
     session = Session(models_dir, data_dir, checkpoint=args.checkpoint)
-    app = build_app(session)
+    app = build_app(session, civitai=civitai_settings_from_args(args))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the UI", args.host)
     print(f"lora_core: open http://{args.host}:{args.port}/", flush=True)
@@ -111,6 +117,23 @@ def demo_banner_html(session: Any, models_dir: str | os.PathLike | None = None) 
     )
 
 
+def civitai_settings_from_args(args: argparse.Namespace) -> Any:
+    from lora_core.library.civitai_sync import settings_from_env
+
+    return settings_from_env(getattr(args, "civitai_url", None), getattr(args, "civitai_key", None),
+                             getattr(args, "nsfw_threshold", None), enabled=not getattr(args, "no_civitai", False))
+
+
+def session_match_counts(session: Any, path: str) -> tuple[int, int] | None:
+    """(matched, unmatched) modules of the LoRA at `path` against the loaded model (None: no model).
+    The file is read through the engine's LoRA cache, so a later generation reuses it."""
+    engine = getattr(session, "engine", None)
+    if engine is None:
+        return None
+    lora = engine.cache.get(path)
+    return engine.binding.match(lora)
+
+
 # -- UI ------------------------------------------------------------------------------------------
 
 def _default_size(session: Any) -> int:
@@ -178,7 +201,7 @@ def apply_pasted(text: str, current: list, samplers: list[str], library: Any = N
     return out, notes
 
 
-def build_blocks(session: Any, models_dir: str | os.PathLike | None = None) -> Any:
+def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civitai: Any = None) -> Any:
     """The standalone page: checkpoint picker, demo banner, txt2img tab and the LoRA tab."""
     import gradio as gr
 
@@ -187,7 +210,8 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None) -> A
     samplers, default_sampler = _sampler_names()
     size = _default_size(session)
     settings = TabSettings(current_family=lambda: session_family(session), api_prefix=API_PREFIX,
-                           rescan=getattr(session, "rescan", None))
+                           rescan=getattr(session, "rescan", None), civitai=civitai,
+                           match_counts=lambda path: session_match_counts(session, path))
 
     with gr.Blocks(title="lora_core", analytics_enabled=False) as demo:
         banner = gr.HTML(value=demo_banner_html(session, models_dir), elem_id="lora_core_banner")
@@ -302,8 +326,11 @@ def read_css() -> str:
     return (ROOT / "style.css").read_text(encoding="utf-8")
 
 
-def build_app(session: Any, models_dir: str | os.PathLike | None = None) -> Any:
-    """FastAPI app with the REST routes and the gradio page mounted at /."""
+def build_app(session: Any, models_dir: str | os.PathLike | None = None, civitai: Any = None) -> Any:
+    """FastAPI app with the REST routes and the gradio page mounted at /.
+
+    civitai: `CivitaiSettings` (default: civitai.com, key from CIVITAI_API_KEY, threshold PG13)."""
+    from lora_core.library.civitai_sync import CivitaiSync, settings_from_env
     import gradio as gr
     from fastapi import FastAPI
 
@@ -315,8 +342,10 @@ def build_app(session: Any, models_dir: str | os.PathLike | None = None) -> Any:
         fn = getattr(session, "rescan", None)
         return fn() if callable(fn) else session_library(session).scan()
 
-    register_routes(app, lambda: session_library(session), prefix=API_PREFIX, rescan=rescan)
-    blocks = build_blocks(session, models_dir or getattr(session, "models_dir", None))
+    civitai_settings = civitai if civitai is not None else settings_from_env()
+    sync = CivitaiSync(lambda: session_library(session), lambda: civitai_settings)
+    register_routes(app, lambda: session_library(session), prefix=API_PREFIX, rescan=rescan, civitai=sync)
+    blocks = build_blocks(session, models_dir or getattr(session, "models_dir", None), civitai=sync)
     return gr.mount_gradio_app(app, blocks, path="/", css=read_css(), head=page_head(),
                                footer_links=[])
 

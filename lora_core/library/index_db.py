@@ -75,6 +75,12 @@ CREATE VIRTUAL TABLE IF NOT EXISTS files_fts USING fts5(text, tokenize='trigram'
 -- one digest per folder: a warm start compares 1 row per folder, not 1 per file
 CREATE TABLE IF NOT EXISTS folder_digests(root TEXT NOT NULL, folder TEXT NOT NULL, digest TEXT NOT NULL,
                                           PRIMARY KEY(root, folder));
+-- per listed folder: its signature and subfolders, so a quick scan skips unchanged folders
+CREATE TABLE IF NOT EXISTS folder_listings(root TEXT NOT NULL, folder TEXT NOT NULL, path TEXT NOT NULL,
+                                           signature TEXT, subdirs TEXT NOT NULL, links INTEGER NOT NULL,
+                                           PRIMARY KEY(root, folder));
+-- the full sort order of a library's rows as packed ids, valid while meta 'files_version' matches
+CREATE TABLE IF NOT EXISTS sort_orders(key TEXT PRIMARY KEY, version INTEGER NOT NULL, ids BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS user_data(
     path TEXT PRIMARY KEY,
     favorite INTEGER NOT NULL DEFAULT 0,
@@ -167,26 +173,37 @@ class IndexDB:
             if row is not None and row[0] != str(SCHEMA_VERSION):
                 # the file index is a cache: rebuild it; user data and stacks are kept
                 logger.info("library index schema %s -> %s: the file index will be rebuilt", row[0], SCHEMA_VERSION)
-                for table in ("files_fts", "details", "files", "folder_digests"):
+                for table in ("files_fts", "details", "files", "folder_digests", "folder_listings", "sort_orders"):
                     conn.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("INSERT OR REPLACE INTO meta VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES('files_version', '0')")
+            conn.execute("INSERT OR IGNORE INTO meta VALUES('rows_version', '0')")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
     # -- transactions --------------------------------------------------------------------------
-    def write(self, fn, *args):
-        """Run fn(conn, *args) in one IMMEDIATE transaction. Raises StorageError on failure."""
+    def write(self, fn, *args, bump: bool | str = True):
+        """Run fn(conn, *args) in one IMMEDIATE transaction. Raises StorageError on failure.
+
+        `bump` advances persistent counters (before fn runs, so fn sees the new values), by which
+        cached sort orders and result lists are keyed, in this process and in others:
+        True: file rows change ('rows_version' and 'files_version'); "user": only user data
+        (favorites, tags, last used) changes ('files_version'); False: nothing a search sees."""
         conn = self.connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.DatabaseError as exc:
             raise StorageError(storage_message(exc)) from None
         try:
+            if bump:
+                keys = ("files_version", "rows_version") if bump is True else ("files_version",)
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                             f"WHERE key IN ({','.join('?' * len(keys))})", keys)
             result = fn(conn, *args)
             conn.execute("COMMIT")
             self.generation += 1
@@ -291,7 +308,52 @@ class IndexDB:
                 conn.execute("UPDATE details SET search_text=? WHERE id=?", (text, row[0]))
                 conn.execute("DELETE FROM files_fts WHERE rowid=?", (row[0],))
                 conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (row[0], text))
-        self.write(run)
+        self.write(run, bump="user")
+
+    def versions(self) -> tuple[int, int]:
+        """(files_version, rows_version): persistent change counters (see `write`), shared by
+        every process using this index file."""
+        rows = dict(self.connection().execute(
+            "SELECT key, value FROM meta WHERE key IN ('files_version', 'rows_version')").fetchall())
+        return int(rows.get("files_version", 0)), int(rows.get("rows_version", 0))
+
+    # -- quick scans and sort orders ------------------------------------------------------------
+    def folder_listings(self, roots: list[str]) -> dict[tuple[str, str], tuple]:
+        """(root, folder) -> (path, signature, [(subfolder path, rel)], links)."""
+        marks = ",".join("?" * len(roots))
+        rows = self.connection().execute(
+            f"SELECT root, folder, path, signature, subdirs, links FROM folder_listings WHERE root IN ({marks})", roots)
+        out = {}
+        for root, folder, path, sig, subdirs, links in rows:
+            try:
+                subs = [(str(p), str(r)) for p, r in json.loads(subdirs)]
+            except (ValueError, TypeError):
+                continue  # unreadable row: the folder is listed again
+            out[(root, folder)] = (path, sig, subs, bool(links))
+        return out
+
+    @staticmethod
+    def set_folder_listings(conn, listings: dict[tuple[str, str], tuple | None]) -> None:
+        for (root, folder), value in listings.items():
+            if value is None:
+                conn.execute("DELETE FROM folder_listings WHERE root=? AND folder=?", (root, folder))
+            else:
+                path, sig, subdirs, links = value
+                conn.execute("INSERT OR REPLACE INTO folder_listings VALUES(?, ?, ?, ?, ?, ?)",
+                             (root, folder, path, sig, json.dumps(subdirs), 1 if links else 0))
+
+    def file_counts(self, roots: list[str]) -> dict[tuple[str, str], int]:
+        marks = ",".join("?" * len(roots))
+        rows = self.connection().execute(
+            f"SELECT root, folder, COUNT(*) FROM files WHERE root IN ({marks}) GROUP BY root, folder", roots)
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    def sort_order(self, key: str, version: int) -> bytes | None:
+        row = self.connection().execute("SELECT version, ids FROM sort_orders WHERE key=?", (key,)).fetchone()
+        return row[1] if row is not None and row[0] == version else None
+
+    def stored_sort_orders(self) -> dict[str, int]:
+        return dict(self.connection().execute("SELECT key, version FROM sort_orders").fetchall())
 
     def data_version(self) -> int:
         """Changes whenever another connection commits (PRAGMA data_version)."""
@@ -306,7 +368,7 @@ class IndexDB:
                 (sha256, addnet, size, mtime_ns, path, size, mtime_ns),
             )
             return cur.rowcount > 0
-        return self.write(run)
+        return self.write(run, bump=False)  # hashes change no search result or order
 
     # -- user data -----------------------------------------------------------------------------
     def set_user_data(self, path: str, **fields) -> None:
@@ -316,12 +378,12 @@ class IndexDB:
                 conn.execute(f"UPDATE user_data SET {key}=? WHERE path=?", (value, path))
             if "last_used" in fields:  # copied into files so the last-used sort can use an index
                 conn.execute("UPDATE files SET last_used=? WHERE path=?", (fields["last_used"], path))
-        self.write(run)
+        self.write(run, bump="user")
 
     def save_stack(self, name: str, items: list, now: float) -> None:
         self.write(lambda conn: conn.execute(
             "INSERT OR REPLACE INTO stacks(name, items, updated) VALUES(?, ?, ?)", (name, json.dumps(items), now)
-        ))
+        ), bump=False)
 
     def delete_stack(self, name: str) -> bool:
-        return self.write(lambda conn: conn.execute("DELETE FROM stacks WHERE name=?", (name,)).rowcount > 0)
+        return self.write(lambda conn: conn.execute("DELETE FROM stacks WHERE name=?", (name,)).rowcount > 0, bump=False)

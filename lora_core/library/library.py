@@ -20,6 +20,7 @@ import os
 import re
 import threading
 import time
+from array import array
 
 from lora_core.library import scanner, sidecars, thumbnails
 from lora_core.library.entry import Entry, Page, ScanReport
@@ -39,6 +40,8 @@ SORTS = {
 }
 MAX_PAGE_SIZE = 1000
 SMALL_MATCH = 5000   # text matches up to this many are sorted by SQL; more use the cached order
+CACHED_ORDERS = 8    # id lists kept per kind (sort orders, text results)
+CACHED_MATCHES = 4   # FTS id sets kept (up to every row each)
 WRITE_BATCH = 500
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -69,7 +72,10 @@ class Library:
         self.problems: list[str] = [self.db.problem] if self.db.problem else []
         self._hasher = HashWorker(self._hash_lookup, self._hash_store)
         self._root_marks = ",".join("?" * len(self.roots)) or "NULL"
+        self._base_cond = f"+f.root IN ({self._root_marks})"
         self._order_cache: dict = {}  # (filters, sort) -> (index version, ordered ids)
+        self._hits_cache: dict = {}   # (filters, sort, words) -> (index version, ordered ids)
+        self._match_cache: dict = {}  # FTS match expression -> (index version, set of ids)
         self._order_lock = threading.Lock()
 
     def __enter__(self):
@@ -83,11 +89,17 @@ class Library:
         self.db.close()
 
     # -- scanning ------------------------------------------------------------------------------
-    def scan(self, progress=None, hashes: bool = False) -> ScanReport:
+    def scan(self, progress=None, hashes: bool = False, quick: bool = False) -> ScanReport:
         """Bring the index up to date with the folders. progress(done, total, path) per file read.
 
         Unchanged files (same path, size, mtime) are not opened; changed sidecars alone are
         re-read without the LoRA. Files that vanished leave the index. Never raises for bad files.
+
+        quick=True (for start-up) lists only folders whose own signature (mtime/ctime/inode)
+        changed since they were last listed: adding, removing or renaming a file or sidecar, or
+        replacing one atomically, is seen; a file or sidecar rewritten *in place* is not (its
+        folder does not change) until the next full scan. Libraries with symbolic links always
+        get a full scan. The default full scan stats every file.
         """
         start = time.perf_counter()
         report = ScanReport()
@@ -95,16 +107,26 @@ class Library:
             if not os.path.isdir(root):
                 report.problems.append(f"library folder {d} does not exist")
         present = [r for r in self.roots if os.path.isdir(r)]
-        walked = scanner.walk(present)
+        listings = self.db.folder_listings(self.roots) if self.roots else {}
+        reuse = None
+        if quick and not any(v[3] for v in listings.values()):
+            reuse = {v[0]: (v[1], v[2]) for v in listings.values() if v[1] is not None}
+        walked = scanner.walk(present, reuse)
+        if reuse is not None and any(listing.links for listing in walked.listed.values()):
+            walked = scanner.walk(present)  # which of two linked copies is kept depends on the walk order
         report.problems.extend(walked.problems)
+        skipped = set(walked.skipped)
         report.total = len(walked.files)
+        if skipped:
+            counts = self.db.file_counts(self.roots)
+            report.total += sum(counts.get(key, 0) for key in skipped)
         # Only folders whose digest changed are compared file by file (a warm start with nothing
         # new reads one digest per folder). Rows under a missing root (unmounted drive) stay.
         by_folder = walked.folders()
         digests = {key: scanner.folder_digest(files) for key, files in by_folder.items()}
         stored = self.db.folder_digests(self.roots) if self.roots else {}
         dirty = {key for key, digest in digests.items() if stored.get(key) != digest}
-        dirty |= {key for key in stored if key not in digests and key[0] in present}
+        dirty |= {key for key in stored if key not in digests and key not in skipped and key[0] in present}
         known = self.db.known_in_folders(sorted(dirty))
         changed, side_changed = [], []
         for key in dirty:
@@ -125,9 +147,16 @@ class Library:
                 self.db.write(self.db.delete_files, removed)
                 report.removed = len(removed)
             # saved last: a failed write above leaves the folder dirty for the next scan
-            self.db.write(self.db.set_folder_digests, {
+            new_listings = {
+                key: None if key in retry_folders else (v.path, v.signature, v.subdirs, v.links)
+                for key, v in walked.listed.items()
+            }
+            new_listings.update({key: None for key in listings if key not in walked.listed
+                                 and key not in skipped and key[0] in present})
+            self.db.write(self._save_folder_state, {
                 key: None if key in retry_folders else digests.get(key) for key in dirty
-            })
+            }, new_listings, bump=False)
+            self._refresh_sort_orders(changed=bool(changed or side_changed or removed))
         except StorageError as exc:
             report.problems.append(str(exc))
             logger.error("%s", exc)
@@ -138,6 +167,11 @@ class Library:
         if hashes:
             self.request_hashes()
         return report
+
+    @staticmethod
+    def _save_folder_state(conn, digests, listings) -> None:
+        IndexDB.set_folder_digests(conn, digests)
+        IndexDB.set_folder_listings(conn, listings)
 
     def _user_tags(self, paths: list[str]) -> dict[str, str]:
         out = {}
@@ -325,7 +359,11 @@ class Library:
         """One page (0-based) of entries matching every word of `query` (substring, any case) in
         folder/name, alias, trigger words (activation text, Civitai trainedWords), training tags or
         user tags. Words shorter than 3 characters match folder/name and alias only. `folder`
-        includes its subfolders."""
+        includes its subfolders.
+
+        Every page costs about the same: the matching ids in sort order are computed once per
+        (query, filters, sort) and index version and kept (the unfiltered order of each sort is
+        also stored in the index, so a new process has it at once); a page is a slice of it."""
         page = max(0, int(page))
         page_size = max(1, min(MAX_PAGE_SIZE, int(page_size)))
         if sort not in SORTS:
@@ -334,7 +372,7 @@ class Library:
             return Page(0, [], page, page_size)
         # `+f.root` keeps SQLite from picking the root index, so the sort index drives the scan
         # and LIMIT stops early instead of sorting every row.
-        where, params = [f"+f.root IN ({self._root_marks})"], list(self.roots)
+        where, params = [self._base_cond], list(self.roots)
         terms = [t for t in str(query or "").lower().split() if t]
         long_terms = [t for t in terms if len(t) >= 3]
         for t in terms:
@@ -351,62 +389,146 @@ class Library:
             where.append("(f.folder = ? OR (f.folder >= ? AND f.folder < ?))")
             params += [folder, folder + "/", folder + "0"]
         if favorites_only:
-            where.append("f.path IN (SELECT path FROM user_data WHERE favorite = 1)")
+            where.append("f.id IN (SELECT g.id FROM user_data u JOIN files g ON g.path = u.path WHERE u.favorite = 1)")
         cond = " AND ".join(where)
         offset = page * page_size
-        if not terms:
-            total = self.db.query(f"SELECT COUNT(*) FROM files f WHERE {cond}", params)[0][0]
-            ids = [r[0] for r in self.db.query(
-                f"SELECT f.id FROM files f WHERE {cond} ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?",
-                params + [page_size, offset])]
-            return Page(total=total, items=self._entries_by_id(ids), page=page, page_size=page_size)
-        # Text query: the FTS index gives the matching ids; their order comes from the filtered,
-        # sorted id list (read once through a covering sort index, kept until the index changes).
-        # Joining and sorting thousands of matches in SQL was the slow part at 50,000 files.
-        if not long_terms:  # short words only: the LIKE filter is part of the cached order
-            hits = self._ordered_ids(cond, params, sort)
-            return Page(total=len(hits), items=self._entries_by_id(hits[offset:offset + page_size]), page=page,
-                        page_size=page_size)
-        match = " AND ".join('"' + t.replace('"', '""') + '"' for t in long_terms)
-        matched = self._fts_ids(match)
-        if not matched:
-            return Page(total=0, items=[], page=page, page_size=page_size)
-        if len(matched) <= SMALL_MATCH and not self._has_order(cond, params, sort):
-            # few matches and no cached order: let SQL sort just those
-            hits = self._ids_in_order(
-                f"{cond} AND f.id IN (SELECT rowid FROM files_fts WHERE files_fts MATCH ?)", params + [match], sort)
+        versions = self.db.versions()
+        if not long_terms:
+            hits = self._ordered_ids(cond, params, sort, versions, compute=page > 0 or bool(terms))
+            if hits is None:  # first page, nothing cached: SQL stops after one page
+                total = self.db.query(f"SELECT COUNT(*) FROM files f WHERE {cond}", params)[0][0]
+                ids = [r[0] for r in self.db.query(
+                    f"SELECT f.id FROM files f WHERE {cond} ORDER BY {SORTS[sort]} LIMIT ?", params + [page_size])]
+                return Page(total=total, items=self._entries_by_id(ids), page=page, page_size=page_size)
         else:
-            hits = [i for i in self._ordered_ids(cond, params, sort) if i in matched]
-        return Page(total=len(hits), items=self._entries_by_id(hits[offset:offset + page_size]), page=page,
+            hits = self._text_hits(cond, params, sort, long_terms, versions)
+        return Page(total=len(hits), items=self._entries_by_id(list(hits[offset:offset + page_size])), page=page,
                     page_size=page_size)
+
+    def _text_hits(self, cond: str, params: list, sort: str, long_terms: list[str], versions: tuple[int, int]):
+        """Ids matching the text terms (FTS trigram index) and `cond`, in sort order; cached."""
+        version = versions[0]
+        key = (cond, tuple(params), sort, tuple(long_terms))
+        cached = self._hits_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        match = " AND ".join('"' + t.replace('"', '""') + '"' for t in long_terms)
+        cached = self._match_cache.get(match)  # the same words in another sort or filter: no FTS query
+        if cached is not None and cached[0] == version:
+            matched = cached[1]
+        else:
+            matched = self._fts_ids(match)
+            self._remember(self._match_cache, match, (version, matched), CACHED_MATCHES)
+        if not matched:
+            hits = array("q")
+        else:
+            ordered = self._ordered_ids(cond, params, sort, versions, compute=False)
+            if ordered is None and len(matched) <= SMALL_MATCH:
+                # few matches and no order at hand: let SQL sort just those
+                hits = array("q", self._ids_in_order(
+                    f"{cond} AND f.id IN (SELECT rowid FROM files_fts WHERE files_fts MATCH ?)", params + [match], sort))
+            else:
+                if ordered is None:
+                    ordered = self._ordered_ids(cond, params, sort, versions)
+                hits = array("q", [i for i in ordered if i in matched])
+        self._remember(self._hits_cache, key, (version, hits))
+        return hits
+
+    def _remember(self, cache: dict, key, value, limit: int = CACHED_ORDERS) -> None:
+        with self._order_lock:  # UI handlers search from several threads
+            cache.pop(key, None)
+            if len(cache) >= limit:  # a handful of sort/filter/query combinations is all a UI uses
+                cache.pop(next(iter(cache)))
+            cache[key] = value
 
     def _fts_ids(self, match: str) -> set[int]:
         cur = self.db.connection().cursor()
         cur.row_factory = None
         return {r[0] for r in cur.execute("SELECT rowid FROM files_fts WHERE files_fts MATCH ?", (match,))}
 
-    def _has_order(self, cond: str, params: list, sort: str) -> bool:
-        cached = self._order_cache.get((cond, tuple(params), sort))
-        return cached is not None and cached[0] == (self.db.generation, self.db.data_version())
-
     def _ids_in_order(self, cond: str, params: list, sort: str) -> list[int]:
         cur = self.db.connection().cursor()
         cur.row_factory = None  # plain tuples: this may read every row
         return [r[0] for r in cur.execute(f"SELECT f.id FROM files f WHERE {cond} ORDER BY {SORTS[sort]}", params)]
 
-    def _ordered_ids(self, cond: str, params: list, sort: str) -> list[int]:
-        """Ids of the filtered rows in sort order, cached per index version."""
+    def _order_key(self, sort: str) -> str:
+        return sort + "\n" + "\n".join(self.roots)
+
+    @staticmethod
+    def _base_version(sort: str, versions: tuple[int, int]) -> int:
+        # user data (favorites, tags, last used) changes only the last-used order
+        return versions[0] if sort == "last_used" else versions[1]
+
+    def _ordered_ids(self, cond: str, params: list, sort: str, versions: tuple[int, int], compute: bool = True):
+        """Ids of the filtered rows in sort order (an array), cached per index version. The
+        unfiltered order of a sort is also stored in the index; a filtered order is that order
+        with the non-matching ids dropped (cheaper than an ORDER BY that looks up every row).
+        None when not at hand and not `compute`."""
+        base = cond == self._base_cond
+        version = self._base_version(sort, versions) if base else versions[0]
         key = (cond, tuple(params), sort)
-        version = (self.db.generation, self.db.data_version())
         cached = self._order_cache.get(key)
         if cached is not None and cached[0] == version:
             return cached[1]
-        ordered = self._ids_in_order(cond, params, sort)
-        with self._order_lock:  # UI handlers search from several threads
-            if len(self._order_cache) >= 8:  # a handful of sort/filter combinations is all a UI uses
-                self._order_cache.pop(next(iter(self._order_cache)))
-            self._order_cache[key] = (version, ordered)
+        if base:
+            ordered = None
+            blob = self.db.sort_order(self._order_key(sort), version)
+            if blob is not None:
+                ordered = array("q")
+                ordered.frombytes(blob)
+            elif not compute:
+                return None
+            elif sort == "last_used":
+                # used rows by time, then the never-used ones in name order (the same order SQL
+                # gives them): marking a LoRA used re-reads a few hundred rows, not every row
+                name = self._ordered_ids(cond, params, "name", versions)
+                used = self._ids_in_order(f"{cond} AND f.last_used IS NOT NULL", params, sort)
+                used_set = set(used)
+                ordered = array("q", used)
+                ordered.extend(i for i in name if i not in used_set)
+                self._store_order(sort, version, "files_version", ordered)
+            else:
+                ordered = array("q", self._ids_in_order(cond, params, sort))
+                self._store_order(sort, version, "rows_version", ordered)
+        else:
+            order = self._ordered_ids(self._base_cond, list(self.roots), sort, versions, compute)
+            if order is None:
+                return None
+            # the filters alone (cond = base AND filters): the base order already holds only
+            # this library's roots, and without `+f.root` a filter's index answers by itself
+            filters, filter_params = cond[len(self._base_cond) + len(" AND "):], params[len(self.roots):]
+            cur = self.db.connection().cursor()
+            cur.row_factory = None
+            members = {r[0] for r in cur.execute(f"SELECT f.id FROM files f WHERE {filters}", filter_params)}
+            ordered = array("q", [i for i in order if i in members])
+        self._remember(self._order_cache, key, (version, ordered))
         return ordered
+
+    def _store_order(self, sort: str, version: int, counter: str, ordered) -> None:
+        def run(conn):
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (counter,)).fetchone()
+            if row is not None and int(row[0]) == version:  # nothing changed since it was read
+                conn.execute("INSERT OR REPLACE INTO sort_orders(key, version, ids) VALUES(?, ?, ?)",
+                             (self._order_key(sort), version, ordered.tobytes()))
+        try:
+            self.db.write(run, bump=False)
+        except StorageError as exc:  # only a cache: searching goes on without it
+            logger.debug("sort order not stored: %s", exc)
+
+    def _refresh_sort_orders(self, changed: bool) -> None:
+        """After a scan: store the name order if missing, and after changes also the date and
+        size orders and a last-used order stored before, so the first search of a new process
+        (or after a rescan) does not sort every row."""
+        if not self.roots:
+            return
+        versions = self.db.versions()
+        stored = self.db.stored_sort_orders()
+        sorts = ["name"] + (["date", "size"] if changed else [])
+        if changed and self._order_key("last_used") in stored:
+            sorts.append("last_used")
+        for sort in sorts:
+            if stored.get(self._order_key(sort)) != self._base_version(sort, versions):
+                self._ordered_ids(self._base_cond, list(self.roots), sort, versions)
 
     def _entries_by_id(self, ids: list[int]) -> list[Entry]:
         if not ids:

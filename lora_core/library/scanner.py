@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 from lora_core.library import inspect_header, sidecars
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 LORA_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 USER_TAGS_SEPARATOR = "\x1f"
+RACY_NS = 2_000_000_000   # folder signatures younger than this are not trusted (mtime granularity)
 
 
 @dataclass
@@ -38,9 +40,19 @@ class Found:
 
 
 @dataclass
+class FolderListing:
+    path: str
+    signature: str | None          # None: do not trust it next time (changed just now)
+    subdirs: list                  # [(subfolder path, rel)] entered from this folder
+    links: bool                    # the folder holds symbolic links (quick walks are not used)
+
+
+@dataclass
 class WalkResult:
     files: dict[str, Found] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    listed: dict = field(default_factory=dict)     # (root, folder) -> FolderListing
+    skipped: list = field(default_factory=list)    # (root, folder) not listed (quick walk)
 
     def folders(self) -> dict[tuple[str, str], list[Found]]:
         """(root, folder) -> files found directly in it."""
@@ -124,22 +136,31 @@ def _sidecar_signature(stem: str, folder_sidecars: dict[str, list]) -> tuple[str
     return "|".join(parts), preview
 
 
-def walk(roots: list[str]) -> WalkResult:
+def _dir_signature(st) -> str:
+    """Changes when a folder gains, loses or renames an entry (its mtime/ctime), or is replaced."""
+    return f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
+
+
+def walk(roots: list[str], reuse: dict | None = None) -> WalkResult:
     """All LoRA files under `roots` (real paths), with size, mtime and sidecar signature.
 
     This runs on every warm start over every file, so the common case (a plain file or folder)
-    costs one cached d_type check and one stat; symbolic links take the careful path."""
+    costs one cached d_type check and one stat; symbolic links take the careful path.
+
+    `reuse` (quick mode) maps folder path -> (stored folder signature, [(subfolder path, rel)]):
+    a folder whose signature is unchanged is not listed; its subfolders come from the stored
+    list and its files from the index (`result.skipped`). `result.listed` records what a later
+    quick walk needs for every folder that was listed."""
     result = WalkResult()
     visited: set = set()
     seen: set = set()
+    racy_after = time.time_ns() - RACY_NS
     for root in roots:
         stack = [(root, "")]
         while stack:
             folder_path, folder_rel = stack.pop()
             try:
                 st = os.stat(folder_path)
-                with os.scandir(folder_path) as it:
-                    entries = list(it)
             except OSError as exc:
                 msg = f"cannot list {folder_path}: {exc.strerror or exc}"
                 logger.warning("%s", msg)
@@ -148,6 +169,22 @@ def walk(roots: list[str]) -> WalkResult:
             if (st.st_dev, st.st_ino) in visited:  # symlink loops, nested roots
                 continue
             visited.add((st.st_dev, st.st_ino))
+            sig = _dir_signature(st)
+            stored = reuse.get(folder_path) if reuse is not None else None
+            if stored is not None and stored[0] == sig:
+                result.skipped.append((root, folder_rel))
+                stack.extend(stored[1])
+                continue
+            try:
+                with os.scandir(folder_path) as it:
+                    entries = list(it)
+            except OSError as exc:
+                msg = f"cannot list {folder_path}: {exc.strerror or exc}"
+                logger.warning("%s", msg)
+                result.problems.append(msg)
+                continue
+            subdirs: list = []
+            links = False
             folder_sidecars = None
             prefix = folder_rel + "/" if folder_rel else ""
             for entry in entries:
@@ -156,6 +193,7 @@ def walk(roots: list[str]) -> WalkResult:
                 ext = name[dot:].lower() if dot > 0 else ""
                 try:
                     if entry.is_symlink():
+                        links = True
                         if not os.path.exists(entry.path):
                             if ext in _LORA_EXT_SET:
                                 _add_error(entry, root, folder_rel, "broken symbolic link (target missing)", result)
@@ -165,7 +203,7 @@ def walk(roots: list[str]) -> WalkResult:
                             continue
                     if ext not in _LORA_EXT_SET:
                         if entry.is_dir():  # follows links that stay inside the roots
-                            stack.append((entry.path, prefix + name))
+                            subdirs.append((entry.path, prefix + name))
                         continue
                     if not entry.is_file():  # FIFOs, sockets, devices: opening one could block
                         _add_error(entry, root, folder_rel, "not a regular file", result)
@@ -185,11 +223,16 @@ def walk(roots: list[str]) -> WalkResult:
                 if folder_sidecars is None:
                     folder_sidecars = _folder_sidecars(_not_linking_out(entries, roots))
                 stem = name[:dot]
-                sig, preview = _sidecar_signature(stem, folder_sidecars)
+                sig_side, preview = _sidecar_signature(stem, folder_sidecars)
                 result.files[entry.path] = Found(
                     entry.path, root, prefix + stem, folder_rel, stem, ext,
-                    fst.st_size, fst.st_mtime_ns, sig, preview,
+                    fst.st_size, fst.st_mtime_ns, sig_side, preview,
                 )
+            stack.extend(subdirs)
+            # A folder changed within RACY_NS of now may change again within the same mtime tick
+            # after this listing: keep no signature, so the next quick walk lists it again.
+            racy = st.st_mtime_ns >= racy_after or st.st_ctime_ns >= racy_after
+            result.listed[(root, folder_rel)] = FolderListing(folder_path, None if racy else sig, subdirs, links)
     return result
 
 

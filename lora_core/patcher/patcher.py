@@ -16,6 +16,7 @@ the call raises PatchError.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -28,9 +29,37 @@ from lora_core.patcher.active import ActiveLora
 from lora_core.patcher.errors import AdapterFailure, PatchError
 from lora_core.patcher.plan import LoraPlan, SlotRef, build_plan
 from lora_core.patcher.report import LoraReport, PatchReport
-from lora_core.patcher.slot_math import write_slot
+from lora_core.patcher.slot_math import BackupFill, write_slot
 
 log = logging.getLogger(__name__)
+
+
+# Slots smaller than this are written with one intra-op thread: for them the cost of waking and
+# joining a second thread exceeds the work it takes over, and on a loaded machine a descheduled
+# worker stalls every op (see docs/BENCHMARKS.md, engine section, for the measurement).
+SMALL_SLOT_ELEMENTS = 1 << 18
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None):
+    """torch's intra-op thread count set to `n` for the block (None: leave it). Process-wide, so
+    only held for the duration of slot writes, which hosts never run concurrently with sampling."""
+    old = torch.get_num_threads()
+    if n is None or n >= old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def _signature(contribs: list | None) -> tuple:
@@ -194,25 +223,43 @@ class Patcher:
 
     def _write(self, ref: SlotRef, contribs: list) -> None:
         backup = self._backups.get(ref.group)
+        fill = None
         if backup is None:
             if not contribs:
                 return  # never written since the last release: already W0
-            if self.keep_originals:
-                backup = ref.tensor.detach().clone()
-                self._backups[ref.group] = backup
-            else:
+            if not self.keep_originals:
                 backup = ref.tensor.detach()  # one-shot bake: W0 is the live value itself
-        write_slot(self._live(ref), ref.view(backup), contribs, self.compute_dtype)
+            elif ref.rows is None:
+                # the slot is the whole tensor: back it up block by block as it is written
+                # (one read of W0 instead of two); BackupFill keeps it complete on any exit
+                backup = torch.empty_like(ref.tensor.detach())
+                fill = BackupFill(backup)
+            else:  # a q/k/v part of a fused tensor: back up all of it now
+                backup = ref.tensor.detach().clone()
+            if self.keep_originals:
+                self._backups[ref.group] = backup
+        live = self._live(ref)
+        try:
+            write_slot(live, ref.view(backup), contribs, self.compute_dtype, fill=fill)
+        finally:
+            if fill is not None:
+                fill.complete(live)
         self.slot_writes += 1
 
     def _write_all(self, changed: list, desired: dict, refs: dict, progress=None) -> None:
         written: list[tuple] = []
+        small, big = [], []
+        for key in changed:
+            ref = refs.get(key) or self._slots[key]
+            (small if _numel(ref.shape) < SMALL_SLOT_ELEMENTS else big).append((key, ref))
         try:
-            for key in changed:
-                written.append(key)
-                self._write(refs.get(key) or self._slots[key], desired.get(key, []))
-                if progress is not None:
-                    progress(len(written), len(changed))
+            for group, one_thread in ((small, True), (big, False)):
+                with _intra_op_threads(1 if one_thread else None):
+                    for key, ref in group:
+                        written.append(key)
+                        self._write(ref, desired.get(key, []))
+                        if progress is not None:
+                            progress(len(written), len(changed))
         except BaseException as exc:
             self._rollback(written, refs)
             if not isinstance(exc, Exception):

@@ -17,18 +17,57 @@ import torch
 from lora_core.patcher.errors import AdapterFailure
 
 
+class BackupFill:
+    """A W0 backup taken while the slot is written instead of in a separate pass beforehand.
+
+    `tensor` starts uninitialised; rows [0, rows) hold W0 and the live rows [rows, end) are still
+    untouched, at every moment (rows advance before the live rows are overwritten). `complete`
+    copies the rest, so whatever happens in between (an exception, Ctrl-C), the caller ends with
+    a full backup. Saves one full read of the weight from memory per first write of a tensor.
+    """
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+        self.rows = 0
+
+    def _n_rows(self) -> int:
+        return self.tensor.shape[0] if self.tensor.dim() else 1
+
+    def take(self, live: torch.Tensor, stop: int) -> None:
+        """Back up rows up to `stop` (exclusive) from `live`."""
+        if stop <= self.rows:
+            return
+        if self.tensor.dim() == 0:
+            self.tensor.copy_(live)
+        else:
+            self.tensor[self.rows:stop].copy_(live[self.rows:stop])
+        self.rows = stop
+
+    def complete(self, live: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.take(live, self._n_rows())
+
+
 def write_slot(
     live: torch.Tensor,
     w0: torch.Tensor,
     contributions: Sequence[tuple],
     compute_dtype: torch.dtype,
+    fill: BackupFill | None = None,
 ) -> None:
     """Overwrite `live` (a view of the model's tensor) with W0 + Σ m·ΔW.
 
     `w0` is the slot's original value (same shape as `live`); `contributions` is a list of
     (Entry, multiplier, dyn) in stack order. With no contributions the slot is reset to W0.
+    With `fill`, `w0` is `fill.tensor`, not yet written: it is filled from `live` on the way.
     """
     with torch.no_grad():
+        if fill is not None and not (
+            contributions and all(e.low_rank is not None for e, _m, _d in contributions)
+            and _chunkable(live, w0)
+        ):
+            fill.complete(live)  # the general path reads all of W0 first
+            fill = None
         if w0.device != live.device:  # the host moved the model since the backup was taken
             w0 = w0.to(live.device)
         if not contributions:
@@ -47,9 +86,8 @@ def write_slot(
                 full = d * m  # never in place: `d` may be a tensor the adapter keeps
             else:
                 full.add_(d, alpha=m)
-        if (full is None and live.dtype in _CHUNKED_DTYPES and live.is_contiguous() and w0.is_contiguous()
-                and w0.dim() >= 1):
-            _write_low_rank_chunked(live, w0, *factors)
+        if full is None and _chunkable(live, w0):
+            _write_low_rank_chunked(live, w0, *factors, fill=fill)
             return
         if factors is not None:
             product = torch.mm(*factors)
@@ -68,16 +106,24 @@ CHUNK_ELEMENTS = 1 << 20
 _CHUNKED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # others take the plain path
 
 
-def _write_low_rank_chunked(live: torch.Tensor, w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> None:
+def _chunkable(live: torch.Tensor, w0: torch.Tensor) -> bool:
+    return (live.dtype in _CHUNKED_DTYPES and live.is_contiguous() and w0.is_contiguous() and w0.dim() >= 1
+            and w0.device == live.device)
+
+
+def _write_low_rank_chunked(live: torch.Tensor, w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                            fill: BackupFill | None = None) -> None:
     rows = up.shape[0]
     live2 = live.view(rows, -1)
-    w02 = w0.reshape(rows, -1)
+    w02 = w0.view(rows, -1)
     step = max(1, min(rows, CHUNK_ELEMENTS // max(1, live2.shape[1])))
     acc_dtype = torch.promote_types(up.dtype, torch.float32)
     buf = torch.empty((step, live2.shape[1]), dtype=acc_dtype, device=live.device)
     for i in range(0, rows, step):
         n = min(step, rows - i)
         block = buf[:n]
+        if fill is not None:  # W0 rows into the backup while they are in cache, before they change
+            fill.take(live, i + n)
         block.copy_(w02[i:i + n])
         if up.dtype == acc_dtype:
             block.addmm_(up[i:i + n], down)

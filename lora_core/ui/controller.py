@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from lora_core.ui import render
-from lora_core.ui.entry_view import EntryView, preview_url_for, usable_in_tag, view_of
+from lora_core.ui.entry_view import EntryView, plain_text, preview_url_for, safe_link, usable_in_tag, view_of
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,18 @@ class TabSettings:
         every query, so a checkpoint switch changes the default filter without rebuilding the tab.
     api_prefix: where `lora_core.app.api.register_routes` mounted the JSON routes (thumbnails).
     rescan: the host's rescan (e.g. one that also queues hashing); default `library.scan()`.
+    civitai: the host's `CivitaiSync` ("Fetch from Civitai", "Fetch missing", NSFW threshold).
+    match_counts: (path) -> (matched, unmatched) | None against the loaded model; details only.
     """
 
     page_size: int = 48
     current_family: Callable[[], str | None] = field(default=lambda: None)
     api_prefix: str = "/lora_core/api"
     rescan: Callable[[], Any] | None = None   # what "Rescan folders" runs (default: library.scan())
+    # A `lora_core.library.civitai_sync.CivitaiSync` (Civitai buttons, NSFW threshold); None: no Civitai.
+    civitai: Any = None
+    # match_counts(path) -> (matched, unmatched) | None for the loaded checkpoint; run when details open.
+    match_counts: Callable[[str], Any] | None = None
 
 
 @dataclass
@@ -76,13 +82,30 @@ class LoraTabController:
         tag_name, ambiguous = resolve_tag_name(lib, entry)
         has_preview = bool(getattr(entry, "preview", None)) or bool(
             (getattr(entry, "summary", None) or {}).get("cover_images"))
-        return view_of(
+        view = view_of(
             entry,
             preview_url=preview_url_for(self.settings.api_prefix, path, float(mtime)) if path and has_preview else None,
             metadata=metadata,
             tag_name=tag_name,
             ambiguous=ambiguous,
         )
+        if view.preview_url and getattr(entry, "civitai", None):
+            level = preview_nsfw_level(entry)
+            if level is not None:
+                from lora_core.library import civitai_nsfw
+
+                view.nsfw_level = civitai_nsfw.level_name(level)
+                view.blurred = civitai_nsfw.is_blurred(level, self.nsfw_threshold())
+        return view
+
+    def nsfw_threshold(self) -> str | None:
+        sync = self.settings.civitai
+        if sync is None:
+            return "PG13"
+        try:
+            return sync.settings().preview_limit()
+        except Exception:  # noqa: BLE001
+            return "PG13"
 
     def resolve_family(self, q: Query) -> str | None:
         if q.show_all_families:
@@ -103,8 +126,8 @@ class LoraTabController:
         except Exception:  # noqa: BLE001
             log.exception("listing folders failed")
             items = []
-        names = {str(i[0] if isinstance(i, (tuple, list)) else i) for i in items}
-        return [ALL_FOLDERS] + sorted(n for n in names if n)
+        names = {str(i[0] if isinstance(i, (tuple, list)) else i).strip("/") for i in items}
+        return [ALL_FOLDERS] + [folder_label(n) for n in sorted(n for n in names if n)]
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, q: Query) -> QueryResult:
@@ -115,7 +138,7 @@ class LoraTabController:
         if family:
             note = f"Showing {family} LoRAs (the loaded checkpoint's family). Tick “show all families” to see every LoRA."
         sort_key = SORTS.get(q.sort, "name")
-        folder = None if q.folder in (None, "", ALL_FOLDERS) else q.folder
+        folder = None if q.folder in (None, "", ALL_FOLDERS) else folder_value(q.folder)
         try:
             lib = self._library()
             # The library counts pages from 0; the tab shows them from 1.
@@ -160,7 +183,132 @@ class LoraTabController:
         if entry is None:
             return render.render_details(None, "This LoRA is no longer in the library."), _editor_values(None)
         view = self._view(lib, entry, metadata=full_metadata(getattr(entry, "path", "")))
+        self._add_civitai_details(view)
+        view.match_text = self.match_text(view.key) if not view.error else ""
         return render.render_details(view), _editor_values(view)
+
+    def _add_civitai_details(self, view: EntryView) -> None:
+        """Description and link from the whole `.civitai.info` (the index keeps a trimmed copy)."""
+        try:
+            from lora_core.library import civitai_files
+
+            info = civitai_files.read_info(view.key) if view.key else None
+        except Exception:  # noqa: BLE001 - unreadable sidecar: no Civitai extras
+            info = None
+        if not isinstance(info, dict) or not info:
+            return
+        model = info.get("model") if isinstance(info.get("model"), dict) else {}
+        view.civitai_description = plain_text(info.get("description")) or plain_text(model.get("description"))
+        ours = (info.get("extensions") or {}).get("lora_core") if isinstance(info.get("extensions"), dict) else None
+        link = ours.get("link") if isinstance(ours, dict) else None
+        if not link and isinstance(info.get("modelId"), int):
+            base = "https://civitai.com"
+            if isinstance(ours, dict) and isinstance(ours.get("base_url"), str):
+                base = ours["base_url"]
+            link = f"{base.rstrip('/')}/models/{info['modelId']}" + (
+                f"?modelVersionId={info['id']}" if isinstance(info.get("id"), int) else "")
+        view.civitai_link = safe_link(link)
+
+    def match_text(self, key: str) -> str:
+        """Matched/unmatched module counts against the loaded checkpoint, computed now (one file)."""
+        fn = self.settings.match_counts
+        if fn is None:
+            return ""
+        try:
+            counts = fn(key)
+        except Exception as exc:  # noqa: BLE001 - an unreadable LoRA: say so, keep the details
+            log.info("matching %s against the checkpoint failed: %s", key, exc)
+            return f"cannot check: {exc}"
+        if not counts:
+            return "no checkpoint loaded yet"
+        matched, unmatched = int(counts[0]), int(counts[1])
+        return f"{matched} module(s) matched, {unmatched} unmatched"
+
+    # -- Civitai -----------------------------------------------------------------------------
+    def fetch_civitai(self, key: str) -> str:
+        sync = self.settings.civitai
+        if sync is None:
+            return "Civitai is not set up in this host."
+        if not key:
+            return "Select a LoRA first (the i button on a card)."
+        return sync.fetch_one(key)
+
+    def fetch_all_civitai(self) -> str:
+        sync = self.settings.civitai
+        if sync is None:
+            return "Civitai is not set up in this host."
+        if not sync.start_all():
+            st = sync.status()
+            return st.message if st.phase == "error" else "A Civitai fetch is already running. " + st.text()
+        return "Civitai: fetching every LoRA without Civitai data in the background…"
+
+    def civitai_status(self) -> str:
+        sync = self.settings.civitai
+        return sync.status().text() if sync is not None else ""
+
+    # -- user tags ---------------------------------------------------------------------------
+    def set_user_tags(self, key: str, text: str) -> str:
+        tags = [t.strip() for t in str(text or "").split(",") if t.strip()]
+        try:
+            self._library().set_user_tags(key, tags)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("saving user tags failed")
+            return f"Could not save tags: {exc}"
+        return "Tags saved."
+
+    def add_user_tags(self, key: str, text: str) -> str:
+        lib = self._library()
+        try:
+            current = list(getattr(lib.entry(key), "user_tags", ()) or ())
+        except LookupError:
+            return "This LoRA is no longer in the library."
+        new = [t.strip() for t in str(text or "").split(",") if t.strip()]
+        return self.set_user_tags(key, ", ".join(current + new))
+
+    def remove_user_tag(self, key: str, tag: str) -> str:
+        lib = self._library()
+        try:
+            current = list(getattr(lib.entry(key), "user_tags", ()) or ())
+        except LookupError:
+            return "This LoRA is no longer in the library."
+        return self.set_user_tags(key, ", ".join(t for t in current if t != tag))
+
+    # -- saved stacks ------------------------------------------------------------------------
+    def stacks_html(self, message: str = "") -> str:
+        try:
+            fn = getattr(self._library(), "stacks", None)
+            stacks = fn() if callable(fn) else {}
+        except Exception as exc:  # noqa: BLE001
+            log.exception("listing stacks failed")
+            return render.render_stacks({}, f"Cannot list stacks: {exc}")
+        return render.render_stacks(stacks, message)
+
+    def save_stack(self, name: str, prompt: str) -> str:
+        """Save the LoRA tags of `prompt` (with their weights) as stack `name`; a status line."""
+        from lora_core.tags import parse_prompt
+
+        name = str(name or "").strip()
+        if not name:
+            return "Give the stack a name first."
+        parsed = parse_prompt(str(prompt or ""))
+        items = [(r.name, r.te) for r in parsed.requests]
+        if not items:
+            return "The prompt has no <lora:...> tags to save."
+        try:
+            self._library().save_stack(name, items)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("saving stack failed")
+            return f"Could not save the stack: {exc}"
+        split = [r.name for r in parsed.requests if r.te != r.unet]
+        note = f" (saved the text-encoder weight for {', '.join(split)})" if split else ""
+        return f"Saved stack {name!r} with {len(items)} LoRA(s){note}."
+
+    def delete_stack(self, name: str) -> str:
+        try:
+            gone = self._library().delete_stack(str(name))
+        except Exception as exc:  # noqa: BLE001
+            return f"Could not delete the stack: {exc}"
+        return f"Deleted stack {name!r}." if gone else f"No stack named {name!r}."
 
     def toggle_favorite(self, key: str) -> bool:
         """Flip the favorite flag; returns the new state."""
@@ -201,9 +349,44 @@ class LoraTabController:
         return " ".join([text, *problems[:3]])
 
 
+FOLDER_INDENT = "\u2003"   # em space: survives HTML whitespace collapsing in dropdown labels
+FOLDER_BRANCH = "└ "
+
+
+def folder_label(folder: str) -> str:
+    """Dropdown label showing nesting: top folders as is, "a/b" as an indented "└ a/b"."""
+    depth = folder.count("/")
+    return folder if depth == 0 else FOLDER_INDENT * depth + FOLDER_BRANCH + folder
+
+
+def folder_value(label: str) -> str:
+    """The folder path behind a `folder_label` (plain paths pass through)."""
+    text = str(label).lstrip(FOLDER_INDENT)
+    if text != str(label) and text.startswith(FOLDER_BRANCH):
+        text = text[len(FOLDER_BRANCH):]
+    return text
+
+
+def preview_nsfw_level(entry: Any) -> int | None:
+    """Civitai's rating of the entry's preview: recorded by lora_core when it saved the preview,
+    else (a Civitai Helper download) the first Civitai image's, which is the one such tools save."""
+    from lora_core.library import civitai, civitai_nsfw
+
+    try:
+        level = civitai.preview_level_from_info(entry.path)
+    except Exception:  # noqa: BLE001 - unreadable sidecar
+        level = None
+    if level is not None:
+        return level
+    images = (getattr(entry, "civitai", None) or {}).get("images") if isinstance(getattr(entry, "civitai", None), dict) else None
+    if images and isinstance(images[0], dict) and "nsfwLevel" in images[0]:
+        return civitai_nsfw.nsfw_level(images[0]["nsfwLevel"])
+    return None
+
+
 def _editor_values(view: EntryView | None) -> dict[str, Any]:
     if view is None:
-        return {k: ("" if k != "preferred weight" else 0.0) for k in EDITABLE_KEYS}
+        return {**{k: ("" if k != "preferred weight" else 0.0) for k in EDITABLE_KEYS}, "user tags": ""}
     return {
         "description": view.description,
         # The sidecar's own text, not Civitai's trained words: saving must not copy those silently.
@@ -211,6 +394,7 @@ def _editor_values(view: EntryView | None) -> dict[str, Any]:
         "preferred weight": view.preferred_weight,
         "negative text": view.negative_text,
         "notes": view.notes,
+        "user tags": ", ".join(view.user_tags),
     }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from html.parser import HTMLParser
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
@@ -53,6 +55,12 @@ class EntryView:
     last_used: float = 0.0
     hashes: dict[str, str] = field(default_factory=dict)
     civitai: dict[str, str] = field(default_factory=dict)
+    user_tags: list[str] = field(default_factory=list)
+    nsfw_level: str = ""           # Civitai rating of the preview ("R", ...) when known
+    blurred: bool = False          # preview above the user's NSFW threshold: shown blurred
+    civitai_description: str = ""  # plain text (Civitai sends HTML; tags are stripped, details only)
+    civitai_link: str = ""         # http(s) link to the model page (details only)
+    match_text: str = ""           # "12 matched, 0 unmatched" for the loaded checkpoint (details only)
 
     @property
     def tag_text(self) -> str:
@@ -272,7 +280,67 @@ def view_of(
         hashes={str(k): _text(v, 200) for k, v in hashes.items() if v},
         civitai=civitai_fields,
         last_used=_float(_attr(entry, "last_used", default=0), 0.0),
+        user_tags=_user_tags(_attr(entry, "user_tags", default=())),
     )
+
+
+def _user_tags(raw: Any) -> list[str]:
+    if isinstance(raw, str):
+        raw = raw.split(",")
+    if not isinstance(raw, (list, tuple, set, frozenset)):
+        return []
+    return [_text(t, 100).strip() for t in raw if str(t).strip()][:50]
+
+
+class _TextOnly(HTMLParser):
+    """Collects the text of an HTML fragment; block-level tags become line breaks."""
+
+    BREAKS = {"p", "br", "div", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "pre", "blockquote"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag in self.BREAKS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+        elif tag in self.BREAKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def plain_text(fragment: Any, limit: int = MAX_VALUE_CHARS) -> str:
+    """Civitai's HTML description as plain text (tags and scripts dropped, entities decoded).
+    The result is still untrusted text: it is escaped where it is rendered."""
+    if not isinstance(fragment, str) or not fragment.strip():
+        return ""
+    parser = _TextOnly()
+    try:
+        parser.feed(fragment[: limit * 4])
+        parser.close()
+    except Exception:  # noqa: BLE001 - malformed markup: fall back to the raw text, escaped later
+        return _text(fragment, limit)
+    text = re.sub(r"[ \t]+", " ", "".join(parser.parts))
+    text = re.sub(r"\s*\n\s*(\n\s*)*", "\n", text).strip()
+    return _text(text, limit)
+
+
+def safe_link(url: Any) -> str:
+    """The URL if it is plain http(s) (no javascript:, data:, ...), else ''."""
+    if not isinstance(url, str):
+        return ""
+    u = url.strip()
+    return u if re.match(r"^https?://[^\s<>\"']+$", u, re.IGNORECASE) and len(u) < 2000 else ""
 
 
 def preview_url_for(api_prefix: str, path: str, mtime: float = 0.0) -> str:

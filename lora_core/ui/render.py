@@ -67,8 +67,13 @@ def render_card(v: EntryView) -> str:
             f'data-lora-tag="{esc(v.tag_text)}"',
             f'data-lora-triggers="{esc(v.triggers)}"',
         ]
+    thumb_attrs = 'class="lora-core-thumb"'
     if v.preview_url:
         thumb = f'<img class="lora-core-thumb-img" loading="lazy" alt="" src="{esc(v.preview_url)}">'
+        if v.blurred:
+            # Above the NSFW threshold: blurred by style.css until a click (lora_core.js) reveals it.
+            thumb_attrs = (f'class="lora-core-thumb lora-core-blur" data-nsfw="{esc(v.nsfw_level)}" '
+                           f'title="{esc("Rated " + (v.nsfw_level or "unrated") + ": click to show")}"')
     else:
         thumb = f'<div class="lora-core-thumb-empty">{esc(v.tag_name[:2].upper())}</div>'
     badges = [f'<span class="lora-core-badge lora-core-family-{css_token(v.family)}">{esc(v.family)}</span>']
@@ -85,6 +90,10 @@ def render_card(v: EntryView) -> str:
     body.append(f'<div class="lora-core-badges">{"".join(badges)}</div>')
     if v.triggers:
         body.append(f'<div class="lora-core-triggers" title="trigger words">{esc(v.triggers)}</div>')
+    if v.user_tags:
+        body.append('<div class="lora-core-user-tags">' + "".join(
+            f'<button type="button" class="lora-core-user-tag" data-tag="{esc(t)}" title="show LoRAs with this tag">'
+            f'{esc(t)}</button>' for t in v.user_tags) + "</div>")
     if v.error:
         body.append(f'<div class="lora-core-error-text">{esc(v.error)}</div>')
     fav_label = "Remove from favorites" if v.favorite else "Add to favorites"
@@ -96,7 +105,7 @@ def render_card(v: EntryView) -> str:
         "</div>"
     )
     return (
-        f'<div {" ".join(attrs)}><div class="lora-core-thumb">{thumb}</div>{actions}'
+        f'<div {" ".join(attrs)}><div {thumb_attrs}>{thumb}</div>{actions}'
         f'<div class="lora-core-card-body">{"".join(body)}</div></div>'
     )
 
@@ -164,14 +173,26 @@ def render_details(v: EntryView | None, message: str = "") -> str:
         ("last used", _date(v.last_used)),
         ("trigger words", v.triggers),
         ("preferred weight", format_weight(v.preferred_weight)),
+        ("loaded checkpoint", v.match_text),
     ]
     parts.append(_table(((k, val) for k, val in facts if val), "lora-core-facts"))
+    chips = "".join(
+        f'<span class="lora-core-user-tag-chip">{esc(t)}<button type="button" class="lora-core-user-tag-remove" '
+        f'data-tag="{esc(t)}" title="remove this tag" aria-label="remove tag {esc(t)}">×</button></span>'
+        for t in v.user_tags)
+    parts.append(f'<div class="lora-core-details-tags"><b>Your tags:</b> {chips or "<i>none</i>"}</div>')
     if v.summary:
         parts.append("<h4>Training summary</h4>" + _table(sorted(v.summary.items()), "lora-core-summary"))
     if v.hashes:
         parts.append("<h4>Hashes</h4>" + _table(sorted(v.hashes.items()), "lora-core-hashes"))
-    if v.civitai:
+    if v.civitai or v.civitai_description or v.civitai_link:
         parts.append("<h4>Civitai</h4>" + _table(v.civitai.items(), "lora-core-civitai"))
+        if v.civitai_link:
+            parts.append(f'<div><a class="lora-core-civitai-link" href="{esc(v.civitai_link)}" target="_blank" '
+                         f'rel="noopener noreferrer nofollow">{esc(v.civitai_link)}</a></div>')
+        if v.civitai_description:
+            # Plain text (tags stripped in entry_view.plain_text) and escaped: never Civitai's HTML.
+            parts.append(f'<div class="lora-core-civitai-desc">{esc(v.civitai_description)}</div>')
     if v.training_tags:
         chips = "".join(
             f'<button type="button" class="lora-core-train-tag" data-tag="{esc(tag)}" '
@@ -191,3 +212,23 @@ def render_details(v: EntryView | None, message: str = "") -> str:
         )
     parts.append("</div>")
     return "".join(parts)
+
+
+def render_stacks(stacks: dict, message: str = "") -> str:
+    """Saved stacks: each with its tags, an Insert button (lora_core.js adds the tags to the prompt)
+    and a Delete button (relayed to Python). `stacks`: name -> [(lora name, weight)]."""
+    rows = []
+    for name, items in stacks.items():
+        tags = ", ".join(f"<lora:{n}:{format_weight(float(w))}>" for n, w in items)
+        rows.append(
+            f'<div class="lora-core-stack" data-stack-name="{esc(name)}">'
+            f'<span class="lora-core-stack-name">{esc(name)}</span> '
+            f'<code class="lora-core-stack-tags">{esc(tags)}</code> '
+            f'<button type="button" class="lora-core-stack-insert" data-stack-tags="{esc(tags)}" '
+            f'title="add these LoRAs to the prompt">Insert</button>'
+            f'<button type="button" class="lora-core-stack-delete" data-stack-name="{esc(name)}" '
+            f'title="delete this stack">Delete</button></div>'
+        )
+    body = "".join(rows) or '<div class="lora-core-hint">No saved stacks yet.</div>'
+    note = f'<div class="lora-core-note">{esc(message)}</div>' if message else ""
+    return f'<div class="lora-core-stacks">{note}{body}</div>'

@@ -45,6 +45,9 @@ ELEM_GRID = "lora_core_grid"
 ELEM_ACTION = "lora_core_action"
 ELEM_ACTION_BUTTON = "lora_core_action_btn"
 ELEM_ACTIVATION = "lora_core_edit_activation"
+ELEM_CIVITAI_ALL = "lora_core_civitai_all"
+ELEM_STACK_NAME = "lora_core_stack_name"
+ELEM_STACK_SAVE = "lora_core_stack_save"
 
 
 @dataclass
@@ -101,6 +104,8 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
             )
             search_btn = gr.Button("Search", elem_id="lora_core_search_btn", scale=1, size="sm", variant="primary")
             refresh_btn = gr.Button("Rescan folders", elem_id="lora_core_refresh", scale=1, size="sm")
+            civitai_all_btn = gr.Button("Fetch missing from Civitai", elem_id=ELEM_CIVITAI_ALL, scale=1, size="sm")
+        civitai_progress = gr.HTML(value=_civitai_html(ctl.civitai_status()), elem_id="lora_core_civitai_progress")
         with gr.Row():
             sort = gr.Dropdown(choices=SORTS, value="name", label="Sort by", elem_id="lora_core_sort")
             folder = gr.Dropdown(choices=folder_choices, value=ALL_FOLDERS, label="Folder", elem_id="lora_core_folder")
@@ -123,15 +128,27 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
                                       label="Preferred weight", elem_id="lora_core_edit_weight")
                 ed_negative = gr.Textbox(label="Negative text", lines=1, elem_id="lora_core_edit_negative")
                 ed_notes = gr.Textbox(label="Notes", lines=2, elem_id="lora_core_edit_notes")
-                save_btn = gr.Button("Save user metadata", elem_id="lora_core_save", size="sm", variant="primary")
+                ed_tags = gr.Textbox(label="Your tags (comma-separated; search finds them)", lines=1,
+                                     elem_id="lora_core_edit_tags")
+                with gr.Row():
+                    save_btn = gr.Button("Save user metadata", elem_id="lora_core_save", size="sm", variant="primary")
+                    civitai_btn = gr.Button("Fetch from Civitai", elem_id="lora_core_civitai_fetch", size="sm")
                 status = gr.HTML(value="", elem_id="lora_core_status")
+                gr.HTML(value='<h4 class="lora-core-stacks-title">Saved stacks</h4>', elem_id="lora_core_stacks_title")
+                with gr.Row():
+                    gr.Textbox(label="Stack name", lines=1, elem_id=ELEM_STACK_NAME, scale=3)
+                    # No Python event: lora_core.js catches the click, reads the prompt box and sends
+                    # {"action": "stack_save", "key": name, "prompt": text} through the bridge.
+                    gr.Button("Save prompt's LoRAs", elem_id=ELEM_STACK_SAVE, size="sm", scale=1)
+                stacks = gr.HTML(value=ctl.stacks_html(), elem_id="lora_core_stacks")
         # Bridge for the card buttons: JS writes {"action", "key"} JSON and clicks the button.
         action = gr.Textbox(value="", elem_id=ELEM_ACTION, elem_classes=hidden, show_label=False)
         action_btn = gr.Button("action", elem_id=ELEM_ACTION_BUTTON, elem_classes=hidden)
         selected = gr.State("")
 
     query_inputs = [search, sort, folder, family, show_all, favorites_only, page]
-    editor = [ed_description, ed_activation, ed_weight, ed_negative, ed_notes]
+    editor = [ed_description, ed_activation, ed_weight, ed_negative, ed_notes, ed_tags]
+    editor_keys = [*EDITABLE_KEYS, "user tags"]
 
     def _run(search_v, sort_v, folder_v, family_v, show_all_v, fav_v, page_v):
         result = ctl.query(Query(
@@ -162,9 +179,18 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
             msg = json.loads(raw or "{}")
             kind, key = str(msg.get("action", "")), str(msg.get("key", ""))
         except (ValueError, AttributeError):
-            kind, key = "", ""
+            msg, kind, key = {}, "", ""
         status_text = ""
-        if kind == "fav" and key:
+        stacks_html = compat.update(gr)
+        if kind == "stack_save":
+            status_text = ctl.save_stack(key, str(msg.get("prompt", "")))
+            stacks_html = ctl.stacks_html()
+        elif kind == "stack_delete" and key:
+            status_text = ctl.delete_stack(key)
+            stacks_html = ctl.stacks_html()
+        elif kind == "tag_remove" and key:
+            status_text = ctl.remove_user_tag(key, str(msg.get("tag", "")))
+        elif kind == "fav" and key:
             try:
                 now = ctl.toggle_favorite(key)
                 status_text = "Added to favorites." if now else "Removed from favorites."
@@ -172,19 +198,32 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
                 log.exception("toggling favorite failed")
                 status_text = f"Could not change favorites: {exc}"
         html, label, page_v = _run(*values)
-        if kind in ("details", "fav") and key:
+        if kind in ("details", "fav", "tag_remove") and key:
             details_html, fields = ctl.details(key)
-            editor_values = [fields[k] for k in EDITABLE_KEYS]
-            return [html, label, page_v, details_html, *editor_values, key, _status_html(status_text)]
+            editor_values = [fields[k] for k in editor_keys]
+            return [html, label, page_v, details_html, *editor_values, key, _status_html(status_text), stacks_html]
         return [html, label, page_v, compat.update(gr), *[compat.update(gr) for _ in editor],
-                compat.update(gr), _status_html(status_text)]
+                compat.update(gr), _status_html(status_text), stacks_html]
 
-    def on_save(key, desc, act, weight, neg, notes, *values):
+    def on_save(key, desc, act, weight, neg, notes, tags, *values):
         if not key:
             return [*_run(*values), compat.update(gr), _status_html("Select a LoRA first (the i button on a card).")]
         message = ctl.save_user_metadata(key, dict(zip(EDITABLE_KEYS, [desc, act, weight, neg, notes])))
+        tag_message = ctl.set_user_tags(key, tags or "")
+        if tag_message != "Tags saved.":
+            message = f"{message} {tag_message}"
         details_html, _ = ctl.details(key)
         return [*_run(*values), details_html, _status_html(message)]
+
+    def on_civitai_one(key, *values):
+        message = ctl.fetch_civitai(key)
+        if not key:
+            return [*_run(*values), compat.update(gr), *[compat.update(gr) for _ in editor], _status_html(message)]
+        details_html, fields = ctl.details(key)
+        return [*_run(*values), details_html, *[fields[k] for k in editor_keys], _status_html(message)]
+
+    def on_civitai_all():
+        return _civitai_html(ctl.fetch_all_civitai())
 
     for trigger in (search.submit, search_btn.click, sort.change, folder.change, family.change,
                     show_all.change, favorites_only.change):
@@ -194,16 +233,19 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
     next_btn.click(on_next, inputs=query_inputs, outputs=grid_outputs)
     refresh_btn.click(on_refresh, inputs=query_inputs, outputs=[*grid_outputs, folder, status])
     action_btn.click(on_action, inputs=[action, *query_inputs],
-                     outputs=[*grid_outputs, details, *editor, selected, status])
+                     outputs=[*grid_outputs, details, *editor, selected, status, stacks])
     save_btn.click(on_save, inputs=[selected, *editor, *query_inputs], outputs=[*grid_outputs, details, status])
+    civitai_btn.click(on_civitai_one, inputs=[selected, *query_inputs],
+                      outputs=[*grid_outputs, details, *editor, status])
+    civitai_all_btn.click(on_civitai_all, outputs=[civitai_progress])
 
     def on_load(*values):
-        return [*_run(*values), compat.update(gr, choices=ctl.folders())]
+        return [*_run(*values), compat.update(gr, choices=ctl.folders()), ctl.stacks_html()]
 
     return LoraPanel(
         controller=ctl, search=search, grid=grid, details=details, page=page, page_label=page_label,
         refresh_button=refresh_btn, query_inputs=query_inputs, load_fn=on_load,
-        load_outputs=[*grid_outputs, folder],
+        load_outputs=[*grid_outputs, folder, stacks],
     )
 
 
@@ -216,6 +258,11 @@ def _int(v: Any) -> int:
 
 def _label_html(text: str) -> str:
     return f'<div class="lora-core-page-label">{render.esc(text)}</div>'
+
+
+def _civitai_html(text: str) -> str:
+    """The background fetch's progress line (lora_core.js updates it while the fetch runs)."""
+    return f'<div class="lora-core-civitai-progress">{render.esc(text)}</div>'
 
 
 def _status_html(text: str) -> str:

@@ -1,0 +1,124 @@
+"""What the shipped demo model and its trained LoRAs draw, read back from pixels.
+
+Runs the embedded default exactly as the app does (Session with no checkpoint -> the committed
+demo assets; LORA_CORE_DEMO_ASSETS may point at another build folder with the same layout).
+Thresholds come from what the committed model measured (docs/DEMO_MODEL.md), with margin: the
+numbers printed with `pytest -s` are the ones to compare.
+"""
+import time
+
+import numpy as np
+import pytest
+
+from lora_core.app import demo_check
+from lora_core.app.demo_pack import read_pack
+
+# "most samples": at least this share of held-out prompts must show the requested colour AND shape.
+HELD_OUT_MIN_PASS = 0.5
+# and no more than this below what the committed model measured when it was installed
+# (manifest.json "quality", written by tools/install_demo_assets.py --measure; docs/DEMO_MODEL.md)
+HELD_OUT_MARGIN = 0.15
+SEEDS = (31, 32, 33, 34)
+SCENE = demo_check.SCENE_TEXT.format(colour="red", shape="circle", background="white")
+CROSS = demo_check.SCENE_TEXT.format(colour="red", shape="lcshape", background="white")
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    from lora_core.app.session import Session
+
+    pack = read_pack()  # the folder the app itself would read; fails with a hint when not installed
+    root = tmp_path_factory.mktemp("demo_quality")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    s = Session(root / "models", root / "data")
+    assert s.pipeline.is_demo and s.pipeline.model_hash == pack.short_hash, s.messages
+    yield s
+    s.close()
+    mp.undo()
+
+
+def _img(session, prompt, seed, steps=demo_check.STEPS):
+    images, _, messages = session.txt2img(prompt, seed=seed, steps=steps, cfg=demo_check.CFG,
+                                          width=demo_check.SIZE, height=demo_check.SIZE, sampler=demo_check.SAMPLER)
+    assert images and not messages, messages
+    return images[0]
+
+
+def _px(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_held_out_prompts_show_the_requested_colour_and_shape(session):
+    q = demo_check.held_out_quality(session.pipeline, n=16)
+    print(f"\nheld-out: pass {q['pass_rate']:.2f}, rates {q['rates']}, {q['s_per_image']:.2f} s/image")
+    failures = [(s["prompt"], s["checks"]) for s in q["samples"] if not s["passed"]]
+    assert q["pass_rate"] >= HELD_OUT_MIN_PASS, failures
+    assert q["rates"]["colour"] >= HELD_OUT_MIN_PASS and q["rates"]["shape"] >= HELD_OUT_MIN_PASS
+    recorded = read_pack().manifest.get("quality", {}).get("held_out", {})
+    assert "pass_rate" in recorded, "manifest has no measured quality: re-run install_demo_assets.py --measure"
+    assert q["pass_rate"] >= recorded["pass_rate"] - HELD_OUT_MARGIN, (recorded["pass_rate"], failures)
+
+
+def test_generation_at_64px_20_steps_is_quick(session):
+    handle = session.pipeline
+    assert handle.default_size == 64
+    demo_check.generate(handle, SCENE, 1)  # warm-up
+    start = time.perf_counter()
+    for seed in (2, 3):
+        demo_check.generate(handle, SCENE, seed)
+    per_image = (time.perf_counter() - start) / 2
+    print(f"\n64x64, 20 steps: {per_image:.2f} s/image")
+    # ~0.4-1 s on the 2-core dev machine; the bound only catches a model that became far too big
+    assert per_image < 15.0
+
+
+def test_style_lora_adds_stripes_and_half_weight_lies_between(session):
+    prompt = "lcstripes, " + SCENE
+    rows = []
+    for seed in SEEDS:
+        plain = _img(session, prompt, seed)
+        striped = _img(session, prompt + " <lora:demo_stripes:1>", seed)
+        rows.append((demo_check.stripes(plain), demo_check.stripes(striped)))
+    print(f"\nstripe score without/with: {rows}")
+    assert sum(w > max(2 * p, p + 4.0) for p, w in rows) >= len(rows) - 1
+    seed = SEEDS[0]
+    base, half, full = (_px(_img(session, prompt + (f" <lora:demo_stripes:{w}>" if w else ""), seed))
+                        for w in (0, 0.5, 1))
+    d_half, d_full = np.abs(half - base).mean(), np.abs(full - base).mean()
+    s0, s_half, s1 = (demo_check.stripes(x.astype(np.uint8)) for x in (base, half, full))
+    print(f"pixel distance from no-LoRA: half {d_half:.1f}, full {d_full:.1f}; stripes {s0:.1f} {s_half:.1f} {s1:.1f}")
+    assert 0 < d_half < d_full
+    assert s0 < s_half < s1
+
+
+def test_concept_trigger_word_draws_the_new_shape(session):
+    without, with_lora = [], []
+    for seed in SEEDS:
+        without.append(demo_check.object_shape(_img(session, CROSS, seed), "red", "white"))
+        with_lora.append(demo_check.object_shape(_img(session, CROSS + " <lora:demo_lcshape:1>", seed), "red", "white"))
+    print(f"\nshape without LoRA {without}, with {with_lora}")
+    assert with_lora.count("cross") >= len(SEEDS) - 1
+    assert without.count("cross") < with_lora.count("cross")
+
+
+def test_locon_and_style_stacked_both_show(session):
+    prompt = "lcstripes, lccheck, " + SCENE
+    rows = []
+    for seed in SEEDS[:3]:
+        plain = _img(session, prompt, seed)
+        both = _img(session, prompt + " <lora:demo_stripes:1> <lora:demo_checker:1>", seed)
+        rows.append({"stripes": (demo_check.stripes(plain), demo_check.stripes(both)),
+                     "checker": (demo_check.checker(plain), demo_check.checker(both))})
+    print(f"\nstacked: {rows}")
+    assert sum(r["stripes"][1] > max(2 * r["stripes"][0], r["stripes"][0] + 4.0) for r in rows) >= 2
+    assert sum(r["checker"][1] > max(1.5 * r["checker"][0], r["checker"][0] + 2.0) for r in rows) >= 2
+
+
+def test_removing_the_tags_gives_back_the_plain_image_bit_for_bit(session):
+    prompt = "lcstripes, lccheck, " + SCENE
+    before = _px(_img(session, prompt, 5))
+    stacked = _px(_img(session, prompt + " <lora:demo_stripes:1> <lora:demo_checker:0.8> <lora:demo_lcshape:0.5>", 5))
+    after = _px(_img(session, prompt, 5))
+    assert np.abs(stacked - before).mean() > 3, "the LoRAs changed nothing"
+    assert np.array_equal(before, after)
