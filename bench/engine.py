@@ -395,6 +395,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rank = args.rank or (4 if args.quick else 32)
 
+    load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     unet, te = build_models(args.quick)
     print(f"models built in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -424,7 +425,8 @@ def main(argv=None):
         "command": "python -m bench.engine" + (" --quick" if args.quick else "")
                    + (f" --repeat {args.repeat}" if args.repeat != 1 else "") + (" --write-docs" if args.write_docs else ""),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, load average {load_start:.1f} at the start, "
+                   f"{os.getloadavg()[0]:.1f} at the end",
         "size": ("tiny UNet + CLIP (--quick)" if args.quick else "SD1.5 UNet + CLIP-L, fp16, random init")
                 + f", rank {rank}",
         "repeat": args.repeat,

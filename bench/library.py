@@ -406,7 +406,8 @@ def write_doc(section: str) -> None:
     if start is None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        # ends at the next section or at another tool's marker comment (kept)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("## ", "<!--"))), len(lines))
         text = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:]).rstrip("\n") + "\n"
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text if text.endswith("\n") else text + "\n")

@@ -184,7 +184,7 @@ def measure(dest: Path, manifest: dict, handle, engine) -> dict:
         ex = demo_check.EXAMPLES[item["kind"]]
         rows = []
         for seed in range(20, 28):
-            base = _with_lora(handle, engine, None, 0, ex.base_prompt, seed)
+            base = _with_lora(handle, engine, None, 0, ex.prompt, seed)  # same words, no LoRA
             with_lora = _with_lora(handle, engine, dest / item["file"], item["preferred_weight"], ex.prompt, seed)
             rows.append({
                 "stripes": (demo_check.stripes(base), demo_check.stripes(with_lora)),

@@ -59,7 +59,9 @@ class A1111Host:
                 from lora_core.library import Library
 
                 self._library = Library(self.lora_dirs(), self.data_dir())
-                self._scan(self._library)
+                # quick: only folders whose timestamps changed are listed again (the
+                # "Rescan" button does the full scan that also sees in-place rewrites).
+                self._scan(self._library, quick=True)
             return self._library
 
     def refresh(self) -> Any:
@@ -67,10 +69,10 @@ class A1111Host:
         return self._scan(self.library())
 
     @staticmethod
-    def _scan(library: Any) -> Any:
+    def _scan(library: Any, quick: bool = False) -> Any:
         # hashes=True queues missing hashes on the library's background worker: pasted
         # `Lora hashes` can only be matched against files whose hash is known.
-        report = library.scan(hashes=True)
+        report = library.scan(hashes=True, quick=quick)
         for problem in getattr(report, "problems", None) or []:
             log.warning("lora_core: %s", problem)
         return report

@@ -202,7 +202,7 @@ def _mean_rgb(handle, seed: int):
     return np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(0) / 255.0
 
 
-def calibrate_colour_directions(handle, probe: float = 0.5, seed: int = 7):
+def calibrate_colour_directions(handle, probe: float = 0.05, seed: int = 7):
     """3x4 matrix: mean-RGB change per unit of conv_out LoRA `up` on each latent channel."""
     import numpy as np
 

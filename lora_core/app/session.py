@@ -45,7 +45,9 @@ class Session:
             checkpoint = found[0] if found else DEMO_CHOICE
         self.switch_checkpoint(str(checkpoint))
         if scan:
-            self.rescan()
+            # Start-up: the quick scan lists only folders whose timestamps changed (ms at 50,000
+            # files); a sidecar rewritten in place is picked up by the next full rescan.
+            self.rescan(quick=True)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoints(self) -> list[str]:
@@ -122,8 +124,8 @@ class Session:
     def family(self) -> str | None:
         return self.pipeline.family if self.pipeline is not None else None
 
-    def rescan(self):
-        report = self.library.scan()
+    def rescan(self, quick: bool = False):
+        report = self.library.scan(quick=quick)
         self.library.request_hashes()
         return report
 
@@ -185,14 +187,8 @@ class Session:
                 except Exception as exc:  # not attributable to one LoRA; the patcher rolled back
                     logger.exception("applying LoRAs failed")
                     return [], "", messages + [f"LoRAs could not be applied: {exc}"]
-                messages.extend(report.warnings)
+                messages.extend(report.warnings)  # already names unmatched modules / LoRAs matching nothing
                 applied = {str(Path(r.path)) for r in report.loras if r.applied}
-                for r in report.loras:
-                    if r.applied and r.unmatched:
-                        example = f" (e.g. {r.unmatched_keys[0]})" if r.unmatched_keys else ""
-                        messages.append(f"LoRA {r.name}: {r.unmatched} modules not found in this model{example}")
-                    elif r.refused is None and not r.matched:
-                        messages.append(f"LoRA {r.name}: nothing in it matches this model; skipped")
                 try:
                     images = handle.generate(params, progress=progress, cancel=cancel)
                 except Exception as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .keys import parse_key
+
 # key fragments that only exist in other architectures -> family name
 _OTHER_FAMILIES = (
     (re.compile(r"double_blocks|single_blocks|single_transformer_blocks|lora_flux"), "flux"),
@@ -63,3 +65,41 @@ def family_from_metadata(metadata: dict[str, str]) -> str:
     if "v1" in text:
         return "sd1"
     return "unknown"
+
+
+# Header-only detection (the library's index reads headers, never tensors; it may scan tens of
+# thousands of files of ~1000 keys). Only keys that can carry evidence for the rules above are
+# parsed: the input factor of cross-attention k/v and text-encoder layers (their width votes),
+# and, only when those give nothing, the modules that exist in SDXL alone.
+_WIDTH_EVIDENCE = re.compile(r"attn2[._]to_[kv]|self_attn[._][qkv]_proj|mlp[._]fc1|te2|text_encoder_2")
+_NAME_EVIDENCE = re.compile(r"transformer_blocks[._][1-9]|add_embedding|label_emb")
+_NOT_INPUT_FACTOR = ("alpha", "up.weight", "lora_B.weight", "hada_w1_a", "hada_w2_a", "dora_scale")
+# canonical suffixes whose tensor shape is (rank, in, *kernel): the layer's flattened input width
+_DOWN_SUFFIXES = frozenset({"lora_down.weight", "hada_w1_b", "hada_w2_b"})
+
+
+def family_from_header(header: dict, metadata: dict[str, str] | None = None) -> str:
+    """`detect_family` from a safetensors-style header {key: {"shape": [...], ...}} alone."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for key, info in header.items():
+        if key.endswith(_NOT_INPUT_FACTOR) or not _WIDTH_EVIDENCE.search(key):
+            continue
+        parsed = parse_key(key)
+        if parsed is None or parsed.module is None:
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if (parsed.suffix in _DOWN_SUFFIXES and isinstance(shape, list) and len(shape) >= 2
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+            in_flat = 1
+            for d in shape[1:]:
+                in_flat *= d
+            shapes[parsed.module] = (0, in_flat)
+        else:
+            shapes.setdefault(parsed.module, (0, 0))  # a module, no width evidence
+    if not any(in_flat for _o, in_flat in shapes.values()):
+        for key in header:
+            if _NAME_EVIDENCE.search(key):
+                parsed = parse_key(key)
+                if parsed is not None and parsed.module is not None:
+                    shapes.setdefault(parsed.module, (0, 0))
+    return detect_family(list(header), shapes, metadata or {})

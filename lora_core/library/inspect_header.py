@@ -15,6 +15,8 @@ import re
 import zipfile
 from collections import Counter
 
+from lora_core.formats.family import family_from_header
+
 logger = logging.getLogger(__name__)
 
 MAX_TEXT = 2000          # longest metadata string kept in a summary
@@ -49,7 +51,6 @@ _DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight", "_
                   ".lora_A.default.weight", ".hada_w1_b", ".a2.weight")
 ALGO_PRIORITY = ["dora", "boft", "oft", "loha", "lokr", "glora", "ia3", "full", "locon", "lora", "norm"]
 
-_TE_MARKERS = ("lora_te_", "lora_te1_", "lora_te2_", "text_encoder", "text_model", "lora_te3_")
 
 
 _SUFFIX_MAP = dict(_SUFFIX_ALGO)
@@ -114,81 +115,23 @@ def detect_algorithm(header: dict) -> tuple[str, dict[str, int]]:
     return main, dict(counts)
 
 
-def _in_dim(key: str, info) -> int | None:
-    if not isinstance(info, dict) or not key.endswith(_DOWN_SUFFIXES):
-        return None
-    shape = info.get("shape")
-    if isinstance(shape, list) and len(shape) >= 2 and isinstance(shape[1], int):
-        return shape[1]
-    return None
-
-
-def _family_from_metadata(metadata: dict[str, str]) -> str:
-    version = metadata.get("ss_base_model_version", "").lower()
-    arch = metadata.get("modelspec.architecture", "").lower()
-    for text in (version, arch):
-        if "flux" in text:
-            return "flux"
-        if "sd3" in text or "stable-diffusion-v3" in text:
-            return "sd3"
-        if "sdxl" in text or "stable-diffusion-xl" in text:
-            return "sdxl"
-        if "sd_v2" in text or "stable-diffusion-v2" in text:
-            return "sd2"
-        if "sd_v1" in text or "stable-diffusion-v1" in text:
-            return "sd1"
-    if metadata.get("ss_v2", "").lower() == "true":
-        return "sd2"
-    return "unknown"
+# names of SD1-only layouts, a last resort when neither shapes, names nor metadata decide
+_SD1_NAMES = re.compile(
+    r"down_blocks[._]0[._]attentions|input_blocks[._][12][._]1[._]|output_blocks[._](9|10|11)[._]1")
 
 
 def detect_family(header: dict, metadata: dict[str, str] | None = None) -> str:
-    """sd1 | sd2 | sdxl | sd3 | flux | unknown, from tensor names and shapes (metadata as fallback).
+    """sd1 | sd2 | sdxl | sd3 | flux | stable-cascade | transformer | unknown.
 
-    Shapes first: text-encoder hidden size (768 SD1, 1024 SD2, 1280 SDXL's second encoder) and
-    the cross-attention key/value input size (768 SD1, 1024 SD2, 2048 SDXL). Then names:
-    transformer depth > 1 and a second text encoder mean SDXL.
+    The same rules `load_lora` applies to a loaded file (`lora_core.formats.family`, torch-free):
+    text-encoder width (768 SD1, 1024 SD2, 1280 SDXL), cross-attention k/v input width (768, 1024,
+    2048), a second text encoder, SDXL-only modules, then metadata; here read from the header's
+    shapes. If all of that says nothing, SD1-only module names decide.
     """
-    metadata = metadata or {}
-    keys = list(header)
-    joined = "\n".join(keys).lower()
-    if re.search(r"double_blocks|single_blocks|single_transformer_blocks", joined):
-        return "flux"
-    if re.search(r"joint_blocks|context_block|x_block|lora_te3_|add_q_proj", joined):
-        return "sd3"
-    votes = Counter()
-    for key in keys:
-        dim = _in_dim(key, header[key])
-        if dim is None:
-            continue
-        low = key.lower()
-        is_te = any(m in low for m in _TE_MARKERS)
-        if is_te:
-            if "te2" in low or "text_encoder_2" in low:
-                votes["sdxl"] += 3
-            elif dim == 768:
-                votes["sd1"] += 1
-            elif dim == 1024:
-                votes["sd2"] += 1
-            elif dim == 1280:
-                votes["sdxl"] += 1
-        elif "attn2" in low and re.search(r"to_k|to_v", low):
-            if dim == 768:
-                votes["sd1"] += 2
-            elif dim == 1024:
-                votes["sd2"] += 2
-            elif dim == 2048:
-                votes["sdxl"] += 2
-    if votes:
-        return votes.most_common(1)[0][0]
-    if re.search(r"lora_te2_|text_encoder_2|te2_", joined) or re.search(r"transformer_blocks[._][1-9]", joined):
-        return "sdxl"
-    by_meta = _family_from_metadata(metadata)
-    if by_meta != "unknown":
-        return by_meta
-    if re.search(r"down_blocks[._]0[._]attentions|input_blocks[._][12][._]1[._]|output_blocks[._](9|10|11)[._]1", joined):
+    family = family_from_header(header, metadata or {})
+    if family == "unknown" and _SD1_NAMES.search("\n".join(header).lower()):
         return "sd1"
-    return "unknown"
+    return family
 
 
 def _json(text: str | None):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -53,6 +54,45 @@ def _intra_op_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def _threads_for_large_slots() -> int | None:
+    """Intra-op threads for the large slots: torch's setting, or fewer when other processes keep
+    CPUs busy right now (a thread that gets no CPU stalls every parallel op: at full size, SD1.5 on
+    2 cores with one kept busy by another process, a 2-thread apply took 4-30x as long as a
+    1-thread one; on idle cores both policies measured the same). None: keep torch's setting."""
+    elsewhere = _runnable_elsewhere()
+    if elsewhere is None:
+        return None
+    free = _usable_cpus() - elsewhere
+    return max(1, free) if free < torch.get_num_threads() else None
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # a process pinned to 2 of 16 CPUs has 2
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _runnable_elsewhere() -> int | None:
+    """Threads of other processes runnable at this moment (Linux: /proc/loadavg's running count
+    minus this process's running threads); None where that cannot be read."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        ours = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                    stat = f.read()
+            except OSError:  # the thread ended meanwhile
+                continue
+            if stat[stat.rindex(")") + 2:].startswith("R"):
+                ours += 1
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - ours)
 
 
 def _numel(shape) -> int:
@@ -129,7 +169,8 @@ class Patcher:
             if not self.keep_originals and (self._baked or self._contribs):
                 raise RuntimeError("this Patcher was created without backups and has already applied a stack")
             report = PatchReport()
-            plans, accepted = self._plan_stack(stack, report)
+            with _intra_op_threads(1):  # factor conversions: many tiny ops (see SMALL_SLOT_ELEMENTS)
+                plans, accepted = self._plan_stack(stack, report)
             desired, refs = self._desired_state(accepted)
             # stack order, then slots that leave: deterministic, and close to memory order
             changed = [k for k in desired if _signature(desired[k]) != _signature(self._contribs.get(k))]
@@ -252,9 +293,10 @@ class Patcher:
         for key in changed:
             ref = refs.get(key) or self._slots[key]
             (small if _numel(ref.shape) < SMALL_SLOT_ELEMENTS else big).append((key, ref))
+        big_threads = _threads_for_large_slots() if big else None
         try:
-            for group, one_thread in ((small, True), (big, False)):
-                with _intra_op_threads(1 if one_thread else None):
+            for group, threads in ((small, 1), (big, big_threads)):
+                with _intra_op_threads(threads):
                     for key, ref in group:
                         written.append(key)
                         self._write(ref, desired.get(key, []))
