@@ -18,7 +18,6 @@ the file's metadata as JSON), and a manifest JSON (seed, steps, sha256, timings,
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -282,12 +281,8 @@ def write_configs(root: Path, arch: DemoArch, scaling: float) -> Path:
     return root
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+# One definition of the manifest's file hash, shared with the loader that checks it.
+from lora_core.app.demo_pack import sha256_of as sha256_file  # noqa: E402
 
 
 def train_demo_model(out_dir, arch: DemoArch = DemoArch(), settings: DemoTrainSettings = DemoTrainSettings(),
