@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, wait_for_chromium
+from tests.ui.browser import ROOT, launched_chromium
 from tests.ui.library_fixture import XSS
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -32,11 +32,8 @@ SUGGEST = {"items": [
 
 @pytest.fixture(scope="module")
 def browser():
-    assert wait_for_chromium(), f"{CHROMIUM} is not installed (apt-get install chromium)"
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with launched_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture()

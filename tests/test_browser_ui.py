@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from lora_core.tags import parse_prompt
-from tests.ui.browser import CHROMIUM, CHROMIUM_ARGS, ROOT, Server, wait_for_chromium
+from tests.ui.browser import ROOT, Server, launched_chromium
 from tests.ui.library_fixture import XSS_IMG, XSS_SCRIPT, hostile_lora
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -40,11 +40,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    assert wait_for_chromium(), f"{CHROMIUM} is not installed (apt-get install chromium)"
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with launched_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture()

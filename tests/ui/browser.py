@@ -87,3 +87,17 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=20)
         self._log.close()
+
+
+@contextlib.contextmanager
+def launched_chromium():
+    """Debian's chromium under Playwright with the flags this machine needs; closed on exit."""
+    from playwright import sync_api as playwright_api
+
+    assert wait_for_chromium(), f"{CHROMIUM} is not installed (apt-get install chromium)"
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
