@@ -131,3 +131,29 @@ def test_tool_output_loads_through_the_app_and_its_loras_bind(tmp_path):
         lora = load_lora(path)
         matched, unmatched = binding.match(lora)
         assert matched == len(lora.adapters) and unmatched == 0, path.name
+
+
+def test_stage_two_keeps_the_latent_space_and_refines_decoder_and_unet(tmp_path):
+    """Stage 2 (lora_core/train/demo_refine.py) trains the decoder with the encoder frozen, so the
+    latents the UNet learned stay valid; the UNet moves; the result loads like any checkpoint."""
+    from lora_core.app.checkpoints import load_checkpoint
+    from lora_core.train.demo_model import sha256_file
+    from lora_core.train.demo_refine import RefineSettings, refine_demo_model
+
+    stage1 = train_demo_model(tmp_path / "s1", SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
+    src = tmp_path / "s1" / stage1["file"]
+    few = RefineSettings(n_images=16, decoder_steps=3, decoder_batch=4, decoder_lr=1e-2, unet_steps=2,
+                         unet_batch=4, warmup=1, parallel=False)
+    manifest = refine_demo_model(src, tmp_path / "s1" / "configs", tmp_path / "s2", few, data_dir=tmp_path / "cache",
+                                 progress=False, stage1=stage1)
+    out = tmp_path / "s2" / manifest["file"]
+    assert manifest["sha256"] == sha256_file(out) and manifest["stage2"]["from_sha256"] == sha256_file(src)
+    assert manifest["seed"] == stage1["seed"] and manifest["stage2"]["settings"]["decoder_steps"] == 3
+    before, after = load_file(str(src)), load_file(str(out))
+    assert before.keys() == after.keys()
+    frozen = [k for k in before if k.startswith(("first_stage_model.encoder.", "first_stage_model.quant_conv."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    for moved in ("first_stage_model.decoder.conv_out.weight", "model.diffusion_model.out.2.weight"):
+        assert not torch.equal(before[moved], after[moved]), moved
+    loaded = load_checkpoint(out, tmp_path / "cache", config_root=tmp_path / "s2" / "configs")
+    assert list(loaded.components["unet"].config.block_out_channels) == list(SMALL.unet_channels)

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lora_core.train.demo_model import DemoArch, DemoTrainSettings, train_demo_model  # noqa: E402  (no torch at import)
+from lora_core.train.demo_refine import RefineSettings, refine_demo_model  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -43,6 +44,12 @@ def main(argv=None) -> int:
     p.add_argument("--loras", action="store_true",
                    help="then train the demo LoRAs (style, concept, LoCon) with `lora_core train` into <out>/loras")
     p.add_argument("--lora-steps", type=int, default=None, help="override each demo LoRA's step count")
+    p.add_argument("--refine", metavar="STAGE1_CKPT", default=None,
+                   help="run stage 2 (sharper decoder + longer UNet, lora_core/train/demo_refine.py) on a stage-1 "
+                        "checkpoint written by this script; its configs/ and .json manifest are read next to it")
+    p.add_argument("--decoder-steps", type=int, default=RefineSettings.decoder_steps, help="stage 2 decoder steps")
+    p.add_argument("--refine-unet-steps", type=int, default=RefineSettings.unet_steps, help="stage 2 UNet steps")
+    p.add_argument("--serial", action="store_true", help="stage 2: one process instead of two")
     p.add_argument("--smoke", action="store_true", help="2 steps of each phase on 64 images (plumbing check)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -52,8 +59,19 @@ def main(argv=None) -> int:
                        threads=args.threads)
     if args.smoke:
         settings = replace(settings, n_images=64, vae_steps=2, unet_steps=2, warmup=1)
-    manifest = train_demo_model(args.out, DemoArch(), settings, data_dir=args.data_dir,
-                                progress=not args.no_progress)
+    if args.refine:
+        src = Path(args.refine)
+        stage1_json = src.with_suffix(".json")
+        stage1 = json.loads(stage1_json.read_text()) if stage1_json.is_file() else None
+        refine = RefineSettings(decoder_steps=args.decoder_steps, unet_steps=args.refine_unet_steps,
+                                parallel=not args.serial, threads=max(1, args.threads))
+        if args.smoke:
+            refine = replace(refine, n_images=64, decoder_steps=2, unet_steps=2, warmup=1)
+        manifest = refine_demo_model(src, src.parent / "configs", args.out, refine, data_dir=args.data_dir,
+                                     progress=not args.no_progress, stage1=stage1)
+    else:
+        manifest = train_demo_model(args.out, DemoArch(), settings, data_dir=args.data_dir,
+                                    progress=not args.no_progress)
     print(json.dumps({k: manifest[k] for k in ("file", "bytes", "sha256", "seed", "vae_steps", "unet_steps",
                                                   "timings", "seconds")}, indent=2))
     if args.loras:
