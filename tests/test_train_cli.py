@@ -48,8 +48,10 @@ def test_train_command_writes_lora_and_preview(checkpoint, tmp_path, capsys):
 
     out = tmp_path / "style.safetensors"
     rc = _run(_argv(checkpoint, out, "--steps", "3", "--rank", "2", "--alpha", "1", "--trigger", "lcstripes",
-                    "--targets", "locon", "--seed", "5"))
+                    "--targets", "locon", "--seed", "5", "--loss-log", str(tmp_path / "loss.json")))
     assert rc == 0
+    losses = json.loads((tmp_path / "loss.json").read_text())
+    assert len(losses) == 3 and all(v > 0 for v in losses)
     lora = load_lora(out)
     assert lora.family == "sd1" and lora.algorithms()["locon"] > 0
     assert any(k.startswith("te1:text_model_encoder_layers_0") for k in lora.adapters)
@@ -67,6 +69,9 @@ def test_train_command_bad_input_is_a_clear_error(checkpoint, tmp_path, capsys):
     assert ".safetensors" in capsys.readouterr().out
     assert _run(_argv(checkpoint, tmp_path / "x.safetensors", "--steps", "0")) == 2
     assert "--steps must be at least 1" in capsys.readouterr().out
+    if not __import__("torch").cuda.is_available():
+        assert _run(_argv(checkpoint, tmp_path / "x.safetensors", "--steps", "1", "--device", "cuda")) == 2
+        assert "no CUDA GPU" in capsys.readouterr().out
     assert _run(_argv(checkpoint, tmp_path / "x.safetensors", "--steps", "1", "--resolution", "60")) == 2
     assert "multiple of 8" in capsys.readouterr().out
     bad = _argv(checkpoint, tmp_path / "x.safetensors", "--steps", "1")

@@ -9,6 +9,7 @@ training and still writes the LoRA trained so far (exit status 130).
 from __future__ import annotations
 
 import logging
+import json
 import os
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def add_arguments(parser) -> None:
                              "checkpoint such as the demo model (default: the shipped SD1/SD2 configs)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default; 1 is often faster on a busy machine)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--loss-log", default=None, help="also write every step's loss to this JSON file")
     parser.add_argument("--no-preview", action="store_true", help="do not render a preview PNG next to the LoRA")
 
 
@@ -124,10 +128,16 @@ def run(args) -> int:
     if resolution % vae_factor:
         print(f"error: --resolution must be a multiple of {vae_factor} for this model (got {resolution})")
         return 2
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {device}: torch sees no CUDA GPU here")
+        return 2
     config = TrainConfig(network=spec, lr=args.lr, te_lr=args.te_lr, steps=args.steps, epochs=args.epochs,
-                         resolution=resolution, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype)
+                         resolution=resolution, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype,
+                         device=device)
     print(f"training {out.name}: {len(dataset.items)} images, {dataset.num_train_images} per epoch with repeats, "
-          f"{config.total_steps(dataset)} steps, {loaded.family}, targets={spec.targets}, rank={spec.rank}")
+          f"{config.total_steps(dataset)} steps, {loaded.family}, targets={spec.targets}, rank={spec.rank}, "
+          f"device={device}")
     try:
         result = train_lora(parts, dataset, config)
     except DatasetError as exc:
@@ -143,6 +153,8 @@ def run(args) -> int:
         print("save cancelled")
         return EXIT_INTERRUPTED
     losses = result.losses
+    if args.loss_log:
+        Path(args.loss_log).write_text(json.dumps([round(v, 6) for v in losses]) + "\n")
     tail = sum(losses[-20:]) / max(1, len(losses[-20:]))
     print(f"wrote {out} after {result.steps} steps (mean loss of the last {min(20, len(losses))} steps: {tail:.4f})")
     if result.interrupted:

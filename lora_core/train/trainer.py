@@ -36,6 +36,9 @@ class TrainConfig:
     dtype: str = "fp32"  # fp32 | bf16 (autocast for the frozen model; LoRA weights stay fp32)
     max_grad_norm: float = 1.0
     noise_offset: float = 0.0
+    # "cpu", "cuda", "cuda:1", ...: where the frozen model and the LoRA live. Random draws always
+    # come from CPU generators (then moved), so a seed means the same noise on every device.
+    device: str = "cpu"
 
     def total_steps(self, dataset: TrainingSet) -> int:
         per_epoch = math.ceil(dataset.num_train_images / self.batch_size)
@@ -88,8 +91,9 @@ class _LatentCache:
     """Per image: the VAE's latent mean and std, computed once (the VAE is frozen); a fresh latent
     sample is drawn from them at every step, as the VAE would."""
 
-    def __init__(self, vae, dataset: TrainingSet, resolution: int, dtype):
+    def __init__(self, vae, dataset: TrainingSet, resolution: int, dtype, device: torch.device):
         self.vae, self.dataset, self.resolution, self.dtype = vae, dataset, resolution, dtype
+        self.device = device
         self.scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -106,20 +110,20 @@ class _LatentCache:
 
     def _encode(self, index: int) -> None:
         if index not in self._cache:
-            pixels = load_image_tensor(self.dataset.items[index].image, self.resolution)[None]
-            with torch.no_grad(), _autocast(self.dtype):
+            pixels = load_image_tensor(self.dataset.items[index].image, self.resolution)[None].to(self.device)
+            with torch.no_grad(), _autocast(self.dtype, self.device):
                 dist = self.vae.encode(pixels).latent_dist
             self._cache[index] = (dist.mean.float(), dist.std.float())
 
     def sample(self, index: int, generator: torch.Generator) -> torch.Tensor:
         self._encode(index)
         mean, std = self._cache[index]
-        noise = torch.randn(mean.shape, generator=generator)
+        noise = torch.randn(mean.shape, generator=generator).to(self.device)
         return (mean + std * noise) * self.scaling
 
 
-def _autocast(dtype: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=(dtype == "bf16"))
+def _autocast(dtype: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
 
 
 def encode_prompts(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
@@ -134,7 +138,9 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
     raised there, like Ctrl-C anywhere in the loop, stops training and keeps the result)."""
     started = time.time()
     unet, te, vae = parts.unet, parts.text_encoder, parts.vae
+    device = torch.device(config.device)
     for m in (unet, te, vae):
+        m.to(device)
         m.requires_grad_(False)
         m.eval()  # SD has no dropout; eval keeps any that a config adds off
     noise_sched = training_scheduler(parts.scheduler)
@@ -149,7 +155,7 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
     optimizer = torch.optim.AdamW(groups)
     total = config.total_steps(dataset)
     generator = torch.Generator("cpu").manual_seed(int(config.seed))
-    latents = _LatentCache(vae, dataset, config.resolution, config.dtype)
+    latents = _LatentCache(vae, dataset, config.resolution, config.dtype, device)
     frozen_te_cache: dict[str, torch.Tensor] = {}
     n_timesteps = int(noise_sched.config.num_train_timesteps)
 
@@ -178,10 +184,11 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
                 if config.noise_offset:
                     noise = noise + config.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1),
                                                                       generator=generator)
-                t = torch.randint(0, n_timesteps, (x0.shape[0],), generator=generator)
+                noise = noise.to(device)
+                t = torch.randint(0, n_timesteps, (x0.shape[0],), generator=generator).to(device)
                 noisy = noise_sched.add_noise(x0, noise, t)
                 target = noise if prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
-                with _autocast(config.dtype):
+                with _autocast(config.dtype, device):
                     if te_params:
                         context = encode_prompts(parts.tokenizer, te, captions)
                     else:
