@@ -136,17 +136,20 @@ def bench_one(n: int, cache_dir: str) -> dict:
     shutil.rmtree(data_dir, ignore_errors=True)
     result = {"n": n, "rss_start_mb": rss_mb()}
 
-    # header reads alone: the floor for a cold index
-    start, cpu = time.perf_counter(), time.process_time()
-    count = 0
-    for folder, _dirs, files in os.walk(root):
-        for f in files:
-            if f.endswith(".safetensors"):
-                read_header(os.path.join(folder, f))
-                count += 1
-    result["header_reads_s"] = time.perf_counter() - start
-    result["header_reads_cpu_s"] = time.process_time() - cpu
+    def header_reads() -> tuple[float, float]:
+        """Every header read and checked (what a cold index cannot avoid): wall and CPU seconds."""
+        start, cpu = time.perf_counter(), time.process_time()
+        for folder, _dirs, files in os.walk(root):
+            for f in files:
+                if f.endswith(".safetensors"):
+                    read_header(os.path.join(folder, f))
+        return time.perf_counter() - start, time.process_time() - cpu
 
+    # The floor for a cold index, in the same process: an untimed pass first (the files may have
+    # left the page cache since they were generated), then one timed pass before and one after
+    # the cold index; the floor is their mean (a shared machine's load drifts during a run).
+    header_reads()
+    before = header_reads()
     start, cpu = time.perf_counter(), time.process_time()
     lib = Library([root], data_dir)
     report = lib.scan()
@@ -155,6 +158,10 @@ def bench_one(n: int, cache_dir: str) -> dict:
     assert report.total == n and report.read == n and report.errors == 0, report
     result["rss_after_cold_mb"] = rss_mb()
     lib.close()
+    after = header_reads()
+    result["header_reads_passes"] = [before, after]
+    result["header_reads_s"] = (before[0] + after[0]) / 2
+    result["header_reads_cpu_s"] = (before[1] + after[1]) / 2
 
     # warm start as a host does it at start-up: open, first page, quick scan (unchanged folders
     # are not listed); then the same with a full scan (stats every file)
@@ -323,7 +330,7 @@ def _ms(x) -> str:
     return "–" if x is None else f"{x:.1f}"
 
 
-def render(results: list[dict], command: str, repeat: dict | None = None) -> str:
+def render(results: list[dict], command: str, repeat: dict | None = None, note: str | None = None) -> str:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = results[-1].get("load") if results else None
     lines = [
@@ -331,19 +338,29 @@ def render(results: list[dict], command: str, repeat: dict | None = None) -> str
         f"Command: `{command}`  ",
         f"Date: {date}; machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
         f"SQLite {__import__('sqlite3').sqlite_version}; files on local disk, OS page cache warm (generated "
-        "before the run)" + (f"; load average {load} (1/5/15 min) at the end of the largest size" if load else "") + ".",
+        "before the run)" + (f"; load average {load} (1/5/15 min) at the end of the largest size" if load else "")
+        + (f"; {note}" if note else "") + ".",
         "",
         "Goals: warm start < 1 s and search < 50 ms at 50,000 files (every page, every sort); cold index "
-        "bounded by header reads.", "",
+        "bounded by header reads: at most ~1.3× the header reads of the same run (column cold / reads: wall, "
+        "CPU in brackets).", "",
+        "Header reads only: `read_header` (read + JSON parse + checks of every tensor entry) of every file, "
+        "the mean of one pass just before and one just after the cold index, after an untimed pass that "
+        "loads the page cache. Cold index: new `Library`, `scan()` into an empty index (header reads, "
+        "summaries, sidecars, SQLite rows, full-text index, sort orders). The generated files come in two "
+        "tensor layouts (SD1, SDXL), so the scan's per-layout memo works out algorithm and family twice; "
+        "a file whose layout the scan has not seen costs about 0.1 ms more when only its rank differs from "
+        "one it has seen, and about 1.7 ms more (for ~230 keys) when its key names are new too.", "",
         "Times are wall clock (CPU time of the process in brackets where it matters: the machine is shared, so "
         "wall time includes waiting for a core).", "",
-        "| files | header reads only | cold index | warm start, quick scan | warm start, full scan | open + first page | rescan 1% changed (full) | search median / p95 / max | filtered | find | RSS after cold / max | index size |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| files | header reads only | cold index | cold / reads | warm start, quick scan | warm start, full scan | open + first page | rescan 1% changed (full) | search median / p95 / max | filtered | find | RSS after cold / max | index size |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['n']:,} | {r['header_reads_s']:.2f} s ({r['header_reads_cpu_s']:.2f}) "
             f"| {r['cold_index_s']:.2f} s ({r['cold_index_cpu_s']:.2f}) "
+            f"| {r['cold_index_s'] / r['header_reads_s']:.2f}× ({r['cold_index_cpu_s'] / r['header_reads_cpu_s']:.2f}×) "
             f"| {r['warm_quick_s']:.3f} s ({r['warm_quick_cpu_s']:.3f}) | {r['warm_start_s']:.3f} s ({r['warm_start_cpu_s']:.3f}) "
             f"| {r['open_first_page_s'] * 1000:.1f} ms | {r['rescan_1pct_s']:.3f} s ({r['rescan_read']} read) "
             f"| {r['search_median_ms']:.1f} / {r['search_p95_ms']:.1f} / {r['search_max_ms']:.1f} ms "
@@ -420,6 +437,7 @@ def main() -> int:
     parser.add_argument("--write-doc", action="store_true", help="update the Library section of docs/BENCHMARKS.md")
     parser.add_argument("--repeat", type=int, metavar="N",
                         help="only repeat warm start and search on the existing N-file index (after a full run)")
+    parser.add_argument("--note", help="load conditions to state in the document (kept by --repeat)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -431,7 +449,7 @@ def main() -> int:
             previous = json.load(fh)
         repeat = bench_repeat(args.repeat, args.cache_dir)
         print(json.dumps(repeat, indent=1), file=sys.stderr)
-        section = render(previous["results"], previous["command"], repeat)
+        section = render(previous["results"], previous["command"], repeat, args.note or previous.get("note"))
         print(section)
         if args.write_doc:
             write_doc(section)
@@ -446,8 +464,8 @@ def main() -> int:
         print(json.dumps(results[-1], indent=1), file=sys.stderr)
     command = "python bench/library.py" + ("" if args.sizes == "1000,10000,50000" else f" --sizes {args.sizes}")
     with open(saved, "w") as fh:
-        json.dump({"results": results, "command": command}, fh)
-    section = render(results, command)
+        json.dump({"results": results, "command": command, "note": args.note}, fh)
+    section = render(results, command, note=args.note)
     print(section)
     if args.write_doc:
         write_doc(section)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import uuid
@@ -262,27 +263,80 @@ class IndexDB:
         conn.execute("INSERT INTO files_fts(rowid, text) VALUES(?, ?)", (file_id, rec["search_text"]))
 
     @staticmethod
+    def _ids_of(conn, paths: list[str]) -> dict[str, tuple[int, int, int]]:
+        """path -> (id, size, mtime_ns) of the rows that exist, in one query per 900 paths."""
+        cur = conn.cursor()
+        cur.row_factory = None
+        out = {}
+        for i in range(0, len(paths), 900):
+            chunk = paths[i:i + 900]
+            for path, file_id, size, mtime in cur.execute(
+                f"SELECT path, id, size, mtime_ns FROM files WHERE path IN ({','.join('?' * len(chunk))})", chunk
+            ):
+                out[path] = (file_id, size, mtime)
+        return out
+
+    @staticmethod
     def upsert_files(conn, records: list[dict]) -> None:
-        """Insert or replace file rows; a changed size/mtime drops cached hashes."""
-        for rec in records:
-            row = conn.execute("SELECT id, size, mtime_ns FROM files WHERE path=?", (rec["path"],)).fetchone()
-            values = [rec[c] for c in FILE_COLUMNS]
-            if row is None:
-                cur = conn.execute(
-                    f"INSERT INTO files({','.join(FILE_COLUMNS)}, last_used) VALUES({','.join('?' * len(FILE_COLUMNS))}, "
-                    "(SELECT last_used FROM user_data WHERE path=?))",
-                    values + [rec["path"]],
+        """Insert or replace file rows; a changed size/mtime drops cached hashes.
+
+        New rows (the bulk of a first scan) go in with one executemany per table and ids handed
+        out here (the IMMEDIATE transaction this runs in keeps other writers out)."""
+        by_path = {rec["path"]: rec for rec in records}  # one row per path, the last record wins
+        existing = IndexDB._ids_of(conn, list(by_path))
+        fresh = [rec for path, rec in by_path.items() if path not in existing]
+        if fresh:
+            cur = conn.cursor()
+            cur.row_factory = None
+            first = cur.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(id) FROM files), 0), COALESCE((SELECT MAX(id) FROM details), 0))"
+            ).fetchone()[0] + 1
+            ids = range(first, first + len(fresh))
+            cur.executemany(
+                f"INSERT INTO files(id, {','.join(FILE_COLUMNS)}, last_used) "
+                f"VALUES(?, {','.join('?' * len(FILE_COLUMNS))}, (SELECT last_used FROM user_data WHERE path=?))",
+                [(file_id, *[rec[c] for c in FILE_COLUMNS], rec["path"]) for file_id, rec in zip(ids, fresh)],
+            )
+            cur.executemany(
+                f"INSERT OR REPLACE INTO details(id, {','.join(DETAIL_COLUMNS)}) VALUES(?, ?, ?, ?, ?)",
+                [(file_id, *[rec[c] for c in DETAIL_COLUMNS]) for file_id, rec in zip(ids, fresh)],
+            )
+            cur.executemany("INSERT INTO files_fts(rowid, text) VALUES(?, ?)",
+                            [(file_id, rec["search_text"]) for file_id, rec in zip(ids, fresh)])
+        sets = ",".join(f"{c}=?" for c in FILE_COLUMNS)
+        for path, (file_id, size, mtime) in existing.items():
+            rec = by_path[path]
+            conn.execute(f"UPDATE files SET {sets} WHERE id=?", [rec[c] for c in FILE_COLUMNS] + [file_id])
+            if (size, mtime) != (rec["size"], rec["mtime_ns"]):
+                conn.execute(
+                    "UPDATE files SET sha256=NULL, addnet=NULL, hashed_size=NULL, hashed_mtime_ns=NULL WHERE id=?",
+                    (file_id,),
                 )
-                IndexDB._put_details(conn, cur.lastrowid, rec, fresh=True)
-            else:
-                sets = ",".join(f"{c}=?" for c in FILE_COLUMNS)
-                conn.execute(f"UPDATE files SET {sets} WHERE id=?", values + [row[0]])
-                if (row[1], row[2]) != (rec["size"], rec["mtime_ns"]):
-                    conn.execute(
-                        "UPDATE files SET sha256=NULL, addnet=NULL, hashed_size=NULL, hashed_mtime_ns=NULL WHERE id=?",
-                        (row[0],),
-                    )
-                IndexDB._put_details(conn, row[0], rec, fresh=False)
+            IndexDB._put_details(conn, file_id, rec, fresh=False)
+
+    # -- bulk loads ----------------------------------------------------------------------------
+    _SECONDARY_INDEXES = ("SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='files' "
+                          "AND sql IS NOT NULL AND upper(sql) NOT LIKE 'CREATE UNIQUE%'")
+
+    def begin_bulk(self) -> list[str]:
+        """Drop the secondary (non-unique) indexes of `files` before inserting many rows: building
+        an index once from sorted rows costs a fraction of updating 16 b-trees row by row. Returns
+        the statements `end_bulk` runs. Searches stay correct meanwhile (just slower); a process
+        that opens the index (or a crash before `end_bulk`) gets them back from the schema."""
+        def run(conn):
+            rows = conn.execute(self._SECONDARY_INDEXES).fetchall()
+            for name, _sql in rows:
+                conn.execute(f'DROP INDEX IF EXISTS "{name}"')
+            return [sql for _name, sql in rows]
+        return self.write(run, bump=False)
+
+    def end_bulk(self, statements: list[str]) -> None:
+        """Create the indexes `begin_bulk` dropped (the ones another process has not already)."""
+        def run(conn):
+            for sql in statements:
+                conn.execute(re.sub(r"^\s*CREATE\s+INDEX\s+(?!IF\s+NOT\s+EXISTS)", "CREATE INDEX IF NOT EXISTS ",
+                                    sql, count=1, flags=re.IGNORECASE))
+        self.write(run, bump=False)
 
     @staticmethod
     def update_sidecars(conn, records: list[dict]) -> None:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import logging
+import math
 import pickletools
 import re
 import zipfile
 from collections import Counter
+from operator import itemgetter
 
-from lora_core.formats.family import family_from_header
+from lora_core.formats import family as _family
+from lora_core.formats.family import family_from_header, family_from_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +84,19 @@ def split_key(key: str) -> tuple[str, str | None]:
     return key[: found[0]], found[1]
 
 
-def detect_algorithm(header: dict) -> tuple[str, dict[str, int]]:
-    """Main algorithm of a file and the per-algorithm module counts."""
+def _is_conv_module(module: str) -> bool:
+    return _CONV_MODULE.search(module.lower()) is not None
+
+
+def detect_algorithm(header: dict, split=split_key, is_conv=_is_conv_module) -> tuple[str, dict[str, int]]:
+    """Main algorithm of a file and the per-algorithm module counts.
+
+    `split` / `is_conv` may be memoised versions of `split_key` / `_is_conv_module` (a scan sees
+    the same key names in file after file)."""
     modules: dict[str, str] = {}
     dora = False
     for key, info in header.items():
-        module, algo = split_key(key)
+        module, algo = split(key)
         if algo is None:
             continue
         if algo == "dora":
@@ -99,7 +110,7 @@ def detect_algorithm(header: dict) -> tuple[str, dict[str, int]]:
         if algo == "lora":
             shape = info.get("shape") if isinstance(info, dict) else None
             conv3 = isinstance(shape, list) and len(shape) == 4 and shape[2:] != [1, 1]
-            if conv3 or previous == "locon" or (previous is None and _CONV_MODULE.search(module.lower())):
+            if conv3 or previous == "locon" or (previous is None and is_conv(module)):
                 algo = "locon"
         if previous is None or (previous == "lora" and algo == "locon"):
             modules[module] = algo
@@ -118,6 +129,31 @@ def detect_algorithm(header: dict) -> tuple[str, dict[str, int]]:
 # names of SD1-only layouts, a last resort when neither shapes, names nor metadata decide
 _SD1_NAMES = re.compile(
     r"down_blocks[._]0[._]attentions|input_blocks[._][12][._]1[._]|output_blocks[._](9|10|11)[._]1")
+
+
+# The patterns `formats.family` decides by (see ARCHITECTURE.md, formats). Should that module
+# stop naming them, every key counts as relevant: slower, never wrong.
+_FAMILY_PATTERNS = (getattr(_family, "_WIDTH_EVIDENCE", None), getattr(_family, "_NAME_EVIDENCE", None),
+                    *(p for p, _name in getattr(_family, "_OTHER_FAMILIES", ((None, None),))))
+_FAMILY_PREFIXES = ("transformer.", "lora_transformer_", "lora_te2_", "text_encoder_2.")
+_NOT_INPUT_FACTOR = getattr(_family, "_NOT_INPUT_FACTOR", None)
+if not all(isinstance(p, re.Pattern) for p in _FAMILY_PATTERNS):
+    _FAMILY_PATTERNS = (re.compile(""),)
+if not (isinstance(_NOT_INPUT_FACTOR, tuple) and all(isinstance(x, str) for x in _NOT_INPUT_FACTOR)):
+    _NOT_INPUT_FACTOR = ("\0never",)   # every key's width counts: less sharing, never wrong
+
+
+def _family_relevant(key: str) -> bool:
+    """Whether one key can change `detect_family`'s answer: a superset of every key the rules of
+    `formats.family.family_from_header` (and the SD1 name fallback here) look at. Every one of
+    those patterns matches within a single key, so the answer for the relevant keys alone is the
+    answer for the whole file."""
+    if key.startswith(_FAMILY_PREFIXES):
+        return True
+    for pattern in _FAMILY_PATTERNS:
+        if pattern.search(key):
+            return True
+    return _SD1_NAMES.search(key.lower()) is not None
 
 
 def detect_family(header: dict, metadata: dict[str, str] | None = None) -> str:
@@ -150,15 +186,27 @@ def _clip(value: str) -> str:
 def top_training_tags(metadata: dict[str, str], limit: int = TOP_TAGS) -> list[tuple[str, int]]:
     """Most frequent caption tags over all datasets of `ss_tag_frequency`."""
     freq = _json(metadata.get("ss_tag_frequency"))
-    total: Counter = Counter()
+    total: dict[str, int] = {}
     if isinstance(freq, dict):
+        get = total.get
         for tags in freq.values():
-            if isinstance(tags, dict):
-                for tag, count in tags.items():
-                    tag = str(tag).strip()
-                    if tag and isinstance(count, (int, float)):
-                        total[tag[:200]] += int(count)
-    return total.most_common(limit)
+            if type(tags) is not dict:
+                continue
+            for tag, count in tags.items():  # JSON object keys are always str
+                kind = type(count)
+                if kind is not int:
+                    if kind is bool:
+                        count = int(count)
+                    elif kind is float and math.isfinite(count):
+                        count = int(count)
+                    else:
+                        continue  # text, null, lists, NaN/Infinity
+                if len(tag) > 200 or tag[:1].isspace() or tag[-1:].isspace():
+                    tag = tag.strip()[:200]
+                if tag:
+                    total[tag] = get(tag, 0) + count
+    # what Counter.most_common does: ties keep the order tags were first seen
+    return heapq.nlargest(limit, total.items(), key=itemgetter(1))
 
 
 def _int(text) -> int | None:
@@ -224,10 +272,7 @@ def embedded_cover(metadata: dict[str, str]) -> bytes | None:
     return None
 
 
-def network_dim(header: dict, metadata: dict[str, str]) -> int | None:
-    dim = _int(metadata.get("ss_network_dim"))
-    if dim is not None:
-        return dim
+def _rank_from_shapes(header: dict) -> int | None:
     ranks = Counter()
     for key, info in header.items():
         if key.endswith(_DOWN_SUFFIXES[:5]) and isinstance(info, dict):
@@ -237,33 +282,156 @@ def network_dim(header: dict, metadata: dict[str, str]) -> int | None:
     return ranks.most_common(1)[0][0] if ranks else None
 
 
+def network_dim(header: dict, metadata: dict[str, str]) -> int | None:
+    dim = _int(metadata.get("ss_network_dim"))
+    if dim is not None:
+        return dim
+    return _rank_from_shapes(header)
+
+
 def summarize(header: dict, metadata: dict[str, str]) -> dict:
     """A JSON-able summary of one file's header (all strings clipped; untrusted text stays text)."""
-    algorithm, algorithms = detect_algorithm(header)
-    modelspec = {k: _clip(v) for k, v in metadata.items()
-                 if k.startswith("modelspec.") and k != "modelspec.thumbnail"}
-    alias = (metadata.get("ss_output_name") or metadata.get("modelspec.title") or "").strip()
-    return {
-        "family": detect_family(header, metadata),
-        "algorithm": algorithm,
-        "algorithms": algorithms,
-        "alias": _clip(alias)[:200] or None,
-        "base_model_version": _clip(metadata.get("ss_base_model_version", "")) or None,
-        "sd_model_name": _clip(metadata.get("ss_sd_model_name", "")) or None,
-        "network_module": _clip(metadata.get("ss_network_module", "")) or None,
-        "network_dim": network_dim(header, metadata),
-        "network_alpha": _float(metadata.get("ss_network_alpha")),
-        "network_args": _json(metadata.get("ss_network_args")) if len(metadata.get("ss_network_args", "")) < MAX_TEXT else None,
-        "top_tags": top_training_tags(metadata),
-        "resolution": _resolution(metadata.get("ss_resolution")),
-        "dataset_size": _dataset_size(metadata),
-        "training_started_at": _float(metadata.get("ss_training_started_at")),
-        "epochs": _int(metadata.get("ss_num_epochs")),
-        "modelspec": modelspec,
-        "trigger_phrase": _clip(metadata.get("modelspec.trigger_phrase", "")) or None,
-        "cover_images": cover_count(metadata),
-        "tensor_count": len(header),
-    }
+    return Summarizer().summarize(header, metadata)
+
+
+class _Memo(dict):
+    """fn(key) remembered per key (a bounded cache: cleared when it grows past `limit`)."""
+
+    def __init__(self, fn, limit: int):
+        super().__init__()
+        self.fn, self.limit = fn, limit
+
+    def __missing__(self, key):
+        if len(self) >= self.limit:
+            self.clear()
+        value = self[key] = self.fn(key)
+        return value
+
+
+class _Layout:
+    """What a summary takes from the tensor names and shapes alone."""
+
+    __slots__ = ("names", "shapes", "algorithm", "algorithms", "_rank", "family_keys", "families")
+
+    def __init__(self, names, shapes, algorithm, algorithms, rank, family_keys):
+        self.names, self.shapes = names, shapes
+        self.algorithm, self.algorithms = algorithm, algorithms
+        self._rank = rank   # False: worked out when a file lacks ss_network_dim (kohya files have it)
+        self.family_keys = family_keys   # the sub-header family detection looks at
+        self.families: dict[str, str] = {}   # family_from_metadata(...) -> family
+
+    @property
+    def rank(self) -> int | None:
+        if self._rank is False:
+            self._rank = _rank_from_shapes({n: {"shape": s} for n, s in zip(self.names, self.shapes)})
+        return self._rank
+
+
+_shape_of = itemgetter("shape")
+
+
+class Summarizer:
+    """`summarize` for many files in a row (one per scan; not shared between threads).
+
+    Everything a summary takes from the tensors (algorithm and module counts, family evidence,
+    rank) depends on the tensor names and shapes only, and files from one trainer with one rank
+    share those exactly: it is worked out once per distinct layout, and a file with a known layout
+    costs two list comparisons. Per-key facts (suffix split, family relevance) are remembered by
+    key name, so a new layout with familiar key names is cheap too. Bounded memory: the caches
+    are cleared when they grow past their limits."""
+
+    MAX_LAYOUTS = 128     # each holds its key names and shapes (~0.2 MB for 1000 keys)
+    MAX_KEYS = 100_000
+
+    def __init__(self):
+        self._layouts: dict[tuple, list[_Layout]] = {}   # (count, first name, last name) -> layouts
+        self._layout_count = 0
+        self._split = _Memo(split_key, self.MAX_KEYS)
+        self._conv = _Memo(_is_conv_module, self.MAX_KEYS)
+        self._relevant = _Memo(_family_relevant, self.MAX_KEYS)
+        self._families: dict = {}   # (family keys, their input widths, metadata answer) -> family
+
+    def _layout(self, header: dict) -> _Layout:
+        names = list(header)
+        try:
+            # names and shapes decide every fact below (dtype and offsets do not)
+            shapes = list(map(_shape_of, header.values()))
+        except (TypeError, KeyError):  # not a validated safetensors header (checkpoint key lists)
+            shapes = None
+        bucket = (len(names), names[0], names[-1]) if names and shapes is not None else None
+        if bucket is not None:
+            for layout in self._layouts.get(bucket, ()):
+                if layout.names == names and layout.shapes == shapes:
+                    return layout
+        algorithm, algorithms = detect_algorithm(header, self._split.__getitem__, self._conv.__getitem__)
+        relevant = self._relevant
+        rank = False if shapes is not None else _rank_from_shapes(header)   # False: later, if needed
+        layout = _Layout(names, shapes, algorithm, algorithms, rank, {k: v for k, v in header.items() if relevant[k]})
+        if bucket is not None:
+            if self._layout_count >= self.MAX_LAYOUTS:
+                self._layouts.clear()
+                self._layout_count = 0
+            self._layouts.setdefault(bucket, []).append(layout)
+            self._layout_count += 1
+        return layout
+
+    def _family(self, layout: _Layout, metadata: dict[str, str]) -> str:
+        # family_from_header reads metadata only through family_from_metadata, and only when
+        # the tensors give no evidence: that answer completes the cache key
+        by_meta = family_from_metadata(metadata)
+        family = layout.families.get(by_meta)
+        if family is None:
+            family = layout.families[by_meta] = self._family_of_keys(layout.family_keys, metadata, by_meta)
+        return family
+
+    def _family_of_keys(self, keys: dict, metadata: dict[str, str], by_meta: str) -> str:
+        """detect_family of a sub-header, shared by layouts that differ only in rank: the rules
+        read the names, and a shape only as the input width (shape[1:]) of a key that is not an
+        output factor or scalar (ARCHITECTURE.md, formats)."""
+        try:
+            widths = tuple([None if k.endswith(_NOT_INPUT_FACTOR) else tuple(info["shape"][1:])
+                            for k, info in keys.items()])
+            key = (tuple(keys), widths, by_meta)
+            family = self._families.get(key)
+        except (TypeError, KeyError):   # shapes that are not lists: no sharing
+            key = family = None
+        if family is None:
+            family = detect_family(keys, metadata)
+            if key is not None:
+                if len(self._families) >= self.MAX_LAYOUTS:
+                    self._families.clear()
+                self._families[key] = family
+        return family
+
+    def summarize(self, header: dict, metadata: dict[str, str]) -> dict:
+        layout = self._layout(header)
+        get = metadata.get
+        modelspec = {k: _clip(v) for k, v in metadata.items()
+                     if k.startswith("modelspec.") and k != "modelspec.thumbnail"}
+        alias = (get("ss_output_name") or get("modelspec.title") or "").strip()
+        dim = _int(get("ss_network_dim"))
+        args = get("ss_network_args", "")
+        return {
+            "family": self._family(layout, metadata),
+            "algorithm": layout.algorithm,
+            "algorithms": dict(layout.algorithms),
+            "alias": _clip(alias)[:200] or None,
+            "base_model_version": _clip(get("ss_base_model_version", "")) or None,
+            "sd_model_name": _clip(get("ss_sd_model_name", "")) or None,
+            "network_module": _clip(get("ss_network_module", "")) or None,
+            "network_dim": dim if dim is not None else layout.rank,
+            "network_alpha": _float(get("ss_network_alpha")),
+            "network_args": _json(args) if len(args) < MAX_TEXT else None,
+            "top_tags": top_training_tags(metadata),
+            "resolution": _resolution(get("ss_resolution")),
+            "dataset_size": _dataset_size(metadata),
+            "training_started_at": _float(get("ss_training_started_at")),
+            "epochs": _int(get("ss_num_epochs")),
+            "modelspec": modelspec,
+            "trigger_phrase": _clip(get("modelspec.trigger_phrase", "")) or None,
+            "cover_images": cover_count(metadata),
+            "tensor_count": len(header),
+        }
 
 
 def keys_from_pickle_zip(path) -> list[str]:

@@ -22,7 +22,7 @@ import threading
 import time
 from array import array
 
-from lora_core.library import scanner, sidecars, thumbnails
+from lora_core.library import inspect_header, scanner, sidecars, thumbnails
 from lora_core.library.entry import Entry, Page, ScanReport
 from lora_core.library.errors import AmbiguousName, NotFound, StorageError
 from lora_core.library.hashing import HashWorker
@@ -43,6 +43,8 @@ SMALL_MATCH = 5000   # text matches up to this many are sorted by SQL; more use 
 CACHED_ORDERS = 8    # id lists kept per kind (sort orders, text results)
 CACHED_MATCHES = 4   # FTS id sets kept (up to every row each)
 WRITE_BATCH = 500
+BULK_MIN_ROWS = 2000  # new rows from which a scan rebuilds the file indexes instead of updating them
+BULK_WRITE_BATCH = 5000  # rows per transaction then: fewer, larger full-text segments to merge
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -141,7 +143,8 @@ class Library:
         removed = [p for p in known if p not in walked.files]
         retry_folders: set = set()
         try:
-            self._write_changed(changed, progress, report, retry_folders)
+            new_rows = sum(1 for found in changed if found.path not in known)
+            self._write_changed(changed, progress, report, retry_folders, bulk=self._bulk_load(new_rows))
             self._write_sidecar_changes(side_changed, report)
             if removed:
                 self.db.write(self.db.delete_files, removed)
@@ -183,14 +186,33 @@ class Library:
             out.update({r[0]: r[1] for r in rows})
         return out
 
-    def _write_changed(self, changed, progress, report: ScanReport, retry_folders: set) -> None:
+    def _bulk_load(self, new_rows: int) -> bool:
+        """Whether inserting `new_rows` rows is cheaper with the file indexes rebuilt afterwards:
+        many rows, and at least half as many as the index holds already."""
+        if new_rows < BULK_MIN_ROWS:
+            return False
+        held = self.db.query("SELECT COALESCE(MAX(id), 0) FROM files")[0][0]  # rows ever, roughly
+        return new_rows * 2 >= held
+
+    def _write_changed(self, changed, progress, report: ScanReport, retry_folders: set, bulk: bool = False) -> None:
+        indexes = self.db.begin_bulk() if bulk else None
+        try:
+            self._write_changed_rows(changed, progress, report, retry_folders,
+                                     BULK_WRITE_BATCH if bulk else WRITE_BATCH)
+        finally:
+            if indexes is not None:
+                self.db.end_bulk(indexes)
+
+    def _write_changed_rows(self, changed, progress, report: ScanReport, retry_folders: set,
+                            batch_size: int) -> None:
         tags = self._user_tags([f.path for f in changed]) if changed else {}
+        summarizer = inspect_header.Summarizer()
         batch = []
         for i, found in enumerate(changed):
             if found.error:
                 summary, error, side = {}, found.error, {}
             else:
-                summary, error = scanner.read_file_summary(found.path, found.ext)
+                summary, error = scanner.read_file_summary(found.path, found.ext, summarizer)
                 side = scanner.read_sidecars(found)
             if error:
                 logger.warning("%s: %s", found.path, error)
@@ -198,7 +220,7 @@ class Library:
                     retry_folders.add((found.root, found.folder))
             batch.append(scanner.record(found, summary, error, side, tags.get(found.path, "")))
             report.read += 1
-            if len(batch) >= WRITE_BATCH:
+            if len(batch) >= batch_size:
                 self.db.write(self.db.upsert_files, batch)
                 batch = []
             if progress is not None:

@@ -24,7 +24,7 @@ USER_TAGS_SEPARATOR = "\x1f"
 RACY_NS = 2_000_000_000   # folder signatures younger than this are not trusted (mtime granularity)
 
 
-@dataclass
+@dataclass(slots=True)  # one per LoRA file on every scan: no per-instance __dict__
 class Found:
     path: str
     root: str
@@ -275,14 +275,18 @@ def _add_error(entry, root, folder_rel, reason, result):
     )
 
 
-def read_file_summary(path: str, ext: str) -> tuple[dict, str | None]:
-    """(summary, error) of one LoRA file from its header; never raises."""
+def read_file_summary(path: str, ext: str, summarizer: inspect_header.Summarizer | None = None
+                      ) -> tuple[dict, str | None]:
+    """(summary, error) of one LoRA file from its header; never raises.
+
+    A scan passes one `summarizer` for all its files (it remembers what files share)."""
+    summarize = summarizer.summarize if summarizer is not None else inspect_header.summarize
     if ext == ".safetensors":
         try:
             header, metadata, _ = read_header(path)
         except HeaderError as exc:
             return {}, exc.problem
-        return inspect_header.summarize(header, metadata), None
+        return summarize(header, metadata), None
     # .pt / .ckpt: list key names from the pickle opcodes, never unpickle
     try:
         with open(path, "rb") as fh:
@@ -296,10 +300,10 @@ def read_file_summary(path: str, ext: str) -> tuple[dict, str | None]:
             keys = inspect_header.keys_from_pickle_zip(path)
         except (ValueError, OSError) as exc:
             return {}, f"damaged torch checkpoint: {exc}"
-        summary = inspect_header.summarize({k: {} for k in keys}, {})
+        summary = summarize({k: {} for k in keys}, {})
         return summary, None
     if magic[:1] == b"\x80":
-        summary = inspect_header.summarize({}, {})
+        summary = summarize({}, {})
         summary["note"] = "legacy pickle checkpoint: contents not inspected"
         return summary, None
     return {}, "not a safetensors or torch checkpoint file"
@@ -328,8 +332,13 @@ def search_text(found: Found, alias, summary: dict, side: dict, user_tags: str =
     if summary.get("trigger_phrase"):
         parts.append(summary["trigger_phrase"])
     parts.extend(tag for tag, _ in summary.get("top_tags") or [])
+    # A search term never spans two lines, so a line the name line contains (often the alias)
+    # or a repeated line adds nothing a search can find: leaving it out keeps the full-text
+    # index smaller and the first scan faster.
+    name_line = parts[0]
+    kept = dict.fromkeys(p for p in parts[1:] if p and p not in name_line)
     # user tags go last, after a separator, so they can be replaced without re-reading anything
-    return "\n".join(p for p in parts if p) + USER_TAGS_SEPARATOR + user_tags
+    return "\n".join([name_line, *kept]) + USER_TAGS_SEPARATOR + user_tags
 
 
 def record(found: Found, summary: dict, error: str | None, side: dict, user_tags: str = "") -> dict:
@@ -340,7 +349,8 @@ def record(found: Found, summary: dict, error: str | None, side: dict, user_tags
         "stem": found.stem, "ext": found.ext, "size": found.size, "mtime_ns": found.mtime_ns,
         "sidecar_sig": found.sidecar_sig, "alias": alias,
         "family": summary.get("family", "unknown"), "algorithm": summary.get("algorithm", "unknown"),
-        "summary": json.dumps(summary), "user_meta": json.dumps(side.get("user_meta") or {}),
+        "summary": json.dumps(summary),
+        "user_meta": json.dumps(side["user_meta"]) if side.get("user_meta") else "{}",
         "civitai": json.dumps(side["civitai"]) if side.get("civitai") else None,
         "preview": side.get("preview"), "error": error or found.error,
         "search_text": search_text(found, alias, summary, side, user_tags),
