@@ -35,9 +35,8 @@ class DemoLoraRecipe:
 
 
 RECIPES = (
-    # stage-1 files (rank 4 / 800 steps, rank 8 / 1000 steps) gave faint stripes and no cross
-    DemoLoraRecipe("demo_stripes", STYLE, "attn_ff", 8, 8.0, 1200),
-    DemoLoraRecipe("demo_lcshape", CONCEPT, "attn_ff", 16, 16.0, 2000),
+    DemoLoraRecipe("demo_stripes", STYLE, "attn_ff", 4, 4.0, 800),
+    DemoLoraRecipe("demo_lcshape", CONCEPT, "attn_ff", 8, 8.0, 1000),
     DemoLoraRecipe("demo_checker", LOCON, "locon", 4, 4.0, 800),
 )
 
