@@ -137,26 +137,44 @@ def touched_weights(engine):
     return [ref.tensor for ref in engine.patcher._slots.values()]
 
 
-def floors(weights, factors):
-    """(memory floor: one in-place read+write of `weights`, compute floors: bare B@A in fp32/bf16)."""
-    scratch = torch.empty(max(w.numel() for w in weights), dtype=weights[0].dtype)
-    scratch.fill_(0)  # fault the pages in before timing
+def _timed_both_ways(jobs):
+    """Seconds for `jobs` (callables) run the two ways the machine's threads can share them: one
+    after another with torch's intra-op threads, and spread over that many worker threads with one
+    intra-op thread each (how lora_core writes slots); the better of the two, so a floor is a floor."""
+    from lora_core.patcher.parallel_writes import run_parallel
+
     gc.collect()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for w in weights:  # one read of every touched weight and one write of the same amount
-            scratch[: w.numel()].view(w.shape).copy_(w)
-    mem = time.perf_counter() - t0
+    for job in jobs:
+        job()
+    serial = time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return serial
+    gc.collect()
+    t0 = time.perf_counter()
+    run_parallel(jobs, lambda job, _state: job(), workers=threads)
+    return min(serial, time.perf_counter() - t0)
+
+
+def floors(weights, factors):
+    """(memory floor: one in-place read+write of `weights`, compute floors: bare B@A in fp32/bf16),
+    each with the same thread count the two sides get (see _timed_both_ways)."""
+    kept = []  # a copy into fresh memory, as a first apply's W0 backups are
+    fresh = _timed_both_ways([lambda w=w: kept.append(w.clone()) for w in weights])
+    kept.clear()  # give the copies back before the next measurement
+    scratch = [torch.empty_like(w) for w in weights]
+    for t in scratch:
+        t.fill_(0)  # fault the pages in before timing
+    with torch.no_grad():  # one read of every touched weight and one write of the same amount
+        mem = _timed_both_ways([lambda t=t, w=w: t.copy_(w) for t, w in zip(scratch, weights)])
     del scratch
     comp = {}
     for dt in (torch.float32, torch.bfloat16):
         fs = [(u.to(dt), d.to(dt)) for u, d in factors]
-        gc.collect()
-        t0 = time.perf_counter()
-        for u, d in fs:
-            torch.mm(u, d)
-        comp[dt] = time.perf_counter() - t0
+        comp[dt] = _timed_both_ways([lambda u=u, d=d: torch.mm(u, d) for u, d in fs])
         del fs
+    comp["fresh copy"] = fresh
     return mem, comp
 
 
@@ -193,7 +211,7 @@ def run_ours(unet, te, files, compute_dtype):
     engine = Engine(binding, cache_size=8, compute_dtype=compute_dtype)
     T = Timer(f"lora_core {str(compute_dtype).replace('torch.', '')}")
     f = files
-    T.run("load+apply one", lambda: engine.apply([(f["L1"], 1.0, 1.0)]))
+    first = T.run("load+apply one", lambda: engine.apply([(f["L1"], 1.0, 1.0)]))
     w0_of = {id(ref.tensor): engine.patcher._backups[ref.group] for ref in engine.patcher._slots.values()}
     touched = list({id(t): t for t in touched_weights(engine)}.values())
     factors = [e.low_rank[:2] for p in engine.patcher._plans.values() for e in p.entries if e.low_rank]
@@ -208,7 +226,9 @@ def run_ours(unet, te, files, compute_dtype):
         engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.3)])
         reps.append(time.perf_counter() - t0)
     T.t["same stack again"] = statistics.median(reps)
-    info = {"reweight_slots": rw.slots_recomputed, "stack2_slots": len(engine.patcher._slots)}
+    info = {"reweight_slots": rw.slots_recomputed, "stack2_slots": len(engine.patcher._slots),
+            "write_threads": first.write_threads, "first_patch_s": first.seconds,
+            "first_total_s": T.t["load+apply one"]}
     acc = accuracy(binding, engine, w0_of, None)
     # L2's share: the same reweight costs, relative to L2 applied alone (warm cache) and restored
     T.run("restore", engine.restore)
@@ -327,6 +347,16 @@ def report(meta, ours, ours_bf16, theirs, floor_mem, floor_comp, acc32, acc16, i
     lines.append(f"Command: `{meta['command']}`  ")
     lines.append(f"Date: {meta['date']}; {meta['machine']}; torch {torch.__version__}, "
                  f"{torch.get_num_threads()} threads; {meta['size']}  ")
+    how = (f"{info['write_threads']} worker threads with one intra-op thread each" if info["write_threads"] > 1
+           else "the calling thread")
+    lines.append(f"Threads: torch's intra-op setting is {torch.get_num_threads()} for both sides and the floors; "
+                 f"lora_core wrote the slots of load+apply one on {how}, diffusers+PEFT ran its ops on the "
+                 f"{torch.get_num_threads()} intra-op thread(s); each floor is the better of those two ways.  ")
+    lines.append(f"Load+apply one (lora_core, round {meta['repeat']}): reading and parsing the file "
+                 f"{fmt_s(info['first_total_s'] - info['first_patch_s'])}, mapping and writing the slots "
+                 f"{fmt_s(info['first_patch_s'])}. Its W0 backups are a copy into fresh memory: the same copy "
+                 f"of the touched weights takes {fmt_s(floor_comp['fresh copy'])} into new allocations "
+                 f"(page faults) vs {fmt_s(floor_mem)} into memory already mapped.  ")
     lines.append(f"Touched by L1: {meta['touched_tensors']} tensors, {meta['touched_mb']:.0f} MB fp16. "
                  f"Floors: memory (one read+write) {fmt_s(floor_mem)}; compute (bare B@A) "
                  f"fp32 {fmt_s(floor_comp[torch.float32])}, bf16 {fmt_s(floor_comp[torch.bfloat16])}.")
@@ -392,7 +422,11 @@ def main(argv=None):
     ap.add_argument("--no-diffusers", action="store_true", help="measure lora_core only")
     ap.add_argument("--repeat", type=int, default=2, help="lora_core rounds (best of N is reported)")
     ap.add_argument("--write-docs", action="store_true", help="update the engine section of docs/BENCHMARKS.md")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads for both sides (default: torch's, one per core)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rank = args.rank or (4 if args.quick else 32)
 
     load_start = os.getloadavg()[0]
@@ -410,12 +444,14 @@ def main(argv=None):
             assert_same(unet, te, snapshot, "lora_core restore")
         ours = best([r[0] for r in runs])
         _t, touched, factors, acc32, info = runs[0]
+        last = runs[-1][4]  # round 1 also pays one-time imports: describe load+apply one by the last round
+        info.update({k: last[k] for k in ("write_threads", "first_patch_s", "first_total_s")})
         ours16 = run_ours_bf16(unet, te, files)
         assert_same(unet, te, snapshot, "lora_core restore (bf16)")
         acc16 = ours16["accuracy"]
         floor_list = [floors(touched, factors) for _ in range(max(3, args.repeat))]
         floor_mem = min(f[0] for f in floor_list)
-        floor_comp = {dt: min(f[1][dt] for f in floor_list) for dt in (torch.float32, torch.bfloat16)}
+        floor_comp = {dt: min(f[1][dt] for f in floor_list) for dt in (torch.float32, torch.bfloat16, "fresh copy")}
         theirs = None
         exact = "not measured"
         if not args.no_diffusers:
@@ -423,7 +459,8 @@ def main(argv=None):
             exact = diff_count(unet, te, snapshot)
     meta = {
         "command": "python -m bench.engine" + (" --quick" if args.quick else "")
-                   + (f" --repeat {args.repeat}" if args.repeat != 1 else "") + (" --write-docs" if args.write_docs else ""),
+                   + (f" --repeat {args.repeat}" if args.repeat != 1 else "")
+                   + (f" --threads {args.threads}" if args.threads else "") + (" --write-docs" if args.write_docs else ""),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, load average {load_start:.1f} at the start, "
                    f"{os.getloadavg()[0]:.1f} at the end",

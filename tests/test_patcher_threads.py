@@ -1,5 +1,7 @@
-"""Thread policy of the patcher: small slots and planning with one intra-op thread, large slots
-with torch's setting unless other processes keep the CPUs busy; torch's setting always restored."""
+"""Thread policy of the patcher for applies written on the calling thread (below
+PARALLEL_MIN_ELEMENTS; larger ones use worker threads, see test_patcher_parallel.py): small slots
+and planning with one intra-op thread, large slots with torch's setting unless other processes keep
+the CPUs busy; torch's setting always restored."""
 from __future__ import annotations
 
 import sys

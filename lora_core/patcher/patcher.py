@@ -13,6 +13,10 @@ State kept between calls (all per Patcher, nothing global):
 Every apply is all-or-nothing: if any write fails, the slots already rewritten are recomputed
 from W0 with their previous contributions (the same deterministic formula that wrote them) and
 the call raises PatchError.
+
+Large applies write whole slots on torch.get_num_threads() worker threads with one intra-op thread
+each (parallel_writes.py); small ones stay on the calling thread. A slot's value does not depend on
+which thread wrote it.
 """
 from __future__ import annotations
 
@@ -30,15 +34,19 @@ from lora_core.patcher.active import ActiveLora
 from lora_core.patcher.errors import AdapterFailure, PatchError
 from lora_core.patcher.plan import LoraPlan, SlotRef, build_plan
 from lora_core.patcher.report import LoraReport, PatchReport
-from lora_core.patcher.slot_math import BackupFill, write_slot
+from lora_core.patcher.parallel_writes import run_parallel
+from lora_core.patcher.slot_math import BackupFill, Scratch, write_slot
 
 log = logging.getLogger(__name__)
 
 
-# Slots smaller than this are written with one intra-op thread: for them the cost of waking and
-# joining a second thread exceeds the work it takes over, and on a loaded machine a descheduled
-# worker stalls every op (see docs/BENCHMARKS.md, engine section, for the measurement).
+# Applies below PARALLEL_MIN_ELEMENTS are written on the calling thread, and there slots smaller
+# than this use one intra-op thread: for them the cost of waking and joining a second thread exceeds
+# the work it takes over, and on a loaded machine a descheduled worker stalls every op.
 SMALL_SLOT_ELEMENTS = 1 << 18
+# An apply that rewrites at least this many elements (8 MB of fp16, about 10 ms of work on one core)
+# spreads whole slots over torch.get_num_threads() worker threads (see parallel_writes.py).
+PARALLEL_MIN_ELEMENTS = 1 << 22
 
 
 @contextlib.contextmanager
@@ -95,6 +103,27 @@ def _runnable_elsewhere() -> int | None:
     return max(0, running - ours)
 
 
+def _parallel_workers(slots: list) -> int:
+    """Threads for these slot writes: torch's setting (capped by the CPUs this process may use and
+    the number of tensors) when there is enough CPU work to share, else 1 (GPU kernels queue on
+    one stream whatever thread launches them)."""
+    tensors = {ref.group for _key, ref in slots}
+    if len(tensors) < 2 or sum(_numel(ref.shape) for _key, ref in slots) < PARALLEL_MIN_ELEMENTS:
+        return 1
+    if any(ref.tensor.device.type != "cpu" for _key, ref in slots):
+        return 1
+    return max(1, min(torch.get_num_threads(), _usable_cpus(), len(tensors)))
+
+
+def _by_tensor(slots: list) -> list[list]:
+    """Slots grouped by tensor, largest group first: one tensor's slots stay on one thread (its
+    backup has one writer), and the big items go first so the threads finish close together."""
+    groups: dict[tuple, list] = {}
+    for key, ref in slots:
+        groups.setdefault(ref.group, []).append((key, ref))
+    return sorted(groups.values(), key=lambda item: -sum(_numel(r.shape) for _k, r in item))
+
+
 def _numel(shape) -> int:
     n = 1
     for d in shape:
@@ -142,6 +171,7 @@ class Patcher:
         self._last_report = PatchReport()
         self._baked = False
         self.slot_writes = 0  # total slot writes since creation (instrumentation for tests/bench)
+        self._count_lock = threading.Lock()  # slot writes may run on several threads
 
     # ------------------------------------------------------------------ public API
     @property
@@ -175,7 +205,7 @@ class Patcher:
             # stack order, then slots that leave: deterministic, and close to memory order
             changed = [k for k in desired if _signature(desired[k]) != _signature(self._contribs.get(k))]
             changed += [k for k in self._contribs if k not in desired]
-            self._write_all(changed, desired, refs, progress)
+            threads = self._write_all(changed, desired, refs, progress) if changed else 0
             # commit
             self._contribs = desired
             self._slots = refs
@@ -184,6 +214,7 @@ class Patcher:
             self._baked = not self.keep_originals
             self._release_unused_backups()
             report.slots_recomputed = len(changed)
+            report.write_threads = threads
             report.backed_up_tensors = len(self._backups)
             report.backup_bytes = self.backup_bytes
             report.seconds = time.perf_counter() - t0
@@ -196,10 +227,19 @@ class Patcher:
         with self._lock:
             if not self.keep_originals and self._baked:
                 raise RuntimeError("this Patcher kept no backups; the original weights are gone")
-            for key in list(self._contribs):
-                ref = self._slots[key]
-                write_slot(self._live(ref), ref.view(self._backups[ref.group]), [], self.compute_dtype)
-                self.slot_writes += 1
+            slots = [(key, self._slots[key]) for key in self._contribs]
+
+            def reset(item, _state=None):
+                for _key, ref in item:
+                    write_slot(self._live(ref), ref.view(self._backups[ref.group]), [], self.compute_dtype)
+                    with self._count_lock:
+                        self.slot_writes += 1
+
+            workers = _parallel_workers(slots)
+            if workers > 1:  # a plain copy per slot, spread like the writes (see parallel_writes.py)
+                run_parallel(_by_tensor(slots), reset, workers)
+            else:
+                reset(slots)
             self._contribs = {}
             self._slots = {}
             self._plans = {}
@@ -262,7 +302,9 @@ class Patcher:
     def _live(ref: SlotRef) -> torch.Tensor:
         return ref.view(ref.tensor.detach())
 
-    def _write(self, ref: SlotRef, contribs: list) -> None:
+    def _write(self, ref: SlotRef, contribs: list, scratch: Scratch | None = None,
+               memory: torch.Tensor | None = None) -> None:
+        """`memory`: an empty tensor like ref.tensor to take the W0 backup, if one is needed."""
         backup = self._backups.get(ref.group)
         fill = None
         if backup is None:
@@ -273,35 +315,32 @@ class Patcher:
             elif ref.rows is None:
                 # the slot is the whole tensor: back it up block by block as it is written
                 # (one read of W0 instead of two); BackupFill keeps it complete on any exit
-                backup = torch.empty_like(ref.tensor.detach())
+                backup = memory if memory is not None else torch.empty_like(ref.tensor.detach())
                 fill = BackupFill(backup)
             else:  # a q/k/v part of a fused tensor: back up all of it now
-                backup = ref.tensor.detach().clone()
+                backup = memory if memory is not None else torch.empty_like(ref.tensor.detach())
+                backup.copy_(ref.tensor.detach())
             if self.keep_originals:
                 self._backups[ref.group] = backup
         live = self._live(ref)
         try:
-            write_slot(live, ref.view(backup), contribs, self.compute_dtype, fill=fill)
+            write_slot(live, ref.view(backup), contribs, self.compute_dtype, fill=fill, scratch=scratch)
         finally:
             if fill is not None:
                 fill.complete(live)
-        self.slot_writes += 1
+        with self._count_lock:
+            self.slot_writes += 1
 
-    def _write_all(self, changed: list, desired: dict, refs: dict, progress=None) -> None:
+    def _write_all(self, changed: list, desired: dict, refs: dict, progress=None) -> int:
+        """Write every changed slot; return the number of threads that wrote them."""
         written: list[tuple] = []
-        small, big = [], []
-        for key in changed:
-            ref = refs.get(key) or self._slots[key]
-            (small if _numel(ref.shape) < SMALL_SLOT_ELEMENTS else big).append((key, ref))
-        big_threads = _threads_for_large_slots() if big else None
+        slots = [(key, refs.get(key) or self._slots[key]) for key in changed]
         try:
-            for group, threads in ((small, 1), (big, big_threads)):
-                with _intra_op_threads(threads):
-                    for key, ref in group:
-                        written.append(key)
-                        self._write(ref, desired.get(key, []))
-                        if progress is not None:
-                            progress(len(written), len(changed))
+            workers = _parallel_workers(slots)
+            if workers > 1:
+                self._write_parallel(slots, desired, written, progress, workers)
+                return workers
+            return self._write_serial(slots, desired, written, progress)
         except BaseException as exc:
             self._rollback(written, refs)
             if not isinstance(exc, Exception):
@@ -313,6 +352,50 @@ class Patcher:
             name = getattr(lora, "name", None) or "?"
             raise PatchError(f"{name}: applying {module or 'a module'} failed ({cause}); the model was rolled back",
                              lora=lora, module=module) from cause
+
+    def _write_serial(self, slots: list, desired: dict, written: list, progress) -> int:
+        small, big = [], []
+        for key, ref in slots:
+            (small if _numel(ref.shape) < SMALL_SLOT_ELEMENTS else big).append((key, ref))
+        big_threads = _threads_for_large_slots() if big else None
+        scratch = Scratch()  # one fp32 row-block buffer for all of this call's slot writes
+        used = 1
+        for group, threads in ((small, 1), (big, big_threads)):
+            with _intra_op_threads(threads):
+                if group:
+                    used = max(used, torch.get_num_threads())
+                for key, ref in group:
+                    written.append(key)
+                    self._write(ref, desired.get(key, []), scratch)
+                    if progress is not None:
+                        progress(len(written), len(slots))
+        return used
+
+    def _write_parallel(self, slots: list, desired: dict, written: list, progress, workers: int) -> None:
+        items = _by_tensor(slots)
+        # New backups are allocated here, on the calling thread: glibc serves it from the main arena,
+        # which recycles the memory earlier backups gave back, while a worker thread's arena returns
+        # freed memory to the OS and faults every page in again (measured: ~40k faults per SD1.5 apply).
+        memory = {}
+        if self.keep_originals:
+            for item in items:
+                ref = item[0][1]
+                if self._backups.get(ref.group) is None and any(desired.get(k) for k, _r in item):
+                    memory[ref.group] = torch.empty_like(ref.tensor.detach())
+        lock = threading.Lock()
+        done = [0]
+
+        def work(item, scratch):
+            for key, ref in item:
+                with lock:
+                    written.append(key)  # before the write: a failed write is rolled back too
+                self._write(ref, desired.get(key, []), scratch, memory.pop(ref.group, None))
+                if progress is not None:
+                    with lock:
+                        done[0] += 1
+                        progress(done[0], len(slots))
+
+        run_parallel(items, work, workers, make_state=Scratch)
 
     def _rollback(self, written: list, refs: dict) -> None:
         if not self.keep_originals:

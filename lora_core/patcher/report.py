@@ -26,7 +26,8 @@ class PatchReport:
 
     `slots_recomputed` counts slot writes (a slot is one weight, bias, or q/k/v part of a fused
     tensor); 0 means the call did no tensor work. `backed_up_tensors`/`backup_bytes` describe
-    the W0 copies held after the call.
+    the W0 copies held after the call. `write_threads` is how many threads wrote the slots
+    (worker threads for large applies, torch's intra-op threads otherwise; 0 without tensor work).
     """
 
     loras: list[LoraReport] = field(default_factory=list)
@@ -35,6 +36,7 @@ class PatchReport:
     warnings: list[str] = field(default_factory=list)
     backed_up_tensors: int = 0
     backup_bytes: int = 0
+    write_threads: int = 0
 
     def summary(self) -> str:
         parts = []

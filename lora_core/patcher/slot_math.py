@@ -54,12 +54,14 @@ def write_slot(
     contributions: Sequence[tuple],
     compute_dtype: torch.dtype,
     fill: BackupFill | None = None,
+    scratch: "Scratch | None" = None,
 ) -> None:
     """Overwrite `live` (a view of the model's tensor) with W0 + Σ m·ΔW.
 
     `w0` is the slot's original value (same shape as `live`); `contributions` is a list of
     (Entry, multiplier, dyn) in stack order. With no contributions the slot is reset to W0.
     With `fill`, `w0` is `fill.tensor`, not yet written: it is filled from `live` on the way.
+    `scratch` (optional) lends the fp32 row-block buffer, so a run of slot writes reuses one.
     """
     with torch.no_grad():
         if fill is not None and not (
@@ -87,7 +89,7 @@ def write_slot(
             else:
                 full.add_(d, alpha=m)
         if full is None and _chunkable(live, w0):
-            _write_low_rank_chunked(live, w0, *factors, fill=fill)
+            _write_low_rank_chunked(live, w0, *factors, fill=fill, scratch=scratch)
             return
         if factors is not None:
             product = torch.mm(*factors)
@@ -111,14 +113,30 @@ def _chunkable(live: torch.Tensor, w0: torch.Tensor) -> bool:
             and w0.device == live.device)
 
 
+class Scratch:
+    """One fp32 row-block buffer lent to consecutive slot writes (a fresh 4 MB buffer per slot
+    is fresh memory each time: about a thousand page faults per slot)."""
+
+    def __init__(self):
+        self._buf: torch.Tensor | None = None
+
+    def block(self, rows: int, cols: int, dtype: torch.dtype, device) -> torch.Tensor:
+        n = rows * cols
+        buf = self._buf
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(max(n, CHUNK_ELEMENTS), dtype=dtype, device=device)
+            self._buf = buf
+        return buf[:n].view(rows, cols)
+
+
 def _write_low_rank_chunked(live: torch.Tensor, w0: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
-                            fill: BackupFill | None = None) -> None:
+                            fill: BackupFill | None = None, scratch: Scratch | None = None) -> None:
     rows = up.shape[0]
     live2 = live.view(rows, -1)
     w02 = w0.view(rows, -1)
     step = max(1, min(rows, CHUNK_ELEMENTS // max(1, live2.shape[1])))
     acc_dtype = torch.promote_types(up.dtype, torch.float32)
-    buf = torch.empty((step, live2.shape[1]), dtype=acc_dtype, device=live.device)
+    buf = (scratch or Scratch()).block(step, live2.shape[1], acc_dtype, live.device)
     for i in range(0, rows, step):
         n = min(step, rows - i)
         block = buf[:n]
