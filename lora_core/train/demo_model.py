@@ -333,15 +333,7 @@ def _train_demo_model(out_dir: Path, arch: DemoArch, settings: DemoTrainSettings
                "scheduler": SD1_SCHEDULER}
     ckpt = out_dir / f"{name}.safetensors"
     state = sd1_state_dict(unet, vae, te, dtype=torch.float16)
-    metadata = {
-        "lora_core_demo_model": "1",
-        "lora_core_demo_configs": json.dumps(configs, sort_keys=True),
-        "lora_core_demo_seed": str(settings.seed),
-        "modelspec.architecture": "stable-diffusion-v1",
-        "modelspec.title": name,
-        "modelspec.resolution": f"{arch.size}x{arch.size}",
-    }
-    write_safetensors(ckpt, state, metadata)
+    write_safetensors(ckpt, state, checkpoint_metadata(configs, settings.seed, name, arch.size))
     write_configs(out_dir / "configs", arch, scaling)
 
     def _mean(xs):
@@ -369,6 +361,18 @@ def _train_demo_model(out_dir: Path, arch: DemoArch, settings: DemoTrainSettings
     (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("wrote %s (%d bytes, sha256 %s)", ckpt, manifest["bytes"], manifest["sha256"][:12])
     return manifest
+
+
+def checkpoint_metadata(configs: dict, seed: int, name: str, size: int) -> dict[str, str]:
+    """The safetensors metadata of a demo checkpoint: what marks it as one, and its configs."""
+    return {
+        "lora_core_demo_model": "1",
+        "lora_core_demo_configs": json.dumps(configs, sort_keys=True),
+        "lora_core_demo_seed": str(seed),
+        "modelspec.architecture": "stable-diffusion-v1",
+        "modelspec.title": name,
+        "modelspec.resolution": f"{size}x{size}",
+    }
 
 
 def demo_configs_from_metadata(metadata: dict[str, str]) -> dict | None:

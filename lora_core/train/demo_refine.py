@@ -151,7 +151,7 @@ def refine_demo_model(src, config_root, out_dir, settings: RefineSettings = Refi
 
     from safetensors import safe_open
 
-    from lora_core.train.demo_model import demo_configs_from_metadata, sha256_file
+    from lora_core.train.demo_model import checkpoint_metadata, demo_configs_from_metadata, sha256_file
     from lora_core.train.ldm_export import sd1_state_dict
     from lora_core.train.safetensors_io import write_safetensors
 
@@ -187,14 +187,7 @@ def refine_demo_model(src, config_root, out_dir, settings: RefineSettings = Refi
     if configs is None:
         raise ValueError(f"{src}: not a lora_core demo checkpoint (no embedded configs)")
     ckpt = out_dir / f"{name}.safetensors"
-    metadata = {
-        "lora_core_demo_model": "1",
-        "lora_core_demo_configs": json.dumps(configs, sort_keys=True),
-        "lora_core_demo_seed": str(settings.seed),
-        "modelspec.architecture": "stable-diffusion-v1",
-        "modelspec.title": name,
-        "modelspec.resolution": f"{vae.config.sample_size}x{vae.config.sample_size}",
-    }
+    metadata = checkpoint_metadata(configs, settings.seed, name, int(vae.config.sample_size))
     write_safetensors(ckpt, sd1_state_dict(unet, vae, te, dtype=torch.float16), metadata)
     shutil.copytree(config_root, out_dir / "configs", dirs_exist_ok=True)
     stage1 = stage1 or {}
