@@ -220,3 +220,15 @@ def test_reload_ui_restores_then_the_reloaded_script_takes_over(webui):
     assert_patched(seen[0], w0, w.deltas, 0.5)
     seen, _ = generate(w, "")
     assert_bit_exact(seen[0], w0)
+
+
+def test_details_count_matched_modules_before_any_generation(webui):
+    """A1111 loads its checkpoint at start-up: the tab's details must count modules against it
+    without waiting for a first generation to bind the engine, and binding changes no weight."""
+    w0 = weights(webui.m.shared.sd_model)
+    lora = webui.host.library().find("x")
+    matched, unmatched = webui.host.match_counts(lora.path)
+    assert matched == len(webui.deltas) and unmatched == 0
+    assert_bit_exact(weights(webui.m.shared.sd_model), w0)
+    webui.m.shared.sd_model = None
+    assert webui.host.match_counts(lora.path) is None

@@ -39,10 +39,6 @@ def setup(webui: Webui, extension_dir: str) -> A1111Host:
 
     civitai = CivitaiSync(host.library, host.settings.civitai)
 
-    def match_counts(path: str):
-        engine = getattr(host, "_engine", None)  # created on the first generation
-        return None if engine is None else engine.binding.match(engine.cache.get(path))
-
     def before_ui():
         takeover.register_network(webui.extra_networks, network)
         takeover.register_page(webui.ui_extra_networks, page_class(host))
@@ -52,7 +48,7 @@ def setup(webui: Webui, extension_dir: str) -> A1111Host:
         from lora_core.ui.tab import build_lora_tab
 
         tab = build_lora_tab(host.library, TabSettings(current_family=host.current_family, api_prefix=API_PREFIX,
-                                                       rescan=host.refresh, civitai=civitai, match_counts=match_counts))
+                                                       rescan=host.refresh, civitai=civitai, match_counts=host.match_counts))
         return [(tab, TAB_TITLE, TAB_ELEM_ID)]
 
     def ui_settings():

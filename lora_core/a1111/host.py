@@ -137,6 +137,17 @@ class A1111Host:
         log.info("lora_core: bound to the loaded %s model", engine_port.family_of(sd_model))
         return self._engine
 
+    def match_counts(self, path: str):
+        """(matched, unmatched) modules of the LoRA at `path` against the loaded checkpoint, for the
+        tab's details view; None while the webui has no model. Binds the engine if no generation
+        has yet (A1111 loads its checkpoint at start-up, before any generation binds us)."""
+        sd_model = getattr(self.webui.shared, "sd_model", None)
+        if sd_model is None:
+            return None
+        with self._lock:
+            engine = self._engine_for(sd_model)
+            return engine.binding.match(engine.cache.get(path))
+
     def activate(self, p: Any, params_list: list) -> None:
         """The webui's ExtraNetwork.activate: make the model carry exactly these LoRAs."""
         text = tag_text(params_list)
