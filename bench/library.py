@@ -342,8 +342,8 @@ def render(results: list[dict], command: str, repeat: dict | None = None, note: 
         + (f"; {note}" if note else "") + ".",
         "",
         "Goals: warm start < 1 s and search < 50 ms at 50,000 files (every page, every sort); cold index "
-        "bounded by header reads: at most ~1.3× the header reads of the same run (column cold / reads: wall, "
-        "CPU in brackets).", "",
+        "limited by reading the headers (column cold / reads: wall, CPU in brackets; the rest is summaries, "
+        "sidecars and SQLite; it was 4.0× at 50,000 before the bulk-index work of 2026-11-26).", "",
         "Header reads only: `read_header` (read + JSON parse + checks of every tensor entry) of every file, "
         "the mean of one pass just before and one just after the cold index, after an untimed pass that "
         "loads the page cache. Cold index: new `Library`, `scan()` into an empty index (header reads, "
