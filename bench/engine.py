@@ -495,7 +495,7 @@ def fingerprints(unet, te):
     out = {}
     for prefix, model in (("", unet), ("te.", te)):
         for k, v in model.state_dict().items():
-            data = v.detach().contiguous().view(torch.uint8).numpy()
+            data = v.detach().contiguous().view(torch.uint8).cpu().numpy()
             out[prefix + k] = hashlib.sha256(data).hexdigest()
     return out
 
