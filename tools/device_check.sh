@@ -10,7 +10,7 @@
 #       "import importlib.metadata as m; print(m.version('open_clip_torch'))")
 # Then: device run, carry [".whl"], timeout_s 540, command: bash tools/device_check.sh
 # Results come back under $OUT: bench_gpu.md (paste into docs/BENCHMARKS.md, "On a GPU") and
-# train_check.json (issue 7: loss falls on a real-size SD1.5, the file loads back and binds).
+# train_check.txt (issue 7: loss falls on a real-size SD1.5, the file loads back and binds).
 set -u -o pipefail
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
@@ -23,4 +23,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)" \
   | tee -a "$OUT/gpu.txt"
 python3 -m bench.engine_gpu --device cuda 2>"$OUT/bench_gpu.log" | tee "$OUT/bench_gpu.md"
-python3 tools/gpu_train_check.py --out /tmp/gpucheck 2>"$OUT/train_check.log" | tee "$OUT/train_check.json"
+python3 tools/gpu_train_check.py --out /tmp/gpucheck 2>"$OUT/train_check.log" | tee "$OUT/train_check.txt"
