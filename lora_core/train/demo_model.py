@@ -148,6 +148,17 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
 
 
+def optimizer_step(opt, loss, losses: list, bar) -> None:
+    """One plain optimizer step; records the loss and shows its running mean on the bar."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    losses.append(float(loss.detach()))
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+
+
 def train_vae(vae, images, settings: DemoTrainSettings, generator, progress=True, timings=None):
     import torch
     import torch.nn.functional as F
@@ -167,13 +178,7 @@ def train_vae(vae, images, settings: DemoTrainSettings, generator, progress=True
         recon = vae.decode(z).sample
         kl = 0.5 * (dist.mean ** 2 + dist.var - 1 - dist.logvar).mean()
         loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        optimizer_step(opt, loss, losses, bar)
     if bar is not None:
         bar.close()
     if timings is not None:

@@ -72,7 +72,7 @@ def train_decoder(vae, images, masks, means, stds, settings: RefineSettings, gen
     import torch
     import torch.nn.functional as F
 
-    from lora_core.train.demo_model import _bar, _lr_at, _to_pixels
+    from lora_core.train.demo_model import _bar, _lr_at, _to_pixels, optimizer_step
 
     near_object = F.max_pool2d(masks, 5, 1, 2)
     vae.requires_grad_(False)
@@ -93,13 +93,7 @@ def train_decoder(vae, images, masks, means, stds, settings: RefineSettings, gen
         err = vae.decode(z).sample - x
         weight = 1.0 + settings.object_weight * near_object[idx]
         loss = ((err ** 2 + 0.5 * err.abs()) * weight).sum() / (weight.sum() * err.shape[1])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        optimizer_step(opt, loss, losses, bar)
     if bar is not None:
         bar.close()
     vae.eval().requires_grad_(False)
