@@ -157,3 +157,41 @@ def test_stage_two_keeps_the_latent_space_and_refines_decoder_and_unet(tmp_path)
         assert not torch.equal(before[moved], after[moved]), moved
     loaded = load_checkpoint(out, tmp_path / "cache", config_root=tmp_path / "s2" / "configs")
     assert list(loaded.components["unet"].config.block_out_channels) == list(SMALL.unet_channels)
+
+
+def test_vae_recipe_options_train_on_extra_shapes_with_object_weighting(tmp_path):
+    """--vae-object-weight / --vae-extra-shapes: the VAE sees the extra shape and its loss weights the
+    object; the default recipe (the committed model's) is untouched by them."""
+    from dataclasses import replace
+
+    from lora_core.train import demo_model
+
+    seen = {}
+    real = demo_model.train_vae
+
+    def spy(vae, images, settings, generator, progress=True, timings=None, masks=None):
+        seen.update(n=len(images), masks=masks, weight=settings.vae_object_weight)
+        return real(vae, images, settings, generator, progress, timings, masks)
+
+    few = replace(FEW, vae_object_weight=4.0, vae_extra_shapes=("cross",))
+    demo_model.train_vae = spy
+    try:
+        weighted = train_demo_model(tmp_path / "w", SMALL, few, data_dir=tmp_path / "cache", progress=False)
+    finally:
+        demo_model.train_vae = real
+    assert seen["weight"] == 4.0 and seen["masks"] is not None and seen["n"] == few.n_images
+    assert seen["masks"].shape[1:] == (1, SMALL.size, SMALL.size) and 0 < float(seen["masks"].mean()) < 0.5
+    import numpy as np
+
+    from lora_core.demo_data.datasets import is_held_out
+    from lora_core.demo_data.scenes import SHAPES, render_many
+
+    images, masks = demo_model._vae_scenes(replace(few, n_images=40), SMALL.size)
+    drawn = list(render_many(few.seed, 40, SMALL.size, shapes=SHAPES + ("cross",), exclude=is_held_out))
+    assert any(r.scene.shape == "cross" for r in drawn)
+    for i, r in enumerate(drawn):
+        assert np.array_equal(images[i].permute(1, 2, 0).numpy(), np.asarray(r.image))
+        assert np.array_equal(masks[i, 0].numpy() > 0.5, r.mask)
+    plain = train_demo_model(tmp_path / "p", SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
+    assert weighted["sha256"] != plain["sha256"]
+    assert list(weighted["settings"]["vae_extra_shapes"]) == ["cross"] and plain["settings"]["vae_object_weight"] == 0.0

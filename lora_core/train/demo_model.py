@@ -94,6 +94,12 @@ class DemoTrainSettings:
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
+    # VAE recipe. 0 / (): the committed model's (plain MSE + L1 over all pixels, the base shapes).
+    # Measured (docs/DEMO_MODEL.md): that VAE keeps only 27% of shapes through encode + decode and no
+    # cross; weighting the object (+2 px) 4x more and adding the cross to its data gave 56% (every
+    # large shape, no small one but circles) after 1200 steps.
+    vae_object_weight: float = 0.0
+    vae_extra_shapes: tuple[str, ...] = ()
     # torch CPU threads. 1 by default: measured ~0.96 CPU-s per VAE step (batch 32) and ~0.78 per
     # UNet step (batch 64), ~1 h in all; more threads only pay on an otherwise idle machine
     # (oversubscribed OpenMP threads spin and were 4x slower on a busy one). 0: torch's default.
@@ -129,6 +135,24 @@ def _images_tensor(seed: int, n: int, size: int):
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), captions
 
 
+def _vae_scenes(settings: DemoTrainSettings, size: int):
+    """The VAE's own training scenes: the base shapes plus settings.vae_extra_shapes (a VAE must be able
+    to draw shapes the base UNet never learns, e.g. the concept LoRA's cross), with object masks."""
+    import numpy as np
+    import torch
+
+    from lora_core.demo_data.datasets import is_held_out
+    from lora_core.demo_data.scenes import SHAPES, render_many
+
+    shapes = tuple(SHAPES) + tuple(s for s in settings.vae_extra_shapes if s not in SHAPES)
+    arrays, masks = [], []
+    for r in render_many(settings.seed, settings.n_images, size, shapes=shapes, exclude=is_held_out):
+        arrays.append(np.asarray(r.image, dtype=np.uint8))
+        masks.append(r.mask.astype(np.float32))
+    return (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(np.stack(masks))[:, None])
+
+
 def _to_pixels(u8):
     return u8.float() / 127.5 - 1.0
 
@@ -159,9 +183,27 @@ def optimizer_step(opt, loss, losses: list, bar) -> None:
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
 
 
-def train_vae(vae, images, settings: DemoTrainSettings, generator, progress=True, timings=None):
+def object_weighted_loss(recon, x, near_object, object_weight: float):
+    """MSE + L1/2 per pixel, with pixels on and near the object (mask, 0..1) weighted
+    1 + object_weight: the plain loss is dominated by the background (a small object is ~6%)."""
+    err = recon - x
+    weight = 1.0 + object_weight * near_object
+    return ((err ** 2 + 0.5 * err.abs()) * weight).sum() / (weight.sum() * err.shape[1])
+
+
+def near_object_masks(masks):
+    """(N,1,H,W) float object masks dilated by 2 px, so the object's edges count as object."""
+    import torch.nn.functional as F
+
+    return F.max_pool2d(masks, 5, 1, 2)
+
+
+def train_vae(vae, images, settings: DemoTrainSettings, generator, progress=True, timings=None, masks=None):
+    """masks: (N,1,H,W) object masks, used when settings.vae_object_weight > 0."""
     import torch
     import torch.nn.functional as F
+
+    near = near_object_masks(masks) if settings.vae_object_weight and masks is not None else None
 
     vae.train()
     opt = torch.optim.Adam(vae.parameters(), lr=settings.vae_lr)
@@ -177,7 +219,10 @@ def train_vae(vae, images, settings: DemoTrainSettings, generator, progress=True
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator)
         recon = vae.decode(z).sample
         kl = 0.5 * (dist.mean ** 2 + dist.var - 1 - dist.logvar).mean()
-        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-4 * kl
+        if near is None:
+            loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-4 * kl
+        else:
+            loss = object_weighted_loss(recon, x, near[idx], settings.vae_object_weight) + 1e-4 * kl
         optimizer_step(opt, loss, losses, bar)
     if bar is not None:
         bar.close()
@@ -320,11 +365,14 @@ def _train_demo_model(out_dir: Path, arch: DemoArch, settings: DemoTrainSettings
     unet, te, vae = build_models(arch, settings.seed)
     t = time.perf_counter()
     images, captions = _images_tensor(settings.seed, settings.n_images, arch.size)
+    vae_images, vae_masks = images, None
+    if settings.vae_object_weight or settings.vae_extra_shapes:
+        vae_images, vae_masks = _vae_scenes(settings, arch.size)
     timings["render_s"] = time.perf_counter() - t
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        vae_losses = train_vae(vae, images, settings, generator, progress, timings)
+        vae_losses = train_vae(vae, vae_images, settings, generator, progress, timings, vae_masks)
         t = time.perf_counter()
         means, stds = encode_all(vae, images)
         timings["encode_s"] = time.perf_counter() - t

@@ -70,11 +70,11 @@ def train_decoder(vae, images, masks, means, stds, settings: RefineSettings, gen
     """Fit the decoder to the frozen encoder's latents, weighting object pixels (dilated by 2 px
     so the edges count too) by settings.object_weight."""
     import torch
-    import torch.nn.functional as F
 
-    from lora_core.train.demo_model import _bar, _lr_at, _to_pixels, optimizer_step
+    from lora_core.train.demo_model import (_bar, _lr_at, _to_pixels, near_object_masks, object_weighted_loss,
+                                            optimizer_step)
 
-    near_object = F.max_pool2d(masks, 5, 1, 2)
+    near_object = near_object_masks(masks)
     vae.requires_grad_(False)
     trained = [vae.decoder, vae.post_quant_conv]
     for module in trained:
@@ -90,9 +90,7 @@ def train_decoder(vae, images, masks, means, stds, settings: RefineSettings, gen
         idx = torch.randint(0, len(images), (settings.decoder_batch,), generator=generator)
         x = _to_pixels(images[idx])
         z = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=generator)
-        err = vae.decode(z).sample - x
-        weight = 1.0 + settings.object_weight * near_object[idx]
-        loss = ((err ** 2 + 0.5 * err.abs()) * weight).sum() / (weight.sum() * err.shape[1])
+        loss = object_weighted_loss(vae.decode(z).sample, x, near_object[idx], settings.object_weight)
         optimizer_step(opt, loss, losses, bar)
     if bar is not None:
         bar.close()
