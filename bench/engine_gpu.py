@@ -41,11 +41,14 @@ def timed(device, fn, repeat: int = 1) -> float:
     return best
 
 
-def ours(unet, te, files, device, repeat):
+def ours(unet, te, files, device, repeat, batched=None):
+    """lora_core's timings; `batched` None: the engine's own choice (batched writes off the CPU),
+    False: the per-slot path, for comparison."""
     from lora_core.engine import Engine
     from lora_core.targets import Binding
 
     engine = Engine(Binding.from_diffusers(unet, [te]), cache_size=8)
+    engine.patcher.batched = batched
     f, t = files, {}
     for _ in range(repeat):  # the first round also parses the files and warms the kernels
         t["load+apply one"] = min(t.get("load+apply one", 1e9),
@@ -127,6 +130,8 @@ def main(argv=None) -> int:
         files = {n: make_lora_file(d, unet, te, n, rank, seed=i + 1) for i, n in enumerate(PLAN)}
         mine, touched = ours(unet, te, files, device, args.repeat)
         exact_ours = diff_count(unet, te, snapshot)
+        per_slot, _ = ours(unet, te, files, device, args.repeat, batched=False)
+        exact_per_slot = diff_count(unet, te, snapshot)
         floor = memory_floor(touched, device)
         other = None if args.no_diffusers else theirs(unet, te, files, device)
         exact_theirs = None if other is None else diff_count(unet, te, snapshot)
@@ -136,14 +141,17 @@ def main(argv=None) -> int:
              f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; device: {name}; "
              f"torch {torch.__version__}; rank {rank}; touched by L1: {len(touched)} tensors, {mb:.0f} MB; "
              f"memory floor (device copy of them) {fmt_s(floor)}  ", "",
-             "| scenario | lora_core | x mem floor | diffusers+PEFT | x mem floor | diffusers / lora_core |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| scenario | lora_core | x mem floor | lora_core, per-slot path | diffusers+PEFT | x mem floor "
+             "| diffusers / lora_core |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for k, v in mine.items():
         o = other.get(k) if other else None
-        lines.append(f"| {k} | {fmt_s(v)} | {v / floor:.2f} | {fmt_s(o) if o else '-'} | "
+        lines.append(f"| {k} | {fmt_s(v)} | {v / floor:.2f} | {fmt_s(per_slot[k])} | {fmt_s(o) if o else '-'} | "
                      f"{(o / floor) if o else 0:.2f} | {(o / v) if o else 0:.1f}x |")
     lines.append("")
-    lines.append(f"Restore: lora_core leaves {exact_ours}; diffusers unfuse+unload leaves {exact_theirs}.")
+    lines.append("lora_core: batched writes (the engine's choice off the CPU); per-slot path: "
+                 "`Patcher(batched=False)`, the CPU path, for comparison.  ")
+    lines.append(f"Restore: lora_core leaves {exact_ours} (per-slot path: {exact_per_slot}); diffusers unfuse+unload leaves {exact_theirs}.")
     lines.append(f"Goal: apply within 1.5x of the memory floor: load+apply one {mine['load+apply one'] / floor:.2f}x, "
                  f"switch {mine['switch'] / floor:.2f}x (lora_core best of {args.repeat} rounds).")
     print("\n".join(lines))

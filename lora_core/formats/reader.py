@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import pickle
 import struct
@@ -116,16 +117,48 @@ def check_safetensors_header(path: str) -> tuple[dict, dict[str, str]]:
     return header, metadata
 
 
-def _read_safetensors(path: str, header: dict) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
+# safetensors dtype names -> torch dtypes (every name in _DTYPE_SIZES)
+_TORCH_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I16": torch.int16, "U16": torch.uint16, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I32": torch.int32, "U32": torch.uint32, "F32": torch.float32,
+    "I64": torch.int64, "U64": torch.uint64, "F64": torch.float64,
+}
 
+
+def _read_safetensors(path: str, header: dict) -> dict[str, torch.Tensor]:
+    """Tensors as views of one private (copy-on-write) memory map of the file: nothing is read
+    until it is used, and writing to a tensor never reaches the file.
+
+    Why not safetensors' safe_open: its get_tensor slices a TypedStorage in Python, about 0.1 ms
+    per tensor, which was over half of parsing a rank-32 SD1.5 LoRA (~800 tensors); a view here
+    costs a few microseconds. The header was validated by check_safetensors_header; the file is
+    checked again for having changed size in between.
+    """
     try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            return {key: f.get_tensor(key) for key in header}
-    except LoraFormatError:
-        raise
-    except Exception as e:  # safetensors raises its own error types; keep the message
-        raise LoraFormatError(path, f"safetensors could not read the file: {e}") from e
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as e:
+        raise LoraFormatError(path, f"cannot map the file: {e}") from e
+    (header_len,) = struct.unpack_from("<Q", mapped, 0)
+    base = 8 + header_len
+    tensors: dict[str, torch.Tensor] = {}
+    for key, entry in header.items():
+        begin, end = entry["data_offsets"]
+        if base + end > len(mapped):
+            raise LoraFormatError(path, "the file changed while it was read (shorter than its header says)")
+        dtype = _TORCH_DTYPES[entry["dtype"]]
+        shape = entry["shape"]
+        if end == begin:
+            tensors[key] = torch.empty(shape, dtype=dtype)
+            continue
+        t = torch.frombuffer(mapped, dtype=dtype, count=(end - begin) // _DTYPE_SIZES[entry["dtype"]],
+                             offset=base + begin).view(shape)
+        if t.data_ptr() % t.element_size():  # an unaligned tensor: a copy, so later kernels never see one
+            t = t.clone()
+        tensors[key] = t
+    return tensors
 
 
 def _read_pickle(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from lora_core.patcher import batched_writes
 from lora_core.patcher.active import ActiveLora
 from lora_core.patcher.errors import AdapterFailure, PatchError
 from lora_core.patcher.plan import LoraPlan, SlotRef, build_plan
@@ -156,12 +157,18 @@ class Patcher:
 
     `keep_originals=False` is for one-shot baking (the merge command): no W0 backups are kept,
     so only one apply on the pristine model is allowed and restore is impossible.
+
+    `batched`: write slots in batches (batched_writes.py: few large kernels, for accelerators)
+    or one by one (slot_math.py: cache-sized row blocks, for CPUs). None: batched exactly when
+    every slot of the call lives on a device other than the CPU.
     """
 
-    def __init__(self, binding: Any, compute_dtype: torch.dtype = torch.float32, keep_originals: bool = True):
+    def __init__(self, binding: Any, compute_dtype: torch.dtype = torch.float32, keep_originals: bool = True,
+                 batched: bool | None = None):
         self.binding = binding
         self.compute_dtype = compute_dtype
         self.keep_originals = keep_originals
+        self.batched = batched
         self._lock = threading.RLock()
         self._stack: tuple[ActiveLora, ...] = ()
         self._plans: dict[tuple, LoraPlan] = {}
@@ -236,7 +243,12 @@ class Patcher:
                         self.slot_writes += 1
 
             workers = _parallel_workers(slots)
-            if workers > 1:  # a plain copy per slot, spread like the writes (see parallel_writes.py)
+            if self._batched_for(slots):  # one multi-tensor copy
+                batched_writes.copy_all([self._live(ref) for _k, ref in slots],
+                                        [ref.view(self._backups[ref.group]) for _k, ref in slots])
+                with self._count_lock:
+                    self.slot_writes += len(slots)
+            elif workers > 1:  # a plain copy per slot, spread like the writes (see parallel_writes.py)
                 run_parallel(_by_tensor(slots), reset, workers)
             else:
                 reset(slots)
@@ -336,6 +348,9 @@ class Patcher:
         written: list[tuple] = []
         slots = [(key, refs.get(key) or self._slots[key]) for key in changed]
         try:
+            if self._batched_for(slots):
+                self._write_batched(slots, desired, written, progress)
+                return 1
             workers = _parallel_workers(slots)
             if workers > 1:
                 self._write_parallel(slots, desired, written, progress, workers)
@@ -352,6 +367,73 @@ class Patcher:
             name = getattr(lora, "name", None) or "?"
             raise PatchError(f"{name}: applying {module or 'a module'} failed ({cause}); the model was rolled back",
                              lora=lora, module=module) from cause
+
+    def _batched_for(self, slots: list) -> bool:
+        if self.batched is not None:
+            return self.batched
+        return bool(slots) and all(ref.tensor.device.type != "cpu" for _key, ref in slots)
+
+    def _write_batched(self, slots: list, desired: dict, written: list, progress) -> None:
+        """All changed slots in few kernels (batched_writes.py); the rest one by one."""
+        total, done = len(slots), [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            with self._count_lock:
+                self.slot_writes += n
+            if progress is not None:
+                progress(done[0], total)
+
+        with torch.no_grad(), batched_writes.exact_fp32_matmuls():
+            # W0 backups of newly touched tensors: one multi-tensor copy, before any write
+            new = {}
+            if self.keep_originals:
+                for key, ref in slots:
+                    if desired.get(key) and ref.group not in self._backups and ref.group not in new:
+                        new[ref.group] = (torch.empty_like(ref.tensor.detach()), ref.tensor.detach())
+                batched_writes.copy_all([b for b, _t in new.values()], [t for _b, t in new.values()])
+                self._backups.update({g: b for g, (b, _t) in new.items()})
+            resets, groups, rest = [], {}, []
+            for key, ref in slots:
+                contribs = desired.get(key, [])
+                live = self._live(ref)
+                if not contribs:
+                    if ref.group in self._backups:  # else never written: already W0
+                        resets.append((key, ref))
+                    else:
+                        advance(1)
+                    continue
+                bkey = batched_writes.batch_key(live, ref.shape, contribs)
+                if bkey is None:
+                    rest.append((key, ref))
+                    continue
+                w0 = ref.view(self._backups[ref.group]) if self.keep_originals else live
+                groups.setdefault(bkey, []).append((key, live, w0, contribs))
+            if resets:
+                written.extend(k for k, _r in resets)
+                batched_writes.copy_all([self._live(r) for _k, r in resets],
+                                        [r.view(self._backups[r.group]) for _k, r in resets])
+                advance(len(resets))
+            batches = []
+            limits = {}
+            for bkey, members in groups.items():
+                if bkey[0] not in limits:
+                    limits[bkey[0]] = batched_writes.batch_limit(bkey[0])
+                for run in batched_writes.split_batches(members, bkey[2] * bkey[3], limits[bkey[0]]):
+                    batches.append((bkey, run))
+            for bkey, run in batches:
+                delta = batched_writes.stacked_delta([c for _k, _l, _w, c in run], bkey[2], bkey[3],
+                                                     self.compute_dtype, bkey[0])
+                written.extend(k for k, _l, _w, _c in run)  # before the first write: rolled back on failure
+                batched_writes.write_batch([l for _k, l, _w, _c in run], [w for _k, _l, w, _c in run], delta)
+                del delta
+                advance(len(run))
+        for key, ref in rest:
+            written.append(key)
+            self._write(ref, desired.get(key, []))
+            if progress is not None:
+                done[0] += 1
+                progress(done[0], total)
 
     def _write_serial(self, slots: list, desired: dict, written: list, progress) -> int:
         small, big = [], []
@@ -401,6 +483,16 @@ class Patcher:
         if not self.keep_originals:
             log.error("apply failed during a one-shot bake; the weights are partly merged")
             return
+        slots = [(key, self._slots.get(key) or refs[key]) for key in dict.fromkeys(written)]
+        if self._batched_for(slots):
+            # the path that wrote the previous values writes them again: the same bits (an fp32
+            # weight would keep the other path's rounding order otherwise)
+            try:
+                self._write_batched(slots, {k: self._contribs.get(k, []) for k, _r in slots}, [], None)
+                self._release_unused_backups()
+                return
+            except Exception:
+                log.exception("batched rollback failed; rolling back slot by slot")
         for key in reversed(written):
             ref = self._slots.get(key) or refs[key]
             old = self._contribs.get(key, [])
