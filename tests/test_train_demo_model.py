@@ -195,3 +195,27 @@ def test_vae_recipe_options_train_on_extra_shapes_with_object_weighting(tmp_path
     plain = train_demo_model(tmp_path / "p", SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
     assert weighted["sha256"] != plain["sha256"]
     assert list(weighted["settings"]["vae_extra_shapes"]) == ["cross"] and plain["settings"]["vae_object_weight"] == 0.0
+
+
+def test_vae_styled_fraction_adds_striped_and_checkered_scenes():
+    """--vae-styled-fraction: that share of the VAE's scenes is drawn striped / checkered (half each),
+    the rest plain; 0 (the default) leaves the scenes of the committed recipe alone."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from lora_core.demo_data import stripe_score
+    from lora_core.train import demo_model
+
+    base = replace(FEW, n_images=40, vae_object_weight=4.0)
+    plain, _ = demo_model._vae_scenes(base, SMALL.size)
+    styled, masks = demo_model._vae_scenes(replace(base, vae_styled_fraction=0.5), SMALL.size)
+    assert styled.shape == plain.shape and masks.shape[0] == 40
+    assert np.array_equal(styled[:20].numpy(), plain[:20].numpy())  # the plain part: the same first scenes
+
+    def striped(t):
+        return stripe_score(t.permute(1, 2, 0).numpy()) > 10.0
+
+    assert sum(striped(t) for t in plain) == 0
+    assert sum(striped(t) for t in styled[20:30]) >= 8  # the striped ten
+    assert sum(striped(t) for t in styled[30:]) <= 2  # the checkered ten have plain backgrounds

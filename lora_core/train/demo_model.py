@@ -100,6 +100,10 @@ class DemoTrainSettings:
     # large shape, no small one but circles) after 1200 steps.
     vae_object_weight: float = 0.0
     vae_extra_shapes: tuple[str, ...] = ()
+    # Fraction of the VAE's scenes drawn with a style (half striped backgrounds, half checkered
+    # fills). 0: none, as the committed model. Measured: a VAE that never saw stripes turns them into
+    # a flat background (stripe score 49 -> 3), so a style LoRA has no latent to learn them in.
+    vae_styled_fraction: float = 0.0
     # torch CPU threads. 1 by default: measured ~0.96 CPU-s per VAE step (batch 32) and ~0.78 per
     # UNet step (batch 64), ~1 h in all; more threads only pay on an otherwise idle machine
     # (oversubscribed OpenMP threads spin and were 4x slower on a busy one). 0: torch's default.
@@ -145,10 +149,16 @@ def _vae_scenes(settings: DemoTrainSettings, size: int):
     from lora_core.demo_data.scenes import SHAPES, render_many
 
     shapes = tuple(SHAPES) + tuple(s for s in settings.vae_extra_shapes if s not in SHAPES)
+    styled = int(round(settings.n_images * settings.vae_styled_fraction))
+    parts = [(settings.seed, settings.n_images - styled, None),
+             (settings.seed + 1, styled // 2, "stripes"), (settings.seed + 2, styled - styled // 2, "checker")]
     arrays, masks = [], []
-    for r in render_many(settings.seed, settings.n_images, size, shapes=shapes, exclude=is_held_out):
-        arrays.append(np.asarray(r.image, dtype=np.uint8))
-        masks.append(r.mask.astype(np.float32))
+    for seed, n, style in parts:
+        if n <= 0:
+            continue
+        for r in render_many(seed, n, size, shapes=shapes, style=style, exclude=is_held_out):
+            arrays.append(np.asarray(r.image, dtype=np.uint8))
+            masks.append(r.mask.astype(np.float32))
     return (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(),
             torch.from_numpy(np.stack(masks))[:, None])
 
@@ -366,7 +376,7 @@ def _train_demo_model(out_dir: Path, arch: DemoArch, settings: DemoTrainSettings
     t = time.perf_counter()
     images, captions = _images_tensor(settings.seed, settings.n_images, arch.size)
     vae_images, vae_masks = images, None
-    if settings.vae_object_weight or settings.vae_extra_shapes:
+    if settings.vae_object_weight or settings.vae_extra_shapes or settings.vae_styled_fraction:
         vae_images, vae_masks = _vae_scenes(settings, arch.size)
     timings["render_s"] = time.perf_counter() - t
     generator = torch.Generator("cpu").manual_seed(settings.seed)
