@@ -12,20 +12,11 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "patcher"))
-from patcher_fakes import FakeBinding, make_lora, oracle, ulp_distance  # noqa: E402
+from patcher_fakes import FakeBinding, assert_bitwise, make_lora, oracle, snapshot, ulp_distance  # noqa: E402
 
 import lora_core.patcher.patcher as patcher_module  # noqa: E402
 from lora_core.patcher import ActiveLora, Patcher, PatchError  # noqa: E402
 from lora_core.patcher.parallel_writes import run_parallel  # noqa: E402
-
-
-def snapshot(binding):
-    return {k: v.detach().clone() for k, v in binding.tensors.items()}
-
-
-def assert_bitwise(binding, snap):
-    for k, v in binding.tensors.items():
-        assert torch.equal(v.detach(), snap[k]), k
 
 
 @pytest.fixture

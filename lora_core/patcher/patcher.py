@@ -377,10 +377,11 @@ class Patcher:
         """All changed slots in few kernels (batched_writes.py); the rest one by one."""
         total, done = len(slots), [0]
 
-        def advance(n: int) -> None:
+        def advance(n: int, wrote: bool = True) -> None:
             done[0] += n
-            with self._count_lock:
-                self.slot_writes += n
+            if wrote:
+                with self._count_lock:
+                    self.slot_writes += n
             if progress is not None:
                 progress(done[0], total)
 
@@ -401,7 +402,7 @@ class Patcher:
                     if ref.group in self._backups:  # else never written: already W0
                         resets.append((key, ref))
                     else:
-                        advance(1)
+                        advance(1, wrote=False)
                     continue
                 bkey = batched_writes.batch_key(live, ref.shape, contribs)
                 if bkey is None:

@@ -184,3 +184,13 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     mag = b.double().abs().clamp_min(finfo.tiny)
     spacing = torch.pow(2.0, torch.floor(torch.log2(mag))) * finfo.eps
     return float((diff / spacing).max())
+
+
+def snapshot(binding) -> dict:
+    """A copy of every tensor of a (fake) binding."""
+    return {k: v.detach().clone() for k, v in binding.tensors.items()}
+
+
+def assert_bitwise(binding, snap: dict) -> None:
+    for k, v in binding.tensors.items():
+        assert torch.equal(v.detach(), snap[k]), k
