@@ -219,3 +219,54 @@ def test_vae_styled_fraction_adds_striped_and_checkered_scenes():
     assert sum(striped(t) for t in plain) == 0
     assert sum(striped(t) for t in styled[20:30]) >= 8  # the striped ten
     assert sum(striped(t) for t in styled[30:]) <= 2  # the checkered ten have plain backgrounds
+
+
+def test_partial_captions_name_a_subset_of_the_scene():
+    from lora_core.demo_data.scenes import Scene
+
+    one = Scene("square", "white", "large", "left", "black")
+    parts = one.partial_captions()
+    assert "a white square" in parts and all(p != one.caption() for p in parts)
+    for p in parts:  # only words of the scene itself
+        assert set(p.replace(",", "").split()) <= set(one.caption().replace(",", "").split()) | {"a", "an"}
+    two = Scene("star", "red", "small", "center", "orange", count=2)
+    assert "two red stars" in two.partial_captions()
+
+
+def test_partial_caption_rate_trains_on_partial_captions(tmp_path):
+    """--partial-captions: the UNet also sees the shorter captions (they are tokenised and drawn),
+    which changes the weights; rate 0 keeps the committed recipe's file bit for bit."""
+    from dataclasses import replace
+
+    from lora_core.app import clip_tokenizer
+    from lora_core.train import demo_model
+
+    seen = []
+    real_load = clip_tokenizer.load_clip_tokenizer
+
+    def spying_loader(*a, **k):
+        tok = real_load(*a, **k)
+        real_call = tok.__call__
+
+        class Spy(type(tok)):
+            def __call__(self, text, *args, **kw):
+                if isinstance(text, list):
+                    seen.append(list(text))
+                return real_call(text, *args, **kw)
+
+        tok.__class__ = Spy
+        return tok
+
+    import lora_core.app.clip_tokenizer as ct
+    ct.load_clip_tokenizer = spying_loader
+    try:
+        partial = train_demo_model(tmp_path / "p", SMALL, replace(FEW, partial_caption_rate=0.5),
+                                   data_dir=tmp_path / "cache", progress=False)
+    finally:
+        ct.load_clip_tokenizer = real_load
+    assert any(any(t.startswith("a ") and "background" not in t and "," not in t for t in batch) for batch in seen)
+    plain = train_demo_model(tmp_path / "f", SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
+    again = train_demo_model(tmp_path / "g", SMALL, replace(FEW, partial_caption_rate=0.0),
+                             data_dir=tmp_path / "cache", progress=False)
+    assert plain["sha256"] == again["sha256"] != partial["sha256"]
+    assert partial["settings"]["partial_caption_rate"] == 0.5

@@ -50,6 +50,8 @@ def main(argv=None) -> int:
                    help="comma-separated shapes the VAE also learns to draw, e.g. cross (the concept LoRA's)")
     p.add_argument("--vae-styled-fraction", type=float, default=defaults.vae_styled_fraction,
                    help="fraction of the VAE's scenes drawn striped or checkered (the style LoRAs' textures)")
+    p.add_argument("--partial-captions", type=float, default=defaults.partial_caption_rate,
+                   help="share of UNet samples trained on a partial caption (\"a red circle\", ...) of their scene")
     p.add_argument("--refine", metavar="STAGE1_CKPT", default=None,
                    help="run stage 2 (sharper decoder + longer UNet, lora_core/train/demo_refine.py) on a stage-1 "
                         "checkpoint written by this script; its configs/ and .json manifest are read next to it")
@@ -64,7 +66,8 @@ def main(argv=None) -> int:
                        unet_steps=args.unet_steps, vae_batch=args.vae_batch, unet_batch=args.unet_batch,
                        threads=args.threads, vae_object_weight=args.vae_object_weight,
                        vae_extra_shapes=tuple(x.strip() for x in args.vae_extra_shapes.split(",") if x.strip()),
-                       vae_styled_fraction=args.vae_styled_fraction)
+                       vae_styled_fraction=args.vae_styled_fraction,
+                       partial_caption_rate=args.partial_captions)
     if args.smoke:
         settings = replace(settings, n_images=64, vae_steps=2, unet_steps=2, warmup=1)
     if args.refine:

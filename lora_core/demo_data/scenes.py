@@ -59,6 +59,20 @@ class Scene:
             text = f"two {self.size} {self.colour} {PLURAL.get(self.shape, self.shape + 's')} {ground}"
         return f"{trigger}, {text}" if trigger else text
 
+    def partial_captions(self) -> list[str]:
+        """Shorter captions that each name a few of the scene's attributes ("a red circle", "a large
+        circle", "a circle on a blue background", ...). Trained on now and then beside the full
+        caption, they tie each word to its own attribute, which is what a held-out colour/shape pair
+        needs; the full caption alone lets a small model learn each pair as a whole."""
+        article = "an" if self.background[0] in "aeiou" else "a"
+        ground = f"on {article} {self.background} background"
+        if self.count != 1:
+            plural = PLURAL.get(self.shape, self.shape + "s")
+            return [f"two {self.colour} {plural}", f"two {plural} {ground}", f"two {self.size} {plural}"]
+        return [f"a {self.colour} {self.shape}", f"a {self.size} {self.shape}", f"a {self.shape} {ground}",
+                f"a {self.colour} {self.shape}, {POSITION_PHRASE[self.position]}",
+                f"a {self.size} {self.colour} {self.shape}"]
+
 
 @dataclass
 class Rendered:

@@ -104,6 +104,9 @@ class DemoTrainSettings:
     # fills). 0: none, as the committed model. Measured: a VAE that never saw stripes turns them into
     # a flat background (stripe score 49 -> 3), so a style LoRA has no latent to learn them in.
     vae_styled_fraction: float = 0.0
+    # Share of UNet samples trained on a partial caption of their scene (Scene.partial_captions)
+    # instead of the full one. 0: full captions only, as the committed model.
+    partial_caption_rate: float = 0.0
     # torch CPU threads. 1 by default: measured ~0.96 CPU-s per VAE step (batch 32) and ~0.78 per
     # UNet step (batch 64), ~1 h in all; more threads only pay on an otherwise idle machine
     # (oversubscribed OpenMP threads spin and were 4x slower on a busy one). 0: torch's default.
@@ -126,17 +129,18 @@ def build_models(arch: DemoArch, seed: int):
 
 
 def _images_tensor(seed: int, n: int, size: int):
-    """All training scenes as uint8 (N, 3, H, W) plus their captions (held-out pairs excluded)."""
+    """All training scenes as uint8 (N, 3, H, W), their captions and Scenes (held-out pairs excluded)."""
     import numpy as np
     import torch
 
     from lora_core.demo_data import BASE
 
-    arrays, captions = [], []
-    for image, caption, _ in BASE.items(seed, n, size):
+    arrays, captions, scenes = [], [], []
+    for image, caption, rendered in BASE.items(seed, n, size):
         arrays.append(np.asarray(image, dtype=np.uint8))
         captions.append(caption)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), captions
+        scenes.append(rendered.scene)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), captions, scenes
 
 
 def _vae_scenes(settings: DemoTrainSettings, size: int):
@@ -257,7 +261,10 @@ def encode_all(vae, images, batch: int = 256):
 
 
 def train_unet(unet, te, tokenizer, means, stds, captions, scaling: float, settings: DemoTrainSettings,
-               generator, progress=True, timings=None):
+               generator, progress=True, timings=None, variants=None):
+    """`variants`: per image, partial captions drawn instead of the full one for a share
+    settings.partial_caption_rate of the samples (None or rate 0: full captions only, and the
+    random stream is exactly the committed recipe's)."""
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
@@ -266,11 +273,18 @@ def train_unet(unet, te, tokenizer, means, stds, captions, scaling: float, setti
                              if k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps",
                                       "prediction_type", "steps_offset")})
     # tokenise every caption (and the empty one) once
-    uniq = sorted(set(captions)) + [""]
+    partial = bool(variants) and settings.partial_caption_rate > 0
+    uniq = sorted(set(captions) | ({v for vs in variants for v in vs} if partial else set())) + [""]
     ids = tokenizer(uniq, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
-    caption_index = torch.tensor([uniq.index(c) for c in captions])
+    where = {c: i for i, c in enumerate(uniq)}
+    caption_index = torch.tensor([where[c] for c in captions])
     empty = len(uniq) - 1
+    if partial:
+        width = max(1, max(len(vs) for vs in variants))
+        alt_index = torch.tensor([[where[v] for v in vs] + [where[c]] * (width - len(vs))
+                                  for c, vs in zip(captions, variants)])
+        alt_count = torch.tensor([max(1, len(vs)) for vs in variants])
     params = list(unet.parameters()) + list(te.parameters())
     unet.train()
     te.train()
@@ -288,7 +302,12 @@ def train_unet(unet, te, tokenizer, means, stds, captions, scaling: float, setti
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=generator)
         drop = torch.rand(x0.shape[0], generator=generator) < settings.caption_dropout
-        cap = torch.where(drop, torch.full_like(caption_index[idx], empty), caption_index[idx])
+        cap = caption_index[idx]
+        if partial:
+            use = torch.rand(x0.shape[0], generator=generator) < settings.partial_caption_rate
+            pick = (torch.rand(x0.shape[0], generator=generator) * alt_count[idx]).long()
+            cap = torch.where(use, alt_index[idx, pick], cap)
+        cap = torch.where(drop, torch.full_like(cap, empty), cap)
         context = te(ids[cap])[0]
         pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=context).sample
         per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
@@ -374,7 +393,8 @@ def _train_demo_model(out_dir: Path, arch: DemoArch, settings: DemoTrainSettings
     tokenizer = load_clip_tokenizer(data_dir or out_dir / ".cache")
     unet, te, vae = build_models(arch, settings.seed)
     t = time.perf_counter()
-    images, captions = _images_tensor(settings.seed, settings.n_images, arch.size)
+    images, captions, scenes = _images_tensor(settings.seed, settings.n_images, arch.size)
+    variants = [sc.partial_captions() for sc in scenes] if settings.partial_caption_rate else None
     vae_images, vae_masks = images, None
     if settings.vae_object_weight or settings.vae_extra_shapes or settings.vae_styled_fraction:
         vae_images, vae_masks = _vae_scenes(settings, arch.size)
@@ -390,7 +410,7 @@ def _train_demo_model(out_dir: Path, arch: DemoArch, settings: DemoTrainSettings
         scaling = 1.0 / max(latent_std, 1e-6)
         vae.register_to_config(scaling_factor=scaling)
         unet_losses = train_unet(unet, te, tokenizer, means, stds, captions, scaling, settings, generator,
-                                 progress, timings)
+                                 progress, timings, variants=variants)
 
     configs = {"unet": arch.unet_config(), "vae": arch.vae_config(scaling), "text_encoder": arch.te_config(),
                "scheduler": SD1_SCHEDULER}
