@@ -25,17 +25,18 @@ from typing import Any, Sequence
 
 import torch
 
+from lora_core.patcher.slot_math import CHUNKED_DTYPES
+
 # fp32 ΔW of one batched matmul at most (a batch is never split below one slot). Bounded so that
 # an apply on a small GPU does not need more free memory than the largest few slots in fp32.
 BATCH_BYTES = 256 << 20
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def batch_key(live: torch.Tensor, shape: tuple, contribs: Sequence[tuple]) -> tuple | None:
     """What slots must share to be computed in one batched matmul; None: per-slot path."""
     if not contribs or any(e.low_rank is None for e, _m, _d in contribs):
         return None
-    if live.dtype not in _DTYPES or not live.is_contiguous():
+    if live.dtype not in CHUNKED_DTYPES or not live.is_contiguous():
         return None
     rows = int(shape[0]) if shape else 1
     cols = live.numel() // max(1, rows)

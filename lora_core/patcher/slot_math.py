@@ -105,11 +105,12 @@ def write_slot(
 # and the block is rounded into the live tensor while still in cache. The slot then costs one
 # read of W0 and one write of W besides the product, and never a full-size fp32 ΔW.
 CHUNK_ELEMENTS = 1 << 20
-_CHUNKED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # others take the plain path
+# weight dtypes written by the row-block and batched paths; others take the plain path
+CHUNKED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _chunkable(live: torch.Tensor, w0: torch.Tensor) -> bool:
-    return (live.dtype in _CHUNKED_DTYPES and live.is_contiguous() and w0.is_contiguous() and w0.dim() >= 1
+    return (live.dtype in CHUNKED_DTYPES and live.is_contiguous() and w0.is_contiguous() and w0.dim() >= 1
             and w0.device == live.device)
 
 
