@@ -6,7 +6,8 @@
 //   in the prompt box that last had focus (txt2img_prompt / img2img_prompt), then fires an `input`
 //   event so gradio's state follows the textarea.
 // * Card buttons ☆ and ⓘ are relayed to Python through a hidden textbox + button (see ui/tab.py).
-// * Typing "<lora:" in a prompt box opens suggestions (name, thumbnail) from /lora_core/api/suggest.
+// * Typing "<lora:" in a prompt box opens suggestions (name, thumbnail) from lora_core/api/suggest
+//   (under the app's root, which is not the server's behind --subpath).
 //
 // Every string taken from the page's data-* attributes or from the suggest route is untrusted: it
 // goes into the DOM only through textContent / value / attribute properties, never innerHTML.
@@ -19,7 +20,7 @@
 
   var PROMPT_IDS = ["txt2img_prompt", "img2img_prompt"];
   var ALL_PROMPT_IDS = PROMPT_IDS.concat(["txt2img_neg_prompt", "img2img_neg_prompt"]);
-  var API_PREFIX = "/lora_core/api";
+  var API_PATH = "lora_core/api";
   var lastPrompt = null;
 
   function root() {
@@ -36,6 +37,26 @@
       return app.shadowRoot;
     }
     return document;
+  }
+
+  // Where the JSON routes are. Behind A1111's --subpath or a reverse proxy the UI is not at the
+  // server's root, so an absolute "/lora_core/api" would miss: gradio publishes the app's root
+  // (gradio_config.root); without it, the page's own URL is the app's root.
+  function apiUrl(route) {
+    var base = null;
+    try {
+      var cfg = window.gradio_config;
+      if (cfg && typeof cfg.root === "string" && cfg.root) {
+        base = cfg.root.replace(/\/*$/, "/");
+      }
+    } catch (e) {
+      /* fall through */
+    }
+    try {
+      return new URL(API_PATH + route, base || document.baseURI || window.location.href).href;
+    } catch (e) {
+      return "/" + API_PATH + route;
+    }
   }
 
   function byId(id) {
@@ -237,7 +258,7 @@
     civitaiPolling = true;
     var sawRunning = false;
     function tick() {
-      fetch(API_PREFIX + "/civitai/status", { credentials: "same-origin" })
+      fetch(apiUrl("/civitai/status"), { credentials: "same-origin" })
         .then(function (r) {
           return r.ok ? r.json() : null;
         })
@@ -494,7 +515,7 @@
       return;
     }
     var seq = ++requestSeq;
-    var url = API_PREFIX + "/suggest?limit=12&q=" + encodeURIComponent(p.query);
+    var url = apiUrl("/suggest?limit=12&q=" + encodeURIComponent(p.query));
     fetch(url, { credentials: "same-origin" })
       .then(function (r) {
         return r.ok ? r.json() : { items: [] };

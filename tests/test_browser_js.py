@@ -113,3 +113,34 @@ def test_autocomplete_keyboard_and_hostile_names(page):
     assert page.evaluate("typeof window.__pwned") == "undefined"
     assert page.evaluate("document.querySelectorAll('[onerror]').length") == 0
     assert not page.errors, page.errors
+
+
+@pytest.mark.parametrize("page_url, root, served_at", [
+    # A1111 --subpath: the page itself lives under the prefix
+    ("http://lora.test/sub/", None, "http://lora.test/sub/lora_core/api/suggest"),
+    # gradio says where the app's root is (no trailing slash); the page URL says less
+    ("http://lora.test/", "http://lora.test/proxy/app", "http://lora.test/proxy/app/lora_core/api/suggest"),
+])
+def test_suggestions_are_fetched_under_the_app_root(browser, page_url, root, served_at):
+    pg = browser.new_page()
+    asked = []
+
+    def answer(route):
+        asked.append(route.request.url.split("?")[0])
+        route.fulfill(body=json.dumps(SUGGEST), content_type="application/json")
+
+    try:
+        pg.route("http://lora.test/**/lora_core/api/suggest*", answer)
+        pg.route("http://lora.test/lora_core/api/suggest*", answer)
+        pg.route(page_url, lambda route: route.fulfill(body=PAGE, content_type="text/html"))
+        pg.goto(page_url)
+        if root:
+            pg.evaluate("r => { window.gradio_config = {root: r}; }", root)
+        pg.add_script_tag(path=str(ROOT / "javascript" / "lora_core.js"))
+        ta = pg.locator("#txt2img_prompt textarea")
+        ta.click()
+        ta.press_sequentially("<lora:H", delay=20)
+        pg.locator(".lora-core-suggest-item").first.wait_for()
+        assert asked and set(asked) == {served_at}
+    finally:
+        pg.close()
