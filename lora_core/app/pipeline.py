@@ -136,6 +136,7 @@ class PipelineHandle:
         total = params.steps * params.batch_count
         images = []
         with self.lock, torch.inference_mode(), _threads(self.num_threads):
+            texts = self._text_arguments(params)
             for i in range(params.batch_count):
                 if cancel is not None and cancel.is_set():
                     break
@@ -154,8 +155,7 @@ class PipelineHandle:
                 generator = torch.Generator("cpu").manual_seed(seed)
                 try:
                     out = self.pipe(
-                        prompt=params.prompt, negative_prompt=params.negative or None,
-                        num_inference_steps=params.steps, guidance_scale=params.cfg,
+                        **texts, num_inference_steps=params.steps, guidance_scale=params.cfg,
                         width=params.width, height=params.height, generator=generator,
                         callback_on_step_end=on_step_end, output_type="pil",
                     )
@@ -166,6 +166,23 @@ class PipelineHandle:
                 image.info["seed"] = seed
                 images.append(image)
         return images
+
+
+    def _text_arguments(self, params: GenerationParams) -> dict:
+        """The pipeline's text inputs: the prompts themselves when diffusers reads them as A1111
+        would (no emphasis, no BREAK, at most 75 tokens), else weighted chunked embeddings
+        (prompt_encode.py), computed once for the whole batch."""
+        from .prompt_encode import CHUNK, weighted_embeddings
+        from .prompt_syntax import needs_weighting
+
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        plain = {"prompt": params.prompt, "negative_prompt": params.negative or None}
+        if tokenizer is None:
+            return plain
+        texts = [params.prompt, params.negative or ""]
+        if not any(needs_weighting(t) or len(tokenizer(t, truncation=False).input_ids) - 2 > CHUNK for t in texts):
+            return plain
+        return weighted_embeddings(self.pipe, self.family, params.prompt, params.negative)
 
 
 @contextmanager

@@ -180,7 +180,6 @@ class Session:
                 requests.append((entry.path, req.te, req.unet, req.dyn, req.lbw))
                 used.append((req, entry))
             params = _with_texts(params, parsed.clean_text, neg_parsed.clean_text)
-            messages.extend(_truncation_notes(handle, params))
             with handle.lock:
                 try:
                     report = engine.apply(requests)
@@ -230,22 +229,6 @@ class Session:
             if entry.autov3:
                 out.append((req.name, entry.autov3))
         return out
-
-
-def _truncation_notes(handle, params) -> list[str]:
-    """CLIP reads 75 tokens (+ start/end); diffusers drops the rest, so say so."""
-    tokenizer = getattr(handle.pipe, "tokenizer", None)
-    if tokenizer is None:
-        return []
-    notes = []
-    for what, text in (("prompt", params.prompt), ("negative prompt", params.negative)):
-        if not text:
-            continue
-        n = len(tokenizer(text, truncation=False).input_ids) - 2
-        limit = tokenizer.model_max_length - 2
-        if n > limit:
-            notes.append(f"The {what} is {n} tokens long; only the first {limit} are used")
-    return notes
 
 
 def _with_texts(params, prompt: str, negative: str):
