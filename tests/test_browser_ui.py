@@ -21,6 +21,9 @@ from lora_core.tags import parse_prompt
 from tests.ui.browser import ROOT, Server, launched_chromium
 from tests.ui.library_fixture import XSS_IMG, XSS_SCRIPT, hostile_lora
 
+# a scene the demo model can draw (it knows shapes, colours and positions, nothing else)
+SCENE = "a large red circle on a white background, in the center"
+
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 PROMPT = "#txt2img_prompt textarea"
@@ -118,7 +121,7 @@ def test_click_card_generate_and_restore(page, server, screenshots):
     _open_tab(pg, "txt2img")
     banner = pg.locator("#lora_core_banner")
     assert "Demo model loaded" in banner.inner_text() and "Stable-diffusion" in banner.inner_text()
-    pg.locator(PROMPT).fill("a red apple")
+    pg.locator(PROMPT).fill(SCENE)
     pg.locator(PROMPT).focus()
     _set_number(pg, "txt2img_seed", 1234)
     _set_number(pg, "txt2img_steps", STEPS)
@@ -137,7 +140,7 @@ def test_click_card_generate_and_restore(page, server, screenshots):
     card.click()
     _open_tab(pg, "txt2img")
     prompt = pg.locator(PROMPT).input_value()
-    assert tag in prompt and prompt.startswith("a red apple")
+    assert tag in prompt and prompt.startswith(SCENE)
     with_lora = _generate(pg)
     assert with_lora.shape == plain.shape
     assert np.abs(with_lora.astype(int) - plain.astype(int)).mean() > 1.0, "the LoRA changed nothing"
@@ -153,7 +156,7 @@ def test_click_card_generate_and_restore(page, server, screenshots):
     _open_tab(pg, "LoRA")
     card.click()  # second click removes the tag and its trigger words
     _open_tab(pg, "txt2img")
-    assert pg.locator(PROMPT).input_value() == "a red apple"
+    assert pg.locator(PROMPT).input_value() == SCENE
     restored = _generate(pg)
     assert np.array_equal(restored, plain), "removing the LoRA did not restore the original image"
     assert not pg.errors, pg.errors

@@ -14,12 +14,11 @@ from lora_core.app import demo_check
 from lora_core.app.demo_pack import read_pack
 
 # Floors set from what the committed model measured on these 16 held-out prompts (docs/DEMO_MODEL.md:
-# background 100%, colour 56%, shape 31%, colour AND shape 25%), with about two samples of margin.
-# The tiny model gets the background nearly always and the colour most of the time on pairs it never
-# saw; the shape of an unseen pair only sometimes.
+# background 100%, colour 94%, shape 62%, colour AND shape 56%, i.e. 9 of 16), about one or two
+# samples below: the colour and shape asked for are there in most samples.
 BACKGROUND_MIN = 0.85
-COLOUR_MIN = 0.4
-BOTH_MIN = 0.125
+COLOUR_MIN = 0.8
+BOTH_MIN = 0.5
 # and no more than this below the rate recorded in manifest.json when the model was installed
 # (tools/install_demo_assets.py --measure)
 HELD_OUT_MARGIN = 0.15
@@ -81,7 +80,7 @@ def test_generation_at_64px_20_steps_is_quick(session):
 
 
 def test_style_lora_adds_stripes_and_half_weight_lies_between(session):
-    prompt = "lcstripes, " + SCENE
+    prompt = SCENE + ", lcstripes"  # the trigger last, as trained and as a card click adds it
     rows = []
     for seed in SEEDS:
         plain = _img(session, prompt, seed)
@@ -96,12 +95,9 @@ def test_style_lora_adds_stripes_and_half_weight_lies_between(session):
     s0, s_half, s1 = (demo_check.stripes(x.astype(np.uint8)) for x in (base, half, full))
     print(f"pixel distance from no-LoRA: half {d_half:.1f}, full {d_full:.1f}; stripes {s0:.1f} {s_half:.1f} {s1:.1f}")
     assert 0 < d_half < d_full
-    assert s1 > s0  # (the stripe score at half weight was measured below both: not asserted)
+    assert s0 < s_half < s1  # measured 0.6 < 3.6 < 7.4
 
 
-@pytest.mark.xfail(strict=True, reason="the committed demo_lcshape LoRA does not draw a cross yet: measured 0 of 4 "
-                   "seeds; the demo VAE itself turns 0 of 48 crosses back into crosses (encode + decode), so "
-                   "this needs a new VAE; see docs/DEMO_MODEL.md, Stage 2")
 def test_concept_trigger_word_draws_the_new_shape(session):
     without, with_lora = [], []
     for seed in SEEDS:
@@ -113,7 +109,7 @@ def test_concept_trigger_word_draws_the_new_shape(session):
 
 
 def test_locon_and_style_stacked_both_show(session):
-    prompt = "lcstripes, lccheck, " + SCENE
+    prompt = SCENE + ", lcstripes, lccheck"
     rows = []
     for seed in SEEDS[:3]:
         plain = _img(session, prompt, seed)
@@ -121,14 +117,14 @@ def test_locon_and_style_stacked_both_show(session):
         rows.append({"stripes": (demo_check.stripes(plain), demo_check.stripes(both)),
                      "checker": (demo_check.checker(plain), demo_check.checker(both))})
     print(f"\nstacked: {rows}")
-    # measured: stripes 1.0 -> 1.4/3.3/2.2 (weak when stacked), checker 0.7 -> 6.1/6.9/6.5
+    # measured: stripes 0.6 -> 1.1/3.4/2.9 (weaker when stacked than alone, ~7), checker 7.8 -> 29/24/16
     assert all(r["stripes"][1] > r["stripes"][0] for r in rows)
     assert np.mean([r["stripes"][1] / max(r["stripes"][0], 0.1) for r in rows]) > 1.3
     assert sum(r["checker"][1] > max(1.5 * r["checker"][0], r["checker"][0] + 2.0) for r in rows) >= 2
 
 
 def test_removing_the_tags_gives_back_the_plain_image_bit_for_bit(session):
-    prompt = "lcstripes, lccheck, " + SCENE
+    prompt = SCENE + ", lcstripes, lccheck"
     before = _px(_img(session, prompt, 5))
     stacked = _px(_img(session, prompt + " <lora:demo_stripes:1> <lora:demo_checker:0.8> <lora:demo_lcshape:0.5>", 5))
     after = _px(_img(session, prompt, 5))

@@ -26,7 +26,7 @@ def test_caption_wording():
         "a large white star on an orange background, in the center"
     assert Scene("square", "green", "small", "top", "black", count=2).caption() == \
         "two small green squares on a black background"
-    assert s.caption("lcstripes").startswith("lcstripes, a small red circle")
+    assert s.caption("lcstripes").startswith("a small red circle") and s.caption("lcstripes").endswith(", lcstripes")
 
 
 @pytest.mark.parametrize("size", [64, 96])
@@ -43,12 +43,16 @@ def test_measurements_agree_with_ground_truth(size):
 
 
 def test_mask_helpers_match_rendered_mask():
+    from scipy import ndimage
+
     r = render(Scene("square", "yellow", "large", "right", "purple"))
     measured = object_mask(r.image, "purple")
     # anti-aliased edge pixels may fall either way; the interior must agree exactly
     assert abs(int(measured.sum()) - int(r.mask.sum())) <= 2 * r.diameter
     assert (measured & r.mask).sum() / r.mask.sum() > 0.97
-    assert dominant_colour(r.image, r.mask) == ("yellow", pytest.approx(1.0, abs=0.05))
+    # edge pixels blend yellow with purple (some read as orange): the interior is all yellow
+    assert dominant_colour(r.image, ndimage.binary_erosion(r.mask)) == ("yellow", 1.0)
+    assert dominant_colour(r.image, r.mask)[0] == "yellow"
     assert background_colour(r.image)[0] == "purple"
     assert nearest_colour(COLOURS["orange"]) == "orange"
 
@@ -72,8 +76,8 @@ def test_style_sets_are_measurably_different_from_plain_scenes():
     assert max(texture_score(i, r.mask) for i, _, r in plain) < 2.0
     assert min(texture_score(i, r.mask) for i, _, r in checker) > 5.0
     # the same scenes underneath: the style does not change what the caption says
-    assert [c for _, c, _ in striped] == ["lcstripes, " + c for _, c, _ in plain]
-    assert all(c.startswith("lccheck, ") for _, c, _ in checker)
+    assert [c for _, c, _ in striped] == [c + ", lcstripes" for _, c, _ in plain]
+    assert all(c.endswith(", lccheck") for _, c, _ in checker)
 
 
 def test_concept_set_names_the_cross_by_its_trigger():

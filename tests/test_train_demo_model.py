@@ -17,6 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = DemoArch(unet_channels=(32, 32, 32, 32), unet_layers_per_block=1, te_hidden=32, te_layers=1,
                  te_intermediate=64, vae_channels=(8, 8, 8, 8))
 FEW = DemoTrainSettings(n_images=16, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup=1)
+# the recipe without its options: plain VAE loss on the base shapes, full captions only
+PLAIN = DemoTrainSettings(n_images=16, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4, warmup=1,
+                          vae_object_weight=0.0, vae_extra_shapes=(), vae_styled_fraction=0.0,
+                          partial_caption_rate=0.0)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -161,7 +165,7 @@ def test_stage_two_keeps_the_latent_space_and_refines_decoder_and_unet(tmp_path)
 
 def test_vae_recipe_options_train_on_extra_shapes_with_object_weighting(tmp_path):
     """--vae-object-weight / --vae-extra-shapes: the VAE sees the extra shape and its loss weights the
-    object; the default recipe (the committed model's) is untouched by them."""
+    object; without them the VAE trains on the base shapes with a plain loss."""
     from dataclasses import replace
 
     from lora_core.train import demo_model
@@ -173,7 +177,7 @@ def test_vae_recipe_options_train_on_extra_shapes_with_object_weighting(tmp_path
         seen.update(n=len(images), masks=masks, weight=settings.vae_object_weight)
         return real(vae, images, settings, generator, progress, timings, masks)
 
-    few = replace(FEW, vae_object_weight=4.0, vae_extra_shapes=("cross",))
+    few = replace(PLAIN, vae_object_weight=4.0, vae_extra_shapes=("cross",))
     demo_model.train_vae = spy
     try:
         weighted = train_demo_model(tmp_path / "w", SMALL, few, data_dir=tmp_path / "cache", progress=False)
@@ -192,14 +196,14 @@ def test_vae_recipe_options_train_on_extra_shapes_with_object_weighting(tmp_path
     for i, r in enumerate(drawn):
         assert np.array_equal(images[i].permute(1, 2, 0).numpy(), np.asarray(r.image))
         assert np.array_equal(masks[i, 0].numpy() > 0.5, r.mask)
-    plain = train_demo_model(tmp_path / "p", SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
+    plain = train_demo_model(tmp_path / "p", SMALL, PLAIN, data_dir=tmp_path / "cache", progress=False)
     assert weighted["sha256"] != plain["sha256"]
     assert list(weighted["settings"]["vae_extra_shapes"]) == ["cross"] and plain["settings"]["vae_object_weight"] == 0.0
 
 
 def test_vae_styled_fraction_adds_striped_and_checkered_scenes():
     """--vae-styled-fraction: that share of the VAE's scenes is drawn striped / checkered (half each),
-    the rest plain; 0 (the default) leaves the scenes of the committed recipe alone."""
+    the rest plain; 0 leaves the plain scenes alone."""
     from dataclasses import replace
 
     import numpy as np
@@ -207,18 +211,18 @@ def test_vae_styled_fraction_adds_striped_and_checkered_scenes():
     from lora_core.demo_data import stripe_score
     from lora_core.train import demo_model
 
-    base = replace(FEW, n_images=40, vae_object_weight=4.0)
-    plain, _ = demo_model._vae_scenes(base, SMALL.size)
+    base = replace(PLAIN, n_images=40, vae_object_weight=4.0)
+    plain, plain_masks = demo_model._vae_scenes(base, SMALL.size)
     styled, masks = demo_model._vae_scenes(replace(base, vae_styled_fraction=0.5), SMALL.size)
     assert styled.shape == plain.shape and masks.shape[0] == 40
     assert np.array_equal(styled[:20].numpy(), plain[:20].numpy())  # the plain part: the same first scenes
 
-    def striped(t):
-        return stripe_score(t.permute(1, 2, 0).numpy()) > 10.0
+    def striped(t, m):
+        return stripe_score(t.permute(1, 2, 0).numpy(), m[0].numpy() > 0) > 10.0
 
-    assert sum(striped(t) for t in plain) == 0
-    assert sum(striped(t) for t in styled[20:30]) >= 8  # the striped ten
-    assert sum(striped(t) for t in styled[30:]) <= 2  # the checkered ten have plain backgrounds
+    assert sum(striped(t, m) for t, m in zip(plain, plain_masks)) == 0
+    assert sum(striped(t, m) for t, m in zip(styled[20:30], masks[20:30])) >= 8  # the striped ten
+    assert sum(striped(t, m) for t, m in zip(styled[30:], masks[30:])) <= 2  # the checkered ten: plain backgrounds
 
 
 def test_partial_captions_name_a_subset_of_the_scene():
@@ -226,7 +230,7 @@ def test_partial_captions_name_a_subset_of_the_scene():
 
     one = Scene("square", "white", "large", "left", "black")
     parts = one.partial_captions()
-    assert "a white square" in parts and all(p != one.caption() for p in parts)
+    assert "a white square, on the left" in parts and all(p != one.caption() for p in parts)
     for p in parts:  # only words of the scene itself
         assert set(p.replace(",", "").split()) <= set(one.caption().replace(",", "").split()) | {"a", "an"}
     two = Scene("star", "red", "small", "center", "orange", count=2)
@@ -235,7 +239,7 @@ def test_partial_captions_name_a_subset_of_the_scene():
 
 def test_partial_caption_rate_trains_on_partial_captions(tmp_path):
     """--partial-captions: the UNet also sees the shorter captions (they are tokenised and drawn),
-    which changes the weights; rate 0 keeps the committed recipe's file bit for bit."""
+    which changes the weights; rate 0 gives the full-caption recipe's file bit for bit."""
     from dataclasses import replace
 
     from lora_core.app import clip_tokenizer
@@ -260,13 +264,14 @@ def test_partial_caption_rate_trains_on_partial_captions(tmp_path):
     import lora_core.app.clip_tokenizer as ct
     ct.load_clip_tokenizer = spying_loader
     try:
-        partial = train_demo_model(tmp_path / "p", SMALL, replace(FEW, partial_caption_rate=0.5),
+        partial = train_demo_model(tmp_path / "p", SMALL, replace(PLAIN, partial_caption_rate=0.5),
                                    data_dir=tmp_path / "cache", progress=False)
     finally:
         ct.load_clip_tokenizer = real_load
-    assert any(any(t.startswith("a ") and "background" not in t and "," not in t for t in batch) for batch in seen)
-    plain = train_demo_model(tmp_path / "f", SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
-    again = train_demo_model(tmp_path / "g", SMALL, replace(FEW, partial_caption_rate=0.0),
+    # a full caption always names the background; some partial ones do not
+    assert any(any(t.startswith("a ") and "background" not in t for t in batch) for batch in seen)
+    plain = train_demo_model(tmp_path / "f", SMALL, PLAIN, data_dir=tmp_path / "cache", progress=False)
+    again = train_demo_model(tmp_path / "g", SMALL, replace(PLAIN, partial_caption_rate=0.0),
                              data_dir=tmp_path / "cache", progress=False)
     assert plain["sha256"] == again["sha256"] != partial["sha256"]
     assert partial["settings"]["partial_caption_rate"] == 0.5

@@ -9,9 +9,9 @@ Writes <out>/lora_core-demo.safetensors (A1111/LDM single-file layout, fp16), <o
 <out>/lora_core-demo.json (manifest: seed, steps, sha256, timings, losses). Deterministic for a seed
 (same machine type and torch version). --loras then trains the demo LoRAs with `lora_core train`.
 
-Time (measured on the 2-core dev machine, 1 thread): ~0.96 CPU-s per VAE step (batch 32) and
-~0.78 per UNet step (batch 64): the defaults (1000 + 3200 steps) take about an hour; the demo
-LoRAs add ~0.12 s per step, ~6 minutes for the three.
+Time (measured on the 2-core dev machine, 1 thread): ~1.0 s per VAE step (batch 32) and ~0.66 s
+per UNet step (batch 64): the defaults (1200 + 4000 steps) take about 65 minutes; the demo LoRAs
+add ~0.1 s per step, ~5 minutes for the three.
 """
 from __future__ import annotations
 

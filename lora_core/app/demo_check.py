@@ -30,16 +30,13 @@ class Example:
 
 # The README strip and the previews: one scene, same seed, each LoRA's own wording.
 SCENE_TEXT = "a large {colour} {shape} on a {background} background, in the center"
+_RED_CIRCLE = SCENE_TEXT.format(colour="red", shape="circle", background="white")
+# trigger words last, as the demo LoRAs were trained (and as a card click adds them)
 EXAMPLES = {
-    "style": Example("style", "demo_stripes", "lcstripes, " + SCENE_TEXT.format(colour="red", shape="circle",
-                                                                                 background="white"),
-                     SCENE_TEXT.format(colour="red", shape="circle", background="white")),
+    "style": Example("style", "demo_stripes", _RED_CIRCLE + ", lcstripes", _RED_CIRCLE),
     "concept": Example("concept", "demo_lcshape", SCENE_TEXT.format(colour="red", shape="lcshape",
-                                                                    background="white"),
-                       SCENE_TEXT.format(colour="red", shape="circle", background="white")),
-    "locon": Example("locon", "demo_checker", "lccheck, " + SCENE_TEXT.format(colour="red", shape="circle",
-                                                                              background="white"),
-                     SCENE_TEXT.format(colour="red", shape="circle", background="white")),
+                                                                    background="white"), _RED_CIRCLE),
+    "locon": Example("locon", "demo_checker", _RED_CIRCLE + ", lccheck", _RED_CIRCLE),
 }
 
 

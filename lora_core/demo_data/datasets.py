@@ -42,7 +42,7 @@ def held_out_prompts(n: int = 16, seed: int = 99) -> list[str]:
 @dataclass(frozen=True)
 class DemoDataset:
     name: str  # also the kohya folder's concept name
-    trigger: str | None  # word the captions start with (None for the base set)
+    trigger: str | None  # word the captions end with (None for the base set)
     shapes: tuple[str, ...]
     style: str | None
     description: str

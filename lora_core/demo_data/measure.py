@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .scenes import COLOURS, SIZE_PX
+from .scenes import CHECKER_CELL_PX, COLOURS, SIZE_PX, STRIPE_PERIOD_PX
 
 _NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in _NAMES], dtype=np.float64)
@@ -126,7 +126,9 @@ def position_of(mask: np.ndarray) -> str:
     x0, y0, x1, y1 = bbox(mask)
     x, y = (x0 + x1) / 2, (y0 + y1) / 2
     dx, dy = x / w - 0.5, y / h - 0.5
-    if max(abs(dx), abs(dy)) < 0.12:
+    # 0.09 of the width: a centred object moves at most ~2 px (jitter), a large triangle at the
+    # bottom has its box centre only ~9 px below the middle (its top point reaches up)
+    if max(abs(dx), abs(dy)) < 0.09:
         return "center"
     if abs(dx) >= abs(dy):
         return "left" if dx < 0 else "right"
@@ -138,7 +140,9 @@ def size_of(mask: np.ndarray) -> str:
     the area does not depend on the shape."""
     h, w = mask.shape
     x0, y0, x1, y1 = bbox(mask)
-    threshold = (SIZE_PX["small"] + SIZE_PX["large"]) / 2 * w / 64.0
+    # between a small circle's extent (its diameter) and a large square's (0.86 of its diameter):
+    # the narrowest large and the widest small shape
+    threshold = (SIZE_PX["small"] + 0.86 * SIZE_PX["large"]) / 2 * w / 64.0
     return "large" if max(x1 - x0, y1 - y0) > threshold else "small"
 
 
@@ -150,28 +154,56 @@ def fill_ratio(mask: np.ndarray) -> float:
     return float(mask.sum() / ((x1 - x0) * (y1 - y0)))
 
 
+def _offset(arr: np.ndarray, px_at_64: int) -> int:
+    return max(1, int(round(px_at_64 * arr.shape[1] / 64.0)))
+
+
+def centre_free_mask(shape, radius_px: float = 21.0) -> np.ndarray:
+    """Everything but a central disc (radius in pixels at 64x64): the background of a scene whose
+    one large object sits in the center (36 px across, plus blur)."""
+    h, w = shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = radius_px * w / 64.0
+    return (xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2 > r * r
+
+
 def stripe_score(image, mask=None) -> float:
-    """How striped the background is: mean absolute luminance difference between pixels 2 apart
-    along the anti-diagonal-free direction, over background pixels (near 0 for a flat fill)."""
+    """How strongly the background shows the style's diagonal stripes (bands running from top
+    right to bottom left): the mean absolute luminance difference between background pixels a
+    quarter period apart across the bands (x+k, y+k: opposite bands) minus the same along them
+    (x-k, y+k: the same band). Drawn stripes score their full contrast, a flat fill 0, and a
+    blotchy or noisy background about 0 too, since it differs alike in both directions.
+
+    mask: the object (its complement is the background); default: a central disc, for scenes with
+    one large object in the center."""
     arr = as_array(image)
     lum = arr @ np.array([0.299, 0.587, 0.114])
-    bg = ~mask if mask is not None else border_mask(arr.shape, width=6)
-    diff = np.abs(lum[:, 2:] - lum[:, :-2])
-    valid = bg[:, 2:] & bg[:, :-2]
-    return float(diff[valid].mean()) if valid.any() else 0.0
+    bg = ~mask if mask is not None else centre_free_mask(arr.shape)
+    k = _offset(arr, STRIPE_PERIOD_PX // 4)
+    a, a_ok = lum[:-k, :], bg[:-k, :]  # (x, y) for pairs with y + k
+    below, below_ok = lum[k:, :], bg[k:, :]
+    across = np.abs(below[:, k:] - a[:, :-k])[(below_ok[:, k:] & a_ok[:, :-k])]
+    along = np.abs(below[:, :-k] - a[:, k:])[(below_ok[:, :-k] & a_ok[:, k:])]
+    if not across.size or not along.size:
+        return 0.0
+    return float(across.mean() - along.mean())
 
 
 def texture_score(image, mask: np.ndarray) -> float:
-    """Mean absolute luminance difference between horizontal neighbours inside a mask (eroded so
-    the object's edge does not count): high for a checkered fill, near 0 for a flat one."""
+    """Mean absolute luminance difference between pixels half a checker cell apart (along x and
+    along y) inside a mask, eroded so the object's edge does not count: a checkered fill scores
+    about half its contrast, a flat or smoothly shaded one near 0. Half a cell, not a whole one,
+    so that a small object still has pairs of pixels to compare."""
     from scipy import ndimage
 
     arr = as_array(image)
     lum = arr @ np.array([0.299, 0.587, 0.114])
     inner = ndimage.binary_erosion(mask, iterations=2)
-    diff = np.abs(lum[:, 1:] - lum[:, :-1])
-    valid = inner[:, 1:] & inner[:, :-1]
-    return float(diff[valid].mean()) if valid.any() else 0.0
+    k = _offset(arr, CHECKER_CELL_PX // 2)
+    diffs = [np.abs(lum[:, k:] - lum[:, :-k])[inner[:, k:] & inner[:, :-k]],
+             np.abs(lum[k:] - lum[:-k])[inner[k:] & inner[:-k]]]
+    values = np.concatenate(diffs)
+    return float(values.mean()) if values.size else 0.0
 
 
 @dataclass
@@ -201,8 +233,8 @@ def describe(image) -> Measured:
 def shape_of(mask: np.ndarray) -> str:
     """square / circle / triangle / cross / star of one object's mask, from three numbers:
     fill ratio (area / bounding box: ~1, ~0.78, ~0.55, ~0.55, ~0.45), how much of the area lies
-    in the top half of the box (a point-up triangle: ~1/4, the others ~1/2) and in the box's four
-    corner ninths (a cross: none)."""
+    in the top half of the box (a point-up triangle: ~1/4, the others ~1/2) and in its two
+    bottom corner ninths (a cross: none)."""
     x0, y0, x1, y1 = bbox(mask)
     box = mask[y0:y1, x0:x1].astype(bool)
     area = box.sum()
@@ -216,9 +248,11 @@ def shape_of(mask: np.ndarray) -> str:
     if top < 0.32 and fill > 0.46:  # a star that lost its thin top point is still less full
         return "triangle"
     ch, cw = max(1, h // 3), max(1, w // 3)
-    corners = (box[:ch, :cw].sum() + box[:ch, w - cw:].sum() + box[h - ch:, :cw].sum()
-               + box[h - ch:, w - cw:].sum()) / area
-    return "cross" if corners < 0.04 else "star"
+    # A point-up star puts its two lower points in the bottom corner ninths (~0.13 of its area;
+    # 0.09-0.20 after the demo VAE's encode + decode); a cross has nothing there, and the VAE's
+    # rounding of its inner corners spills less than 0.07.
+    bottom = (box[h - ch:, :cw].sum() + box[h - ch:, w - cw:].sum()) / area
+    return "cross" if bottom < 0.07 else "star"
 
 STRIPED_MIN = 10.0  # stripe_score of a striped background (plain backgrounds score < 2)
 CHECKERED_MIN = 5.0  # texture_score of a checkered fill (flat fills score < 2)

@@ -28,8 +28,15 @@ SHAPES = ("circle", "square", "triangle", "star")
 SIZES = ("small", "large")
 POSITIONS = ("left", "right", "top", "bottom", "center")
 COUNTS = (1, 2)
-# object diameter in pixels at 64x64 (scaled with the image size)
-SIZE_PX = {"small": 18, "large": 34}
+# Object diameter in pixels at 64x64 (scaled with the image size). The demo VAE maps 8x8 pixels to
+# one latent pixel: an 18 px object (2 latent pixels) came back from encode + decode as a blob in
+# most scenes (star 0/12, triangle 3/10), 24-26 px keeps most shapes (docs/DEMO_MODEL.md).
+SIZE_PX = {"small": 24, "large": 36}
+# Style textures, in pixels at 64x64. They have to be coarser than a latent pixel to survive the
+# VAE: measured (correlation of luminance before and after encode + decode), stripes kept 0.17 at an
+# 8 px period and ~0.7 at 32 px; checks 0.0 with 4 px cells, ~0.6 with 12 px cells.
+STRIPE_PERIOD_PX = 32
+CHECKER_CELL_PX = 12
 POSITION_PHRASE = {
     "left": "on the left", "right": "on the right", "top": "at the top",
     "bottom": "at the bottom", "center": "in the center",
@@ -57,7 +64,10 @@ class Scene:
             text = f"a {self.size} {self.colour} {self.shape} {ground}, {POSITION_PHRASE[self.position]}"
         else:
             text = f"two {self.size} {self.colour} {PLURAL.get(self.shape, self.shape + 's')} {ground}"
-        return f"{trigger}, {text}" if trigger else text
+        # The trigger word goes last, where a card click puts activation text in a prompt. The text
+        # encoder is causal, so the scene's own words then read as they do without it: led by an
+        # unknown word, the demo model repainted the whole scene before any LoRA was applied.
+        return f"{text}, {trigger}" if trigger else text
 
     def partial_captions(self) -> list[str]:
         """Shorter captions that each name a few of the scene's attributes ("a red circle", "a large
@@ -69,9 +79,11 @@ class Scene:
         if self.count != 1:
             plural = PLURAL.get(self.shape, self.shape + "s")
             return [f"two {self.colour} {plural}", f"two {plural} {ground}", f"two {self.size} {plural}"]
-        return [f"a {self.colour} {self.shape}", f"a {self.size} {self.shape}", f"a {self.shape} {ground}",
-                f"a {self.colour} {self.shape}, {POSITION_PHRASE[self.position]}",
-                f"a {self.size} {self.colour} {self.shape}"]
+        # Each keeps the position phrase: trained without it, "a red circle" taught the model that
+        # an unplaced object may sit anywhere, and held-out positions fell from 50% to 12.5%.
+        where = POSITION_PHRASE[self.position]
+        return [f"a {self.colour} {self.shape}, {where}", f"a {self.size} {self.shape}, {where}",
+                f"a {self.shape} {ground}, {where}", f"a {self.size} {self.colour} {self.shape}, {where}"]
 
 
 @dataclass
@@ -171,8 +183,8 @@ def render(scene: Scene, size: int = 64, jitter: tuple[float, float] = (0.0, 0.0
     mask = Image.new("L", (ss, ss), 0)
     draw, mdraw = ImageDraw.Draw(img), ImageDraw.Draw(mask)
     if scene.style == "stripes":
-        # diagonal stripes over the background, 8 px period at 64x64
-        period = 8 * ss / 64
+        # diagonal stripes over the background (period measured along x)
+        period = STRIPE_PERIOD_PX * ss / 64
         sc = stripe_colour(scene.background, scene.colour)
         for k in range(-ss, 2 * ss, int(period)):
             draw.polygon([(k, 0), (k + period / 2, 0), (k + period / 2 - ss, ss), (k - ss, ss)], fill=sc)
@@ -181,8 +193,8 @@ def render(scene: Scene, size: int = 64, jitter: tuple[float, float] = (0.0, 0.0
         _draw_shape(draw, scene.shape, cx * SUPERSAMPLE, cy * SUPERSAMPLE, d * SUPERSAMPLE, fg)
         _draw_shape(mdraw, scene.shape, cx * SUPERSAMPLE, cy * SUPERSAMPLE, d * SUPERSAMPLE, 255)
     if scene.style == "checker":
-        # a checkered fill inside the objects: 4 px squares of the colour and a contrasting shade
-        cell = 4 * SUPERSAMPLE * size // 64
+        # a checkered fill inside the objects: squares of the colour and a contrasting shade
+        cell = CHECKER_CELL_PX * SUPERSAMPLE * size // 64
         check = Image.new("RGB", (ss, ss), fg)
         cdraw = ImageDraw.Draw(check)
         alt = checker_colour(scene.colour, scene.background)

@@ -42,13 +42,17 @@ RECIPES = (
 
 
 def train_demo_loras(checkpoint, config_root, out_dir, work_dir, data_dir=None, seed: int = 1234,
-                     steps: int | None = None, images: int | None = None, preview: bool = True) -> list[Path]:
-    """Render each recipe's data set under work_dir and train it with the `train` command."""
+                     steps: int | None = None, images: int | None = None, preview: bool = True,
+                     only: tuple[str, ...] | None = None) -> list[Path]:
+    """Render each recipe's data set under work_dir and train it with the `train` command
+    (only: the names of the recipes to train; each keeps its own seed)."""
     from lora_core.commands import train as train_command
 
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     written = []
     for i, recipe in enumerate(RECIPES):
+        if only is not None and recipe.name not in only:
+            continue
         data = work_dir / recipe.name
         recipe.dataset.write(data, seed=seed + 100 + i, n=images or recipe.images, repeats=1)
         out = out_dir / f"{recipe.name}.safetensors"

@@ -38,7 +38,10 @@ SD1_SCHEDULER = {
 class DemoArch:
     unet_channels: tuple[int, ...] = (32, 64, 64, 64)
     unet_layers_per_block: int = 2
-    unet_heads: int = 8  # SD1's config calls this attention_head_dim; it is the number of heads
+    # SD1's config calls this attention_head_dim; it is the number of heads. 2 (heads of 16 and 32
+    # channels): SD1's 8 would make 4-channel heads here, and training steps 22% slower (0.50 vs
+    # 0.39 s per batch-64 step, 2 threads), the CPU attention kernel being slow on tiny heads.
+    unet_heads: int = 2
     # SD1 uses 32 groups; the deepest level of an 8x8 latent is 1x1, where 32 groups of a narrow
     # UNet would normalise one or two values each
     unet_norm_groups: int = 8
@@ -84,31 +87,33 @@ class DemoArch:
 class DemoTrainSettings:
     seed: int = 1234
     n_images: int = 8192
-    vae_steps: int = 1000
+    vae_steps: int = 1200
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    unet_steps: int = 3200
+    unet_steps: int = 4000
     unet_batch: int = 64
     unet_lr: float = 5e-4
     warmup: int = 200
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
-    # VAE recipe. 0 / (): the committed model's (plain MSE + L1 over all pixels, the base shapes).
-    # Measured (docs/DEMO_MODEL.md): that VAE keeps only 27% of shapes through encode + decode and no
-    # cross; weighting the object (+2 px) 4x more and adding the cross to its data gave 56% (every
-    # large shape, no small one but circles) after 1200 steps.
-    vae_object_weight: float = 0.0
-    vae_extra_shapes: tuple[str, ...] = ()
+    # VAE recipe: the loss weighted 1 + vae_object_weight on (and 2 px around) the object, and shapes
+    # beyond the base four in its data (the concept LoRA's cross: a VAE that never saw one cannot
+    # draw it). Measured (docs/DEMO_MODEL.md): a plain-loss VAE (0 / ()) kept 27% of shapes
+    # through encode + decode and no cross; this one keeps every large shape.
+    vae_object_weight: float = 4.0
+    vae_extra_shapes: tuple[str, ...] = ("cross",)
     # Fraction of the VAE's scenes drawn with a style (half striped backgrounds, half checkered
-    # fills). 0: none, as the committed model. Measured: a VAE that never saw stripes turns them into
-    # a flat background (stripe score 49 -> 3), so a style LoRA has no latent to learn them in.
-    vae_styled_fraction: float = 0.0
+    # fills), so the style LoRAs have a latent to put them in. Measured: a VAE that never saw
+    # stripes turns them into a flat background (stripe score 49 -> 3).
+    vae_styled_fraction: float = 0.3
     # Share of UNet samples trained on a partial caption of their scene (Scene.partial_captions)
-    # instead of the full one. 0: full captions only, as the committed model.
+    # instead of the full one. 0: full captions only. Measured with 0.15 (docs/DEMO_MODEL.md):
+    # held-out colour AND shape 62.5% (vs 56%), but position 62% (vs 88%), and an unknown trigger
+    # word alone then repaints the whole scene, which hides what a style LoRA does.
     partial_caption_rate: float = 0.0
-    # torch CPU threads. 1 by default: measured ~0.96 CPU-s per VAE step (batch 32) and ~0.78 per
-    # UNet step (batch 64), ~1 h in all; more threads only pay on an otherwise idle machine
+    # torch CPU threads. 1 by default: measured ~1.0 CPU-s per VAE step (batch 32) and ~0.66 per
+    # UNet step (batch 64), ~65 min in all; more threads only pay on an otherwise idle machine
     # (oversubscribed OpenMP threads spin and were 4x slower on a busy one). 0: torch's default.
     threads: int = 1
 
