@@ -160,6 +160,31 @@
     }
   }
 
+  // A short note at the bottom of the window: a card click edits a prompt box that is usually on
+  // another tab, so say what changed where. textContent only (names are untrusted).
+  var toast = null;
+  var toastTimer = null;
+  function notify(text) {
+    if (!toast || !toast.isConnected) {
+      toast = document.createElement("div");
+      toast.className = "lora-core-toast";
+      toast.setAttribute("role", "status");
+      toast.setAttribute("aria-live", "polite");
+      document.body.appendChild(toast);
+    }
+    toast.textContent = text;
+    toast.classList.add("lora-core-toast-shown");
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(function () {
+      toast.classList.remove("lora-core-toast-shown");
+    }, 5000);
+  }
+
+  function promptName(ta) {
+    var id = promptIdOf(ta, PROMPT_IDS);
+    return (id ? id.replace(/_prompt$/, "") + " " : "") + "prompt";
+  }
+
   function onCardClick(card) {
     var tag = card.getAttribute("data-lora-tag");
     if (!tag) {
@@ -171,7 +196,13 @@
     }
     var name = card.getAttribute("data-lora-name") || "";
     var triggers = card.getAttribute("data-lora-triggers") || "";
+    var had = new RegExp("<(?:lora|lyco):" + escapeRegExp(name) + "(?::[^>]*)?>", "i").test(ta.value);
     setPromptText(ta, toggleLora(ta.value, name, tag, triggers));
+    if (had) {
+      notify("Removed <lora:" + name + "> from the " + promptName(ta) + ".");
+    } else {
+      notify("Added " + (triggers ? tag + ", " + triggers : tag) + " to the " + promptName(ta) + ".");
+    }
   }
 
   function sendAction(action, key, extra) {
@@ -231,7 +262,11 @@
   function insertStack(tagsText) {
     var ta = targetPrompt();
     if (ta) {
-      setPromptText(ta, insertTags(ta.value, tagsText));
+      var before = ta.value;
+      var after = insertTags(before, tagsText);
+      setPromptText(ta, after);
+      var added = after.length > before.length ? after.slice(before.replace(/\s+$/, "").length).replace(/^[\s,]+/, "") : "";
+      notify(added ? "Added " + added + " to the " + promptName(ta) + "." : "The " + promptName(ta) + " already has these LoRAs.");
     }
   }
 

@@ -184,9 +184,11 @@ def test_install_py_installs_only_what_is_missing(monkeypatch):
 
 
 def test_preload_adds_options_once(root):
+    """Without a built-in that defines them, our preload adds the built-in's options (once)."""
     import argparse
 
-    webui_harness.fresh_modules()
+    m = webui_harness.fresh_modules()
+    m.paths.configure(root, root / "no-extensions-builtin")
     parser = argparse.ArgumentParser()
     module = runpy.run_path(str(REPO / "preload.py"))
     module["preload"](parser)
@@ -262,3 +264,174 @@ def test_short_hash_of_a_file_not_hashed_yet(root):
     entry = dataclasses.replace(w.host.library().find("fresh"), sha256=None, addnet_sha256=None)
     assert entry.autov3 is None
     assert w.host.short_hash(entry) == _addnet_short(path)
+
+
+# ---------------------------------------------------------------- start-up order (issue 13 item 6)
+BUILTIN_STATES = [True, False, None]  # enabled, installed but disabled, no built-in folder
+
+
+def _option_owner(m, option):
+    """'builtin' when the built-in's preload defined `option` (its type is the webui's
+    normalized_filepath), 'lora_core' when ours did."""
+    action = m.shared.parser._option_string_actions[option]
+    return "builtin" if action.type is m.paths_internal.normalized_filepath else "lora_core"
+
+
+@pytest.mark.parametrize("forge", [False, True], ids=["a1111", "forge"])
+@pytest.mark.parametrize("builtin", BUILTIN_STATES, ids=["enabled", "disabled", "absent"])
+def test_preloads_run_user_first_then_every_builtin_without_error(root, builtin, forge):
+    w = webui_harness.launch(root, builtin=builtin, forge=forge)
+    m = w.m
+    assert m.errors.recorded == []
+    ran = [Path(p).parent.name for p in m.script_loading.loaded_scripts if p.endswith("preload.py")]
+    builtin_folder = "sd_forge_lora" if forge else "Lora"
+    if builtin is None:
+        assert ran == [webui_harness.REPO.name]
+        assert _option_owner(m, "--lora-dir") == _option_owner(m, "--lyco-dir-backcompat") == "lora_core"
+    else:  # ours first, then the built-in's, even when it is disabled
+        assert ran == [webui_harness.REPO.name, builtin_folder]
+        assert _option_owner(m, "--lora-dir") == _option_owner(m, "--lyco-dir-backcompat") == "builtin"
+    assert Path(m.shared.cmd_opts.lora_dir) == root / "models" / "Lora"
+    assert Path(m.shared.cmd_opts.lyco_dir_backcompat) == root / "models" / "LyCORIS"
+    assert m.shared.parser.parse_args(["--lyco-dir", "/y"]).lyco_dir_backcompat.endswith("y")
+    # the built-in's scripts run only when it is enabled
+    assert ("lora_script.py" in w.scripts) == (builtin is True)
+    assert type(_ours(w)).__name__ == "LoraCoreNetwork"
+
+
+_OLD_PRELOAD = '''
+def preload(parser):
+    # lora_core's preload before the fix: adds the built-in's options unless already there,
+    # which never helps, because the webui runs the built-in's preload after this one.
+    if "--lora-dir" not in parser._option_string_actions:
+        parser.add_argument("--lora-dir", type=str, default="models/Lora")
+    if "--lyco-dir-backcompat" not in parser._option_string_actions:
+        parser.add_argument("--lyco-dir-backcompat", type=str, default="models/LyCORIS")
+'''
+
+
+@pytest.mark.parametrize("forge", [False, True], ids=["a1111", "forge"])
+@pytest.mark.parametrize("builtin", BUILTIN_STATES, ids=["enabled", "disabled", "absent"])
+def test_standin_reports_the_old_preload_conflict(root, tmp_path_factory, builtin, forge):
+    """The start-up traceback every user saw: the stand-in now records it as the webui does."""
+    ext = tmp_path_factory.mktemp("extensions") / "old_lora_ext"
+    ext.mkdir()
+    (ext / "preload.py").write_text(_OLD_PRELOAD)
+    w = webui_harness.launch(root, builtin=builtin, forge=forge, extension_dir=ext)
+    if builtin is None:
+        assert w.m.errors.recorded == []
+        return
+    folder = "sd_forge_lora" if forge else "Lora"
+    assert len(w.m.errors.recorded) == 1, w.m.errors.recorded
+    report = w.m.errors.recorded[0]
+    assert report.startswith("Error running preload() for ") and f"{folder}/preload.py" in report
+    assert "argument --lora-dir: conflicting option string" in report
+
+
+def test_disabled_user_extension_is_not_preloaded(root, tmp_path_factory):
+    ext = tmp_path_factory.mktemp("extensions") / "old_lora_ext"
+    ext.mkdir()
+    (ext / "preload.py").write_text(_OLD_PRELOAD)
+    w = webui_harness.launch(root, builtin=True, user_extensions=[ext], disabled=["old_lora_ext"])
+    assert w.m.errors.recorded == []
+    assert not [p for p in w.m.script_loading.loaded_scripts if "old_lora_ext" in p]
+
+
+# ---------------------------------------------------------------- callback order (issue 13 item 6)
+def _names(callbacks):
+    return [c.name for c in callbacks]
+
+
+def _our_name(category, file="__init__.py"):
+    return f"{webui_harness.REPO.name.lower()}/{file}/{category}"
+
+
+@pytest.mark.parametrize("forge", [False, True], ids=["a1111", "forge"])
+def test_callback_order_is_declared_in_our_metadata(root, forge):
+    w = webui_harness.launch(root, builtin=True, forge=forge)
+    m = w.m
+    assert m.errors.recorded == []  # no "referencing the wrong extension" report either
+    b = "sd_forge_lora" if forge else "lora"
+    before_ui = m.script_callbacks.callback_map["callbacks_before_ui"]
+    pasted = m.script_callbacks.callback_map["callbacks_infotext_pasted"]
+    # The lists keep the registration order (built-in scripts load first): nothing was moved...
+    assert _names(before_ui) == [f"{b}/lora_script.py/before_ui", _our_name("before_ui")]
+    assert _names(pasted) == [f"{b}/lora_script.py/infotext_pasted", f"{b}/lora_script.py/infotext_pasted-1",
+                              _our_name("infotext_pasted")]
+    # ...the order is declared in our extension's metadata, and the webui's sorting applies it.
+    ours = m.extensions.find_extension(str(webui_harness.REPO / "lora_core" / "a1111" / "__init__.py"))
+    assert ours is not None and not ours.is_builtin
+    config = ours.metadata.config
+    assert config.get(f"callbacks/{_our_name('before_ui')}", "Before").split() == [f"{b}/lora_script.py/before_ui"]
+    assert config.get(f"callbacks/{_our_name('infotext_pasted')}", "Before").split() == _names(pasted)[:2]
+    assert _names(m.script_callbacks.ordered_callbacks("before_ui"))[0] == _names(before_ui)[1]
+    assert _names(m.script_callbacks.ordered_callbacks("infotext_pasted"))[0] == _names(pasted)[2]
+
+    # before_ui runs in reverse: the built-in registers first, ours last and wins (no app_started).
+    builtin = w.scripts["lora_script.py"]
+    m.extra_networks.initialize()
+    m.ui_extra_networks.initialize()
+    builtin.calls.clear()
+    m.script_callbacks.before_ui_callback()
+    assert builtin.calls == [("before_ui",)]
+    assert type(_ours(w)).__name__ == "LoraCoreNetwork"
+    assert [type(p).__name__ for p in m.ui_extra_networks.extra_pages] == ["LoraCorePage"]
+
+
+def test_paste_order_follows_the_declared_metadata(root):
+    _lora_file(root / "models" / "Lora" / "local_name.safetensors")
+    w = webui_harness.launch(root, builtin=True)
+    assert w.host.library().wait_for_hashes(30)
+    short = _addnet_short(root / "models" / "Lora" / "local_name.safetensors")
+    seen = []
+    original = w.host.infotext_pasted
+    entry = next(c for c in w.m.script_callbacks.callback_map["callbacks_infotext_pasted"] if c.callback == original)
+    entry.callback = lambda text, params: (seen.append("lora_core"), original(text, params))
+    text = f'<lora:their:1>\nSteps: 2, Lora hashes: "their: {short}"'
+    params = w.m.infotext_utils.parse_generation_parameters(text)
+    builtin = w.scripts["lora_script.py"]
+    assert seen == ["lora_core"]
+    assert [c for c in builtin.calls if c[0].startswith("infotext")] == [
+        ("infotext_pasted", "<lora:local_name:1>"), ("infotext_pasted_addnet", "<lora:local_name:1>")]
+    assert params["Prompt"] == "<lora:local_name:1>"
+
+
+def test_user_priority_setting_overrides_the_declared_order(root):
+    """The stand-in honours Settings > "Callback order" (opts.prioritized_callbacks_<category>) as the
+    webui does; app_started still leaves lora_core in charge of <lora:...>."""
+    w = webui_harness.launch(root, builtin=True)
+    m = w.m
+    m.shared.opts.prioritized_callbacks_before_ui = ["lora/lora_script.py/before_ui"]
+    m.script_callbacks.ordered_callbacks_map.clear()
+    assert _names(m.script_callbacks.ordered_callbacks("before_ui"))[0] == "lora/lora_script.py/before_ui"
+    m.extra_networks.initialize()
+    m.script_callbacks.before_ui_callback()
+    assert type(_ours(w)).__name__ == "FakeBuiltinLora"  # the user asked for it
+    from fastapi import FastAPI
+
+    m.script_callbacks.app_started_callback(None, FastAPI())
+    assert type(_ours(w)).__name__ == "LoraCoreNetwork"
+
+
+def test_webui_without_sort_callbacks_uses_the_list_fallback(root):
+    w = webui_harness.launch(root, builtin=True, callback_sorting=False)
+    m = w.m
+    assert not hasattr(m.script_callbacks, "sort_callbacks") and not hasattr(m.script_callbacks, "ordered_callbacks")
+    assert m.errors.recorded == []
+    before_ui = m.script_callbacks.callback_map["callbacks_before_ui"]
+    pasted = m.script_callbacks.callback_map["callbacks_infotext_pasted"]
+    assert _names(before_ui)[0] == _our_name("before_ui")  # moved to the front of the list
+    assert _names(pasted)[0] == _our_name("infotext_pasted")
+    ours = m.extensions.find_extension(str(webui_harness.REPO / "preload.py"))
+    assert not [s for s in ours.metadata.config.sections() if s.startswith("callbacks/")]
+    m.extra_networks.initialize()
+    m.script_callbacks.before_ui_callback()
+    assert type(_ours(w)).__name__ == "LoraCoreNetwork"
+
+
+def test_no_order_section_without_a_builtin_to_order_against(root):
+    for builtin in (False, None):
+        w = webui_harness.launch(root, builtin=builtin)
+        ours = w.m.extensions.find_extension(str(webui_harness.REPO / "preload.py"))
+        assert not [s for s in ours.metadata.config.sections() if s.startswith("callbacks/")]
+        assert w.m.errors.recorded == []

@@ -1,11 +1,13 @@
 """`python -m lora_core generate` writes a PNG carrying A1111 parameters (demo model, demo LoRA)."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from PIL import Image
 
+from lora_core.app.demo import LABEL
 from lora_core.app.infotext import parse_infotext, read_png_infotext
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,4 +31,9 @@ def test_generate_cli_writes_png_with_parameters(tmp_path):
     assert list(parsed.lora_hashes()) == ["demo_cool"]
     # the demo LoRAs were written next to the models on this first run
     assert (tmp_path / "models" / "Lora" / "demo" / "demo_cool.safetensors").is_file()
+    # the console says each useful thing once and carries no import noise
+    output = done.stdout + done.stderr
+    assert output.count(LABEL) == 1, output
+    assert len(re.findall(r"[Ww]rote \d+ demo LoRAs", output)) == 1, output
+    assert "torchvision" not in output, output
 

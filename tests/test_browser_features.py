@@ -55,6 +55,11 @@ def _prompt(pg):
     return pg.eval_on_selector("#txt2img_prompt textarea", "t => t.value")
 
 
+def _toast(pg):
+    pg.wait_for_selector(".lora-core-toast.lora-core-toast-shown")
+    return pg.eval_on_selector(".lora-core-toast", "t => t.textContent")
+
+
 def _last_action(pg):
     pg.wait_for_function("window.__actions.length > 0")
     return json.loads(pg.evaluate("window.__actions.pop()"))
@@ -71,11 +76,19 @@ def test_blur_reveal_stacks_tags(page):
     assert pg.eval_on_selector(".lora-core-thumb-img", "i => getComputedStyle(i).filter") == "none"
     thumb.click()
     assert _prompt(pg) == "cat, <lora:a:0.3>, <lora:nsfw:1>"
+    # Issue 14 #17: the click says what it did to which prompt box (often one on another tab).
+    assert _toast(pg) == "Added <lora:nsfw:1> to the txt2img prompt."
     # Insert a stack: the LoRA already named keeps its weight, the others are added once.
     pg.locator('.lora-core-stack[data-stack-name="mix"] .lora-core-stack-insert').click()
     assert _prompt(pg) == "cat, <lora:a:0.3>, <lora:nsfw:1>, <lora:b:1>"
+    assert _toast(pg) == "Added <lora:b:1> to the txt2img prompt."
     pg.locator('.lora-core-stack[data-stack-name="mix"] .lora-core-stack-insert').click()
     assert _prompt(pg).count("<lora:b:") == 1
+    assert _toast(pg) == "The txt2img prompt already has these LoRAs."
+    # the stack's buttons stay on one line beside its text, the same size
+    boxes = pg.eval_on_selector_all('.lora-core-stack[data-stack-name="mix"] button',
+                                    "bs => bs.map(b => { const r = b.getBoundingClientRect(); return [r.top, r.height]; })")
+    assert len(boxes) == 2 and abs(boxes[0][0] - boxes[1][0]) < 1 and abs(boxes[0][1] - boxes[1][1]) < 1, boxes
     # Save: the JS reads the prompt and the name and goes through the bridge, not the button's own handler.
     pg.locator("#lora_core_stack_save button").click()
     msg = _last_action(pg)

@@ -1,6 +1,7 @@
 """Algorithm forms no installed producer writes: kohya's OFT, pre-4.0 LyCORIS `oft_diag`, the old
 GLoRA layout, LoKr with two full factors. Oracles are written from those tools' published math
-(kohya sd-scripts networks/oft.py forward, A1111/ComfyUI GLoRA), independently of formats' code."""
+(kohya sd-scripts networks/oft.py forward, A1111 network_oft.py / network_glora.py), independently
+of formats' code."""
 from __future__ import annotations
 
 import pytest
@@ -36,19 +37,54 @@ def test_kohya_oft(tmp_path, alpha):
     assert torch.allclose(a.delta(w0), _kohya_oft_reference(w0, blocks, alpha), atol=1e-5)
 
 
-def test_old_lycoris_oft_diag_is_unconstrained(tmp_path):
+def _pre4_lycoris_oft_diag(out_dim, block_size, g, rescaled=False):
+    """What LyCORIS before 4.0 wrote for diag-OFT: its state dict held `oft_diag` = R, the rotation
+    already built from the trained generators (Cayley of Q = B − Bᵀ, rows optionally rescaled),
+    shape (block_num, block_size, block_size), next to an `alpha` its loaders ignore."""
+    block_num = out_dim // block_size
+    trained = torch.randn(block_num, block_size, block_size, generator=g) * 0.4
+    q = trained - trained.transpose(1, 2)
+    eye = torch.eye(block_size).expand(block_num, -1, -1)
+    r = torch.linalg.solve((eye - q).transpose(1, 2), (eye + q).transpose(1, 2)).transpose(1, 2)  # (I+Q)(I−Q)⁻¹
+    if rescaled:
+        r = (torch.rand(block_num, block_size, 1, generator=g) + 0.5) * r
+    return r
+
+
+def _a1111_is_r_merge(w0, r, multiplier):
+    """A1111 network_oft.py with is_R (old `oft_diag`): block_size = R.shape[1], the output rows
+    cut into out/block_size blocks, row m of block k becomes Σ_n R[k,n,m]·W0[k·b+n]: W' = Rᵀ·W0
+    blockwise, R as stored (no Cayley, no constraint); merged = W0 + multiplier·(W' − W0)."""
+    rotated = (torch.block_diag(*r).T @ w0.reshape(w0.shape[0], -1)).reshape(w0.shape)
+    return w0 + multiplier * (rotated - w0)
+
+
+@pytest.mark.parametrize("shape,block,rescaled", [((8, 5), 4, False), ((8, 5, 3, 3), 4, False),
+                                                  ((12, 6), 3, True)])
+def test_pre4_lycoris_oft_diag_is_the_rotation_itself(tmp_path, shape, block, rescaled):
     g = torch.Generator().manual_seed(1)
-    w0 = torch.randn(8, 5, 3, 3, generator=g)
-    blocks = torch.randn(2, 4, 4, generator=g) * 0.5
-    save_file({"lora_unet_b_conv1.oft_diag": blocks}, str(tmp_path / "diag.safetensors"))
+    w0 = torch.randn(*shape, generator=g)
+    r = _pre4_lycoris_oft_diag(shape[0], block, g, rescaled)
+    save_file({"lora_unet_b_conv1.oft_diag": r, "lora_unet_b_conv1.alpha": torch.tensor(4.0)},
+              str(tmp_path / "diag.safetensors"))
     a = load_lora(tmp_path / "diag.safetensors").adapters["unet:b_conv1"]
-    expected = _kohya_oft_reference(w0.reshape(8, -1), blocks, alpha=1e9).reshape(w0.shape)
-    assert torch.allclose(a.delta(w0), expected, atol=1e-5)
+    assert a.kind == "oft"
+    for m in (1.0, 0.6, -0.5):
+        merged = w0 + m * a.delta(w0)
+        assert torch.allclose(merged, _a1111_is_r_merge(w0, r, m), atol=1e-5), m
+    # the fixture tells the two readings apart: R taken for generators (a Cayley transform of R
+    # itself, the old mistake) gives another weight
+    as_generators = _kohya_oft_reference(w0.reshape(shape[0], -1), r, alpha=1e9).reshape(shape)
+    assert not torch.allclose(a.delta(w0), as_generators, atol=1e-2)
 
 
-def test_old_glora_layout(tmp_path):
+@pytest.mark.parametrize("out_dim", [12, 10])
+def test_old_glora_layout(tmp_path, out_dim):
+    """A1111 network_glora.py: ΔW = b2@b1 + (W0@a2)@a1 (w1a = a1, w2a = a2, ...), scale alpha/r. On a
+    square layer the factor shapes alone also read as the current layout of rank in_dim: the rank
+    reported and the one the scale uses are both r."""
     g = torch.Generator().manual_seed(2)
-    out_dim, in_dim, r = 12, 10, 3
+    in_dim, r = 10, 3
     w0 = torch.randn(out_dim, in_dim, generator=g)
     a1, a2 = torch.randn(r, in_dim, generator=g), torch.randn(in_dim, r, generator=g)
     b1, b2 = torch.randn(r, in_dim, generator=g), torch.randn(out_dim, r, generator=g)
@@ -58,6 +94,7 @@ def test_old_glora_layout(tmp_path):
     a = load_lora(tmp_path / "glora.safetensors").adapters["unet:c_proj_in"]
     expected = (b2 @ b1 + (w0 @ a2) @ a1) * (1.5 / r)
     assert torch.allclose(a.delta(w0), expected, atol=1e-5)
+    assert a.rank == r and a.kind == "glora"
 
 
 def test_lokr_two_full_factors_ignore_alpha(tmp_path):

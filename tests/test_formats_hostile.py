@@ -51,19 +51,19 @@ def test_truncated_file(tmp_path):
     save_file(good_tensors(), str(p))
     data = p.read_bytes()
     p.write_bytes(data[:-10])
-    expect_error(p, "outside")
+    expect_error(p, "beyond the data area")
 
 
 def test_header_length_beyond_file(tmp_path):
     p = write_raw(tmp_path / "long.safetensors", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
                   b"\0\0\0\0", header_len=10_000)
-    expect_error(p, "past the end")
+    expect_error(p, "beyond the end")
 
 
 def test_tiny_file(tmp_path):
     p = tmp_path / "tiny.safetensors"
     p.write_bytes(b"abc")
-    expect_error(p, "too short")
+    expect_error(p, "shorter than")
 
 
 def test_invalid_json_header(tmp_path):
@@ -79,7 +79,7 @@ def test_header_not_an_object(tmp_path):
     ({"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}, ("needs 16 bytes",)),
     ({"dtype": "Q7", "shape": [4], "data_offsets": [0, 16]}, ("dtype",)),
     ({"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}, ("shape",)),
-    ({"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}, ("outside",)),
+    ({"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}, ("beyond the data area",)),
     ({"dtype": "F32", "shape": [4], "data_offsets": "x"}, ("data_offsets",)),
 ])
 def test_bad_entries(tmp_path, entry, words):

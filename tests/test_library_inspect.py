@@ -55,7 +55,9 @@ def test_algorithm_from_peft_and_diffusers_keys():
     assert detect_algorithm(shaped(old))[0] == "lora"
     magnitude = {**peft, "unet.down_blocks.0.attentions.0.proj_in.lora_magnitude_vector": (32,)}
     assert detect_algorithm(shaped(magnitude))[0] == "dora"
-    assert split_key("a.b.hada_w1_a") == ("a.b", "loha")
+    assert split_key("a.b.hada_w1_a") == ("a.b", "hada_w1_a")
+    assert split_key("a.b.lora_A.default.weight") == ("a.b", "lora_down.weight")
+    assert split_key("a.b.alpha") == ("a.b", "alpha") and split_key("a.b.c") == ("a.b", None)
 
 
 def test_kohya_plain_lora_with_1x1_proj_is_not_locon_but_resnets_are():

@@ -119,3 +119,40 @@ def test_both_text_search_strategies_agree(lib, monkeypatch, small_match):
     assert page.total == 2 and names(page) == ["bob"]
     assert names(lib.search("girl ch")) == ["alice", "bob"]
     assert names(lib.search("girl", folder="chars", sort="size")) == ["bob", "alice"]
+
+
+def test_phrases_short_words_and_paths(tmp_path):
+    """Issue 14 #16: phrases with short words ("on the left") and paths ("models/Lora") find LoRAs."""
+    root = tmp_path / "models" / "Lora"
+    write_lora(root / "left.safetensors", kohya_lora(), kohya_metadata("lefty", tags={"a red circle on the left": 3}))
+    write_lora(root / "sub" / "right.safetensors", kohya_lora(),
+               kohya_metadata("righty", tags={"on the right": 5, "left hand": 1}))
+    with Library([root], tmp_path / "data") as library:
+        library.scan()
+        assert names(library.search("on the left")) == ["left", "right"]  # every word, the short one too
+        assert names(library.search('"on the left"')) == ["left"]         # a quoted phrase as a whole
+        assert names(library.search('"ON  the LEFT" red')) == ["left"]
+        assert names(library.search("on")) == []                          # a short word alone: names only
+        assert names(library.search("models/Lora")) == ["left", "right"]  # the library folder's own path
+        assert names(library.search(str(root))) == ["left", "right"]
+        assert names(library.search("models/Lora/sub")) == ["right"]
+        assert names(library.search("Lora/sub/ri")) == ["right"]
+        assert names(library.search("models\\Lora\\left")) == ["left"]
+        assert names(library.search("sub/right.safetensors")) == ["right"]
+        assert names(library.search("models/Lora right")) == ["right"]
+        assert names(library.search("models/Lora/sub on the")) == ["right"]
+        assert names(library.search("other/Lora")) == [] and names(library.search("models/Lora/left/x")) == []
+
+
+def test_problem_entries_pass_the_family_filter_on_request(tmp_path):
+    """Issue 14 #15: an unreadable file is shown beside the checkpoint family's LoRAs."""
+    root = tmp_path / "Lora"
+    write_lora(root / "one.safetensors", kohya_lora(), kohya_metadata("one"))
+    write_lora(root / "xl.safetensors", kohya_lora(context_dim=2048, te2=True), kohya_metadata("xl", base="sdxl_base_v1-0"))
+    (root / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with Library([root], tmp_path / "data") as library:
+        library.scan()
+        assert names(library.search("", family="sd1")) == ["one"]
+        assert names(library.search("", family="sd1", with_problems=True)) == ["broken", "one"]
+        assert names(library.search("", problems_only=True)) == ["broken"]
+        assert names(library.search("bro", family="sd1", with_problems=True)) == ["broken"]

@@ -164,3 +164,25 @@ def test_parallel_restore_is_bitwise_and_uses_both_threads(two_threads, monkeypa
     assert p.slot_writes == writes + len(seen)
     assert p.backup_bytes == 0 and p.stack == ()
     assert torch.get_num_threads() == 2
+
+
+def test_parallel_writes_to_inference_tensors_inside_inference_mode(two_threads, monkeypatch):
+    """Hosts that load weights under torch.inference_mode() (Forge) can only have them written
+    in place inside it; the mode is per thread, so the helper threads must enter it too."""
+    reference = FakeBinding(seed=1)
+    Patcher(reference).apply(stack_for(reference))
+    model = FakeBinding(seed=1)
+    with torch.inference_mode():
+        model.tensors = {k: torch.nn.Parameter(t.detach().clone(), requires_grad=False) for k, t in model.tensors.items()}
+    assert all(t.is_inference() for t in model.tensors.values())
+    w0 = snapshot(model)
+    monkeypatch.setattr(patcher_module, "PARALLEL_MIN_ELEMENTS", 0)
+    seen = record_threads(monkeypatch, delay=0.01)
+    p = Patcher(model)
+    with torch.inference_mode():
+        report = p.apply(stack_for(model))
+    assert report.write_threads == 2 and len({name for name, _, _ in seen}) == 2
+    assert_bitwise(model, snapshot(reference))
+    with torch.inference_mode():
+        p.restore()
+    assert_bitwise(model, w0)

@@ -6,6 +6,7 @@ from lora_core.demo_data import (BASE, CONCEPT, DEMO_LORA_DATASETS, HELD_OUT_PAI
                                  background_colour, describe, dominant_colour, fill_ratio, held_out_prompts,
                                  held_out_scenes, is_held_out, nearest_colour, object_mask, render,
                                  render_many, stripe_score, texture_score)
+from lora_core.demo_data.measure import erode, label
 from lora_core.demo_data.scenes import COLOURS
 from lora_core.train.dataset import scan_folder
 
@@ -43,18 +44,59 @@ def test_measurements_agree_with_ground_truth(size):
 
 
 def test_mask_helpers_match_rendered_mask():
-    from scipy import ndimage
-
     r = render(Scene("square", "yellow", "large", "right", "purple"))
     measured = object_mask(r.image, "purple")
     # anti-aliased edge pixels may fall either way; the interior must agree exactly
     assert abs(int(measured.sum()) - int(r.mask.sum())) <= 2 * r.diameter
     assert (measured & r.mask).sum() / r.mask.sum() > 0.97
     # edge pixels blend yellow with purple (some read as orange): the interior is all yellow
-    assert dominant_colour(r.image, ndimage.binary_erosion(r.mask)) == ("yellow", 1.0)
+    assert dominant_colour(r.image, erode(r.mask)) == ("yellow", 1.0)
     assert dominant_colour(r.image, r.mask)[0] == "yellow"
     assert background_colour(r.image)[0] == "purple"
     assert nearest_colour(COLOURS["orange"]) == "orange"
+
+
+def test_label_finds_4_connected_regions_in_raster_order():
+    mask = np.array([[0, 1, 1, 0, 1],
+                     [0, 0, 1, 0, 1],
+                     [1, 0, 1, 1, 1],   # the U joins columns 1-2 and 4 through row 2
+                     [1, 0, 0, 0, 0],
+                     [0, 1, 0, 1, 1]], dtype=bool)  # (4,1) touches (3,0) only diagonally
+    labels, n = label(mask)
+    assert n == 4
+    assert labels.tolist() == [[0, 1, 1, 0, 1],
+                               [0, 0, 1, 0, 1],
+                               [2, 0, 1, 1, 1],
+                               [2, 0, 0, 0, 0],
+                               [0, 3, 0, 4, 4]]
+    assert label(np.zeros((3, 4), bool))[1] == 0
+    full, n = label(np.ones((3, 4), bool))
+    assert n == 1 and (full == 1).all()
+    # a spiral: one region that joins only at its far end
+    spiral = np.array([[1, 1, 1, 1, 1],
+                       [0, 0, 0, 0, 1],
+                       [1, 1, 1, 0, 1],
+                       [1, 0, 0, 0, 1],
+                       [1, 1, 1, 1, 1]], dtype=bool)
+    assert label(spiral)[1] == 1
+
+
+def test_erode_removes_the_edge_ring_and_the_border():
+    square = np.zeros((9, 9), bool)
+    square[1:8, 1:8] = True
+    once = np.zeros((9, 9), bool)
+    once[2:7, 2:7] = True
+    assert (erode(square) == once).all()
+    twice = np.zeros((9, 9), bool)
+    twice[3:6, 3:6] = True
+    assert (erode(square, iterations=2) == twice).all()
+    # outside the image is off: a full mask loses its border pixels
+    assert erode(np.ones((4, 4), bool)).tolist() == [[False] * 4, [False, True, True, False],
+                                                     [False, True, True, False], [False] * 4]
+    # a cross-shaped neighbourhood: a pixel whose only missing neighbour is diagonal survives
+    plus = np.ones((3, 3), bool)
+    plus[0, 0] = False
+    assert erode(np.pad(plus, 1))[2, 2]
 
 
 def test_shapes_have_distinct_fill_ratios():

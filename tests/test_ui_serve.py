@@ -49,3 +49,57 @@ def test_paste_relinks_loras_by_hash(tmp_path):
     values, notes = serve.apply_pasted(text, CURRENT, SAMPLERS, lib)
     assert values[0] == "a <lora:Pretty:0.5>"
     assert any("Pretty" in n for n in notes)
+
+
+def test_demo_example_prompt_names_real_demo_loras_and_is_the_placeholder():
+    """Issue 14 #4: the README and the prompt placeholder give a prompt the demo model can draw,
+    with a tag naming a LoRA file that exists and its trigger word."""
+    import json
+    import re
+    from pathlib import Path
+
+    from lora_core.tags import parse_prompt
+
+    root = Path(__file__).resolve().parents[1]
+    loras = root / "lora_core" / "app" / "demo_assets" / "loras"
+    files = {p.stem for p in loras.glob("*.safetensors")}
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert serve.DEMO_EXAMPLE_PROMPT in readme
+    parsed = parse_prompt(serve.DEMO_EXAMPLE_PROMPT)
+    assert parsed.requests and not parsed.problems
+    for req in parsed.requests:
+        assert req.name in files
+        trigger = json.loads((loras / f"{req.name}.json").read_text())["activation text"]
+        assert trigger and trigger in parsed.clean_text
+    # the scene is one of the demo's captions: shape, colour, background, position
+    assert re.match(r"a (large|small) \w+ (circle|square|triangle|star) on a \w+ background, in the center",
+                    serve.DEMO_EXAMPLE_PROMPT)
+    # every LoRA name the README gives in backticks or tags is a real demo file (trigger words are not)
+    named = set(re.findall(r"<lora:([\w/]+)", readme)) | set(re.findall(r"`(demo_\w+)`", readme))
+    named = {n for n in named if n.startswith("demo")}
+    assert named and named <= files, named - files
+    demo = SimpleNamespace(pipeline=SimpleNamespace(is_demo=True, family="sd1", label="demo"))
+    assert serve.prompt_placeholder(demo).startswith(serve.DEMO_EXAMPLE_PROMPT)
+    real = SimpleNamespace(pipeline=SimpleNamespace(is_demo=False, family="sd1", label="x"))
+    assert "demo_stripes" not in serve.prompt_placeholder(real)
+
+
+def test_gallery_shows_every_batch_whole():
+    """Issue 14 #3: as many columns as rows, small images marked for crisp scaling."""
+    assert [serve.gallery_columns(n) for n in (0, 1, 2, 3, 4, 5, 9, 10, 16)] == [1, 1, 2, 2, 2, 3, 3, 4, 4]
+    for n in range(1, 17):
+        cols = serve.gallery_columns(n)
+        assert -(-n // cols) <= cols  # never more rows than columns: square cells fit the width
+    assert serve.gallery_classes(64, 64) == ["lora-core-gallery", "lora-core-gallery-small"]
+    assert serve.gallery_classes(512, 768) == ["lora-core-gallery"]
+
+
+def test_one_time_startup_notes_are_shown_once():
+    """Issue 14 #17: "Wrote 6 demo LoRAs" is said on the first page load, not on every load."""
+    session = SimpleNamespace(pipeline=SimpleNamespace(is_demo=True, label="Demo model (built-in)"),
+                              messages=["Demo model (built-in)", "Wrote 6 demo LoRAs to models/Lora/demo",
+                                        "checksum mismatch: random weights"])
+    notes = serve.SessionNotes(session)
+    assert notes.current() == ["Wrote 6 demo LoRAs to models/Lora/demo", "checksum mismatch: random weights"]
+    assert notes.current() == ["checksum mismatch: random weights"]  # a lasting state stays
+    assert serve.SessionNotes(SimpleNamespace(pipeline=None, messages=[])).current() == []

@@ -13,7 +13,7 @@ import pytest
 from lora_core.library import Library
 from lora_core.ui import render
 from lora_core.ui.controller import ALL_FOLDERS, CHECKPOINT_FAMILY, LoraTabController, Query, TabSettings
-from lora_core.ui.entry_view import format_weight, parse_training_tags
+from lora_core.ui.entry_view import EntryView, format_weight, parse_training_tags
 from tests.ui.library_fixture import (
     XSS,
     XSS_IMG,
@@ -256,3 +256,64 @@ print("torch" in sys.modules)
     out = subprocess.run([str(G3), "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("False"), "the tab pulled in torch"
+
+
+def test_problem_files_show_in_the_default_view_with_their_message(tmp_path):
+    """Issue 14 #15: a broken file is not hidden by the checkpoint-family filter."""
+    from lora_core.ui.controller import PROBLEMS
+
+    def build(root):
+        root.mkdir(parents=True)
+        (root / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+        write_lora(root / "fine.safetensors")
+        write_lora(root / "big.safetensors", family="sdxl")
+
+    lib = _library(tmp_path, build)
+    out = _controller(lib, family="sd1").query(Query())
+    keys = [os.path.basename(k) for k in _attr(out.html, "data-lora-key")]
+    assert keys == ["broken.safetensors", "fine.safetensors"], keys
+    assert re.search(r'lora-core-card-error.*?lora-core-error-text">[^<]+</div>', out.html)
+    assert "files with problems" in out.html
+    only = _controller(lib, family="sd1").query(Query(family=PROBLEMS))
+    assert [os.path.basename(k) for k in _attr(only.html, "data-lora-key")] == ["broken.safetensors"]
+    assert _controller(lib, family="sd1").query(Query(family=PROBLEMS, show_all_families=True)).total == 3
+    assert _controller(lib, family="sd1").query(Query(search="fine")).total == 1
+
+
+def test_details_show_unix_times_as_dates():
+    """Issue 14 #17: training_started_at 1795715988.7 reads as a date (the raw value in the title)."""
+    import datetime
+
+    view = EntryView(key="/l/a.safetensors", name="a", alias="a", tag_name="a",
+                     summary={"training_started_at": "1795715988.7", "network_dim": "4"},
+                     metadata={"ss_training_finished_at": "1795716072.31", "ss_num_epochs": "1795715988"})
+    out = render.render_details(view)
+    day = datetime.datetime.fromtimestamp(1795715988.7).strftime("%Y-%m-%d %H:%M")
+    assert f'<td title="1795715988.7">{day}</td>' in out
+    assert datetime.datetime.fromtimestamp(1795716072.31).strftime("%Y-%m-%d %H:%M") in out
+    assert "<td>1795715988</td>" in out, "a number under a key that is not a time stays a number"
+    assert "<td>4</td>" in out
+    assert render.timestamp_text("x_at", "12") == "" and render.timestamp_text("x_at", "soon") == ""
+
+
+def test_stack_buttons_sit_together_and_editor_waits_for_a_card(tmp_path):
+    """Issue 14 #17: Insert/Delete in one unwrapped group; the metadata editor starts hidden."""
+    html_text = render.render_stacks({"mix": [("a", 0.8)]})
+    assert re.search(r'<div class="lora-core-stack-buttons"><button[^>]*lora-core-stack-insert.*?</button>'
+                     r'<button[^>]*lora-core-stack-delete.*?</button></div>', html_text)
+    css = (ROOT / "style.css").read_text()
+    assert re.search(r"\.lora-core-stack-buttons \{[^}]*white-space: nowrap", css)
+    pytest.importorskip("gradio")
+    from lora_core.ui import build_lora_tab
+
+    lib = _library(tmp_path, lambda r: plain_library(r, 2))
+    tab = build_lora_tab(lambda: lib, TabSettings(current_family=lambda: "sd1"))
+    editor = [b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "lora_core_editor"]
+    assert len(editor) == 1 and editor[0].visible is False
+
+    def ids(block):
+        for child in getattr(block, "children", []) or []:
+            yield getattr(child, "elem_id", None)
+            yield from ids(child)
+
+    assert {"lora_core_edit_description", "lora_core_edit_activation", "lora_core_save"} <= set(ids(editor[0]))

@@ -4,11 +4,13 @@
     python tools/install_demo_assets.py /work/demo_build                       # -> lora_core/app/demo_assets
     python tools/install_demo_assets.py /work/demo_build --measure --screenshots docs/screenshots
 
-Copies <build>/lora_core-demo.safetensors, <build>/configs/sd15/*.json and the three demo LoRAs of
-<build>/loras/ (made by tools/train_demo_model.py --loras) into the asset folder, writes each LoRA's
-A1111 sidecar (<name>.json: activation text, preferred weight, description labelled as demo) and
-a preview made by the demo model itself, and (re)writes manifest.json (seed, steps, sha256 of
-every file, training facts; with --measure also the held-out quality rate and timings).
+Copies <build>/lora_core-demo.safetensors, <build>/configs/sd15/*.json and the demo LoRAs of
+<build>/loras/ (all six trained by `lora_core train`: tools/train_demo_model.py --loras, recipes in
+lora_core/train/demo_loras.py) into the asset folder, writes each LoRA's A1111 sidecar (<name>.json:
+activation text, preferred weight, description labelled as demo) and a preview made by the demo
+model itself, and (re)writes manifest.json (seed, steps, sha256 of every file, training facts; with
+--measure also the held-out quality rate, timings, and every LoRA alone and stacked with each other
+one on the example prompts: lora_core/train/demo_effects.py).
 --screenshots DIR saves the README strip (no LoRA / style / concept / LoCon, same seed).
 The new folder is assembled beside the old one and swapped in at the end.
 """
@@ -41,11 +43,10 @@ class InstallError(Exception):
     pass
 
 
-def _sidecar(recipe, kind: str) -> dict:
-    example = demo_check.EXAMPLES[kind]
+def _sidecar(recipe, example: str) -> dict:
     return {
         "description": f"Demo LoRA for lora_core's built-in demo model ({recipe.dataset.description}). "
-                       f"Example: {example.prompt}",
+                       f"Example: {example}",
         "activation text": recipe.activation_text,
         "preferred weight": recipe.preferred_weight,
         "sd version": "SD1",
@@ -56,7 +57,7 @@ def _sidecar(recipe, kind: str) -> dict:
 
 def copy_build(build: Path, dest: Path) -> dict:
     """Copy the files into dest (a fresh folder) and return the manifest without measurements."""
-    from lora_core.train.demo_loras import RECIPES
+    from lora_core.train.demo_loras import RECIPES, example_prompt
 
     built = json.loads((build / BUILD_MANIFEST).read_text())
     ckpt = build / built.get("file", CHECKPOINT)
@@ -75,17 +76,17 @@ def copy_build(build: Path, dest: Path) -> dict:
     (dest / "loras").mkdir()
     loras = []
     for recipe in RECIPES:
-        kind = demo_check.LORA_KINDS[recipe.name]
         src = build / "loras" / f"{recipe.name}.safetensors"
         if not src.is_file():
             raise InstallError(f"{src}: demo LoRA not found (was the build run with --loras?)")
+        example = example_prompt(recipe)
         shutil.copyfile(src, dest / "loras" / src.name)
-        (dest / "loras" / f"{recipe.name}.json").write_text(json.dumps(_sidecar(recipe, kind), indent=2) + "\n")
+        (dest / "loras" / f"{recipe.name}.json").write_text(json.dumps(_sidecar(recipe, example), indent=2) + "\n")
         loras.append({
-            "name": recipe.name, "kind": kind, "file": f"loras/{src.name}", "sha256": sha256_of(src),
+            "name": recipe.name, "kind": recipe.kind, "file": f"loras/{src.name}", "sha256": sha256_of(src),
             "bytes": src.stat().st_size, "activation_text": recipe.activation_text,
             "preferred_weight": recipe.preferred_weight, "sidecar": f"loras/{recipe.name}.json",
-            "preview": None, "example_prompt": demo_check.EXAMPLES[kind].prompt,
+            "preview": None, "example_prompt": example,
             "algorithm": recipe.targets, "rank": recipe.rank, "steps": _lora_steps(src),
         })
     training = {k: v for k, v in built.items() if k not in ("file", "sha256", "bytes", "configs")}
@@ -138,27 +139,9 @@ def _with_lora(handle, engine, path: Path | None, weight: float, prompt: str, se
         engine.apply([])
 
 
-def add_colour_loras(dest: Path, manifest: dict, handle) -> None:
-    """The colour-cast demo LoRAs, calibrated against this model now, so the app copies them
-    instead of calibrating at first start."""
-    from lora_core.app import demo
-
-    for path in demo.write_colour_loras(handle, dest / "loras"):
-        spec = next(s for s in demo.DEMO_LORAS if s.name == path.stem)
-        manifest["loras"].append({
-            "name": spec.name, "kind": "colour", "file": f"loras/{path.name}", "sha256": sha256_of(path),
-            "bytes": path.stat().st_size, "activation_text": spec.activation_text,
-            "preferred_weight": spec.preferred_weight, "sidecar": f"loras/{spec.name}.json",
-            "preview": f"loras/{spec.name}.preview.png", "algorithm": "conv_out rank-1 (calibrated)",
-        })
-
-
 def write_previews(dest: Path, manifest: dict, handle, engine) -> None:
     for item in manifest["loras"]:
-        if item["kind"] not in demo_check.EXAMPLES:
-            continue
-        example = demo_check.EXAMPLES[item["kind"]]
-        image = _with_lora(handle, engine, dest / item["file"], item["preferred_weight"], example.prompt,
+        image = _with_lora(handle, engine, dest / item["file"], item["preferred_weight"], item["example_prompt"],
                            PREVIEW_SEED)
         rel = f"loras/{item['name']}.preview.png"
         image.save(dest / rel, format="PNG")
@@ -193,8 +176,10 @@ def measure(dest: Path, manifest: dict, handle, engine) -> dict:
                           demo_check.object_shape(with_lora, "red", "white")),
             })
         effects[item["name"]] = rows
+    stacking = measure_stacking(dest, manifest, handle, engine)
     engine.restore()
     return {
+        "stacking": stacking,
         "held_out": {k: v for k, v in quality.items() if k != "samples"},
         "held_out_failures": [s for s in quality["samples"] if not s["passed"]],
         "generation_s_per_image": per_image,
@@ -202,6 +187,36 @@ def measure(dest: Path, manifest: dict, handle, engine) -> dict:
                                 "cfg": demo_check.CFG, "threads": handle.num_threads},
         "lora_effects": effects,
     }
+
+
+STACKING_SEEDS = (1, 2)
+
+
+def measure_stacking(dest: Path, manifest: dict, handle, engine, seeds=STACKING_SEEDS) -> dict:
+    """Every demo LoRA alone and stacked with each other one at the preferred weights, over the
+    example prompts (lora_core.train.demo_effects): does its effect show, is the object recognisable."""
+    from lora_core.train import demo_effects
+
+    files = {item["name"]: dest / item["file"] for item in manifest["loras"]}
+    cache = {}
+
+    def generate(prompt, seed, loras):
+        key = (prompt, seed, tuple(loras))
+        if key not in cache:
+            engine.apply([(str(files[n]), w, w, None, None) for n, w in loras])
+            try:
+                cache[key] = demo_check.generate(handle, prompt, seed)
+            finally:
+                engine.apply([])
+        return cache[key]
+
+    infos = demo_effects.infos_from_manifest(manifest)
+    combos = [demo_effects.measure_combo(generate, combo, seeds=seeds) for combo in demo_effects.all_combos(infos)]
+    for combo in combos:
+        combo["samples"] = [{k: s[k] for k in ("prompt", "seed", "effects", "checks")} for s in combo["samples"]]
+    return {"prompts": list(demo_effects.EXAMPLE_PROMPTS), "seeds": list(seeds),
+            "baseline": demo_effects.baseline(generate, seeds=seeds), "combos": combos,
+            "table": demo_effects.table(combos)}
 
 
 def write_strip(out_dir: Path, manifest: dict, dest: Path, handle, engine) -> list[Path]:
@@ -244,7 +259,6 @@ def install(build, dest=ASSETS_DIR, data_dir=None, previews=True, do_measure=Fal
         _write_manifest(staging, manifest)
         data = Path(data_dir) if data_dir else staging.parent / (staging.name + ".cache")
         _, handle, engine = _load(staging, data)
-        add_colour_loras(staging, manifest, handle)
         if previews:
             write_previews(staging, manifest, handle, engine)
         if do_measure:

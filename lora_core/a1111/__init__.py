@@ -13,10 +13,13 @@ What `setup` registers:
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from lora_core.a1111.host import A1111Host
 from lora_core.a1111.webui import Webui
+
+log = logging.getLogger(__name__)
 
 TAB_TITLE = "LoRA"
 TAB_ELEM_ID = "lora_core_tab"
@@ -69,15 +72,17 @@ def setup(webui: Webui, extension_dir: str) -> A1111Host:
         host.unload()
 
     callbacks.on_before_ui(before_ui)
-    # before_ui runs in reverse order: at the front of the list we run after the built-in Lora.
-    takeover.move_to_front(callbacks, "callbacks_before_ui", before_ui)
     callbacks.on_ui_tabs(ui_tabs)
     callbacks.on_ui_settings(ui_settings)
     callbacks.on_app_started(app_started)
     callbacks.on_model_loaded(host.on_model_loaded)
     callbacks.on_infotext_pasted(host.infotext_pasted)
-    takeover.move_to_front(callbacks, "callbacks_infotext_pasted", host.infotext_pasted)
     callbacks.on_script_unloaded(unload)
+    # Sorted before the built-in Lora's: before_ui runs in reverse order, so ours registers last
+    # and wins; our paste handler rewrites names by hash before the built-in reads them.
+    for category, fn in (("before_ui", before_ui), ("infotext_pasted", host.infotext_pasted)):
+        how = takeover.order_before_builtin(callbacks, webui.extensions, category, fn)
+        log.debug("lora_core: %s callback order %s", category, how)
     return host
 
 

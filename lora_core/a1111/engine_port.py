@@ -34,23 +34,42 @@ def set_cache_limits(cache: Any, cache_count: int | None, cache_mb: int | None) 
     cache.max_bytes = None if cache_mb is None else int(cache_mb * 1024 * 1024)
 
 
-def create_engine(sd_model: Any, cache: Any) -> Any:
-    """An Engine bound to A1111's LDM model: UNet `model.diffusion_model`, SD1
-    `cond_stage_model.transformer`, SD2 OpenCLIP `cond_stage_model.model` (fused in_proj), SDXL
-    `conditioner.embedders.0/1`. The binding holds the live parameters, so it stays valid when
-    the webui moves the model between devices (lowvram/medvram)."""
+def create_engine(tensors: Any, family: str | None, cache: Any) -> Any:
+    """An Engine bound to the model tensors `model_access.model_tensors` found: A1111's LDM model
+    (UNet `model.diffusion_model`, SD1 `cond_stage_model.transformer`, SD2 OpenCLIP
+    `cond_stage_model.model` with its fused in_proj, SDXL `conditioner.embedders.0/1`) or Forge's
+    `forge_objects` (UNet and CLIP apart, CLIP in the HF namespace). The binding holds the live
+    parameters, so it stays valid when the webui moves the model between devices; a webui that
+    swaps Parameter objects changes the tensors' fingerprint and the host binds again."""
     from lora_core.engine import Engine
     from lora_core.targets import Binding
 
-    binding = Binding.from_ldm(dict(sd_model.named_parameters()), family=family_of(sd_model))
+    binding = Binding.from_parts(tensors.unet, tensors.text, family=family)
     return Engine(binding, cache=cache)
 
 
-def activate(engine: Any, tag_text: str, library: Any) -> Any:
-    """Applies exactly the LoRAs of `tag_text` (empty: none); returns the engine's PatchReport."""
-    _clean, report = engine.activate(tag_text, library)
+def holds_inference_tensors(tensors: Any) -> bool:
+    """True when the webui created the weights under `torch.inference_mode()` (Forge loads its
+    models that way): torch then allows in-place writes to them only inside inference mode."""
+    return any(t.is_inference() for _, t in tensors.unet[:1] + [(n, t) for *_, n, t in tensors.text[:1]])
+
+
+def _writing(inference: bool) -> Any:
+    import contextlib
+
+    import torch
+
+    return torch.inference_mode() if inference else contextlib.nullcontext()
+
+
+def activate(engine: Any, tag_text: str, library: Any, inference: bool = False) -> Any:
+    """Applies exactly the LoRAs of `tag_text` (empty: none); returns the engine's PatchReport.
+    `inference`: the weights are inference tensors (see `holds_inference_tensors`)."""
+    with _writing(inference):
+        _clean, report = engine.activate(tag_text, library)
     return report
 
 
-def restore(engine: Any) -> None:
-    engine.restore()
+def restore(engine: Any, inference: bool = False) -> None:
+    with _writing(inference):
+        engine.restore()

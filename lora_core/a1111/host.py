@@ -31,6 +31,10 @@ class A1111Host:
         self._bound_model = None     # the sd_model object the engine's binding points into
         self._patched = False        # True while LoRA deltas may be merged into _bound_model
         self._short_hashes: dict[tuple, str] = {}  # (path, size, mtime_ns) -> short hash, until indexed
+        self._fingerprint: tuple = ()  # identity of the tensors the engine's binding holds
+        self._tensors = None           # the ModelTensors the engine was bound to
+        self._inference = False        # the bound weights are inference tensors (Forge)
+        self._reported: set[str] = set()  # host problems already logged (one line each)
 
     # ------------------------------------------------------------------ library
     def lora_dirs(self) -> list[str]:
@@ -122,19 +126,36 @@ class A1111Host:
             return None
 
     # ------------------------------------------------------------------ engine
-    def _engine_for(self, sd_model: Any) -> Any:
-        """The engine, bound to `sd_model` (re-bound when the webui swapped the model object)."""
-        from lora_core.a1111 import engine_port
+    def _engine_for(self, sd_model: Any, release_host_lora: bool = False) -> Any:
+        """The engine, bound to the tensors `sd_model` holds now. The tensors are looked up by name
+        every time: when their objects changed (a new model, or Forge swapped Parameters), the old
+        binding first writes W0 back into the objects it patched, then a new one is made.
+        `release_host_lora`: first undo a merge made by Forge's own LoRA code (see model_access)."""
+        from lora_core.a1111 import engine_port, model_access
 
-        if self._engine is not None and self._bound_model is sd_model:
+        if release_host_lora and model_access.release_forge_lora(sd_model):
+            log.warning("lora_core: Forge's built-in LoRA had merged weights into the model; undid them, "
+                        "so only lora_core applies <lora:...> tags")
+        tensors = model_access.model_tensors(sd_model)
+        fingerprint = tensors.fingerprint()
+        if self._engine is not None and self._bound_model is sd_model and self._fingerprint == fingerprint:
             return self._engine
         if self._patched:
+            # Same model, new tensor objects with our merged values in them (moved between
+            # devices): W0 goes back into the objects we patched and from there into the new ones.
+            moved = (model_access.moved_tensors(self._tensors, tensors)
+                     if self._bound_model is sd_model and self._tensors is not None else [])
             self._restore_locked()
+            model_access.copy_into(moved)
         if self._cache is None:
             self._cache = engine_port.create_cache(*self.settings.cache_limits())
-        self._engine = engine_port.create_engine(sd_model, self._cache)
+        family = engine_port.family_of(sd_model)
+        self._engine = engine_port.create_engine(tensors, family, self._cache)
+        self._inference = engine_port.holds_inference_tensors(tensors)
         self._bound_model = sd_model
-        log.info("lora_core: bound to the loaded %s model", engine_port.family_of(sd_model))
+        self._fingerprint = fingerprint
+        self._tensors = tensors
+        log.info("lora_core: bound to the loaded %s model (%s)", self._engine.family, tensors.kind)
         return self._engine
 
     def match_counts(self, path: str):
@@ -145,7 +166,11 @@ class A1111Host:
         if sd_model is None:
             return None
         with self._lock:
-            engine = self._engine_for(sd_model)
+            try:
+                engine = self._engine_for(sd_model)
+            except Exception as exc:  # noqa: BLE001 - an unknown webui model: no counts, one log line
+                self._host_problem(exc)
+                return None
             return engine.binding.match(engine.cache.get(path))
 
     def activate(self, p: Any, params_list: list) -> None:
@@ -156,18 +181,39 @@ class A1111Host:
             if text:
                 log.warning("lora_core: no model loaded; ignoring %s", text)
             return
-        from lora_core.a1111 import engine_port
+        from lora_core.a1111 import engine_port, model_access
 
         with self._lock:
-            if not text and not self._patched:
+            host_merged = model_access.forge_lora_merged(sd_model)
+            if not text and not self._patched and not host_merged:
                 return  # nothing merged, nothing asked: no engine work (and no torch import)
-            engine = self._engine_for(sd_model)
-            library = self.library() if text else self._library
-            report = engine_port.activate(engine, text, library)
+            try:
+                engine = self._engine_for(sd_model, release_host_lora=True)
+                library = self.library() if text else self._library
+                report = engine_port.activate(engine, text, library, inference=self._inference)
+            except Exception as exc:  # noqa: BLE001 - never a traceback per request (see _host_problem)
+                message = self._host_problem(exc)
+                if text and callable(getattr(p, "comment", None)):
+                    p.comment(f"LoRA tags ignored: {message}")
+                return
             self._patched = bool(text)
         parsed = parse_prompt(text) if text else None
         self._report(p, parsed, report)
         self._write_infotext(p, parsed, report)
+
+    def _host_problem(self, exc: Exception) -> str:
+        """Logs a failure to reach the webui's model once per distinct message (with the
+        traceback the first time, for bug reports) and returns a one-line description."""
+        from lora_core.a1111.model_access import HostModelError
+
+        message = str(exc) if isinstance(exc, HostModelError) else f"{type(exc).__name__}: {exc}"
+        if message not in self._reported:
+            self._reported.add(message)
+            if isinstance(exc, HostModelError):
+                log.error("lora_core: cannot apply LoRAs in this webui: %s", message)
+            else:
+                log.error("lora_core: applying LoRAs failed: %s", message, exc_info=exc)
+        return message
 
     def deactivate(self, p: Any) -> None:
         """After the batches: keep the merge for the next generation, or restore (setting)."""
@@ -182,7 +228,7 @@ class A1111Host:
         if self._engine is not None and self._patched:
             from lora_core.a1111 import engine_port
 
-            engine_port.restore(self._engine)
+            engine_port.restore(self._engine, inference=self._inference)
         self._patched = False
 
     def set_cache_limits(self) -> None:
@@ -210,6 +256,7 @@ class A1111Host:
                     self._restore_locked()
             self._engine = None  # its binding and backups belong to the weights that were replaced
             self._bound_model = None
+            self._tensors = None
             self._patched = False
 
     # ------------------------------------------------------------------ infotext
@@ -288,6 +335,7 @@ class A1111Host:
         finally:
             self._engine = None
             self._bound_model = None
+            self._tensors = None
             with self._lock:
                 library, self._library = self._library, None
             if library is not None:

@@ -1,10 +1,14 @@
 """Making lora_core, not the built-in Lora extension, handle `<lora:...>` when both are enabled.
 
 The webui loads built-in extensions before user extensions and runs `before_ui` callbacks in
-reverse registration order, so the built-in's registration (done in `before_ui`) would run after
-ours and win. We therefore move our `before_ui` callback to the front of the list (it then runs
-last), re-assert the registration when the app starts, and let our infotext handler run first.
-Every replacement is logged.
+reverse order, so the built-in's registration (done in `before_ui`) would run after ours and win.
+Our callbacks must therefore sort before the built-in's (`lora` in AUTOMATIC1111,
+`sd_forge_lora` in Forge). Webuis since 1.8 sort callbacks by the `[callbacks/...]` Before/After
+sections of each extension's metadata.ini; we declare ours in our extension's metadata at run
+time rather than in a metadata.ini file, because the webui names a section after the folder the
+user cloned us into (a static file would name the wrong extension, which the webui reports as an
+error). A webui without that sorting gets our entry moved to the front of its callback list.
+The registration is re-asserted when the app starts. Every replacement is logged.
 """
 from __future__ import annotations
 
@@ -47,6 +51,49 @@ def register_page(ui_extra_networks: Any, page: Any) -> None:
         pages.remove(other)
     if page not in pages:
         ui_extra_networks.register_page(page)
+
+
+# Canonical names of the built-in LoRA extensions (AUTOMATIC1111, Forge).
+BUILTIN_LORA_EXTENSIONS = ("lora", "sd_forge_lora")
+
+
+def order_before_builtin(script_callbacks: Any, extensions: Any, category: str, fn: Any) -> str:
+    """Makes our `category` callback `fn` sort before the built-in Lora's. Returns how:
+    "declared" (metadata Before, the webui's own sorting), "moved" (callback list edited) or
+    "unchanged" (neither possible; app_started re-registers the network anyway)."""
+    if _declare_before(script_callbacks, extensions, category, fn):
+        return "declared"
+    return "moved" if move_to_front(script_callbacks, "callbacks_" + category, fn) else "unchanged"
+
+
+def _declare_before(script_callbacks: Any, extensions: Any, category: str, fn: Any) -> bool:
+    sort = getattr(script_callbacks, "sort_callbacks", None)
+    find = getattr(extensions, "find_extension", None)
+    callbacks = _callbacks(script_callbacks, "callbacks_" + category)
+    if not callable(sort) or not callable(find) or callbacks is None:
+        return False
+    ours = next((c for c in callbacks if getattr(c, "callback", None) == fn), None)
+    extension = find(getattr(ours, "script", ""))  # the file that registered it, inside our folder
+    config = getattr(getattr(extension, "metadata", None), "config", None)
+    if ours is None or config is None or not hasattr(config, "add_section"):
+        return False
+    builtin = [c.name for c in callbacks if str(getattr(c, "name", "")).split("/", 1)[0] in BUILTIN_LORA_EXTENSIONS]
+    if not builtin:
+        return True  # nothing to order against: the built-in is absent or disabled
+    section = f"callbacks/{ours.name}"
+    if not config.has_section(section):
+        config.add_section(section)
+    config.set(section, "Before", " ".join(builtin))
+    try:
+        order = [c.name for c in sort(category, callbacks, enable_user_sort=False)]
+    except Exception:  # noqa: BLE001 - a sorting we do not understand: fall back to the list edit
+        log.debug("lora_core: declared callback order not usable", exc_info=True)
+        config.remove_section(section)
+        return False
+    if all(order.index(ours.name) < order.index(name) for name in builtin):
+        return True
+    config.remove_section(section)
+    return False
 
 
 def _callbacks(script_callbacks: Any, key: str) -> list | None:

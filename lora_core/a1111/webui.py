@@ -18,6 +18,7 @@ class Webui:
     sd_models: Any           # modules.sd_models
     paths: Any               # modules.paths: models_path, data_path
     gr: Any = None           # gradio, for settings components and the tab
+    extensions: Any = None   # modules.extensions (callback order metadata), where the webui has it
 
     @classmethod
     def from_modules(cls) -> "Webui":
@@ -25,4 +26,8 @@ class Webui:
         import gradio as gr
         from modules import extra_networks, paths, script_callbacks, sd_models, shared, ui_extra_networks
 
-        return cls(shared, extra_networks, ui_extra_networks, script_callbacks, sd_models, paths, gr)
+        try:
+            from modules import extensions
+        except ImportError:  # an older webui: callback order falls back to editing the list
+            extensions = None
+        return cls(shared, extra_networks, ui_extra_networks, script_callbacks, sd_models, paths, gr, extensions)

@@ -202,6 +202,36 @@ def register_routes(
         path, media = STATIC_FILES[name]
         return Response(path.read_bytes(), media_type=media, headers={"Cache-Control": "no-cache"})
 
+    _answer_wrong_methods(app, JSONResponse)
+
+
+# Methods a route of ours does not take get 405 + Allow, not the 404 that a catch-all mount (the
+# gradio page at "/") answers once the router has passed over a path whose method does not match.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _answer_wrong_methods(app: Any, json_response: Any) -> None:
+    from fastapi.routing import APIRoute
+
+    allowed: dict[str, set[str]] = {}
+    for route in list(app.router.routes):
+        endpoint = getattr(route, "endpoint", None)
+        if isinstance(route, APIRoute) and getattr(endpoint, "__module__", None) == __name__:
+            allowed.setdefault(route.path, set()).update(route.methods or ())
+    for path, methods in allowed.items():
+        others = [m for m in _METHODS if m not in methods]
+        if others:
+            app.add_api_route(path, _method_not_allowed(json_response, ", ".join(sorted(methods))),
+                              methods=others, include_in_schema=False)
+
+
+def _method_not_allowed(json_response: Any, allow: str):
+    def method_not_allowed():
+        return json_response({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow})
+
+    method_not_allowed.__module__ = __name__ + ".method_not_allowed"  # not "ours" on a second call
+    return method_not_allowed
+
 
 def _has_picture(e: Any) -> bool:
     return bool(getattr(e, "preview", None)) or bool((getattr(e, "summary", None) or {}).get("cover_images"))

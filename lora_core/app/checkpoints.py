@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -48,6 +47,74 @@ class LoadedCheckpoint:
     components: dict  # diffusers pipeline components (unet, vae, text_encoder[, _2], tokenizer[, _2], scheduler)
     config_dir: Path
     notes: list[str] = field(default_factory=list)
+    default_size: int | None = None  # from the file's modelspec.resolution, when it says one
+
+
+# A checkpoint may carry its own diffusers configs in its safetensors metadata: the demo model does
+# (lora_core/train/demo_model.py), and so does every file `merge` makes from it, which keeps the
+# metadata. Such a file loads with those configs wherever it is, not with the shipped SD ones.
+EMBEDDED_CONFIGS_KEY = "lora_core_demo_configs"
+_EMBEDDED_PARTS = {"unet": "unet/config.json", "vae": "vae/config.json",
+                   "text_encoder": "text_encoder/config.json", "scheduler": "scheduler/scheduler_config.json"}
+_CLASS_NAMES = {"unet": {"_class_name": "UNet2DConditionModel"}, "vae": {"_class_name": "AutoencoderKL"},
+                "text_encoder": {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model"}}
+
+
+def read_metadata(path) -> dict[str, str]:
+    """The safetensors metadata of a checkpoint ({} for other files or an unreadable header)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return {}
+    from lora_core.library.safetensors_header import HeaderError, read_header
+
+    try:
+        return read_header(path)[1]
+    except HeaderError:
+        return {}  # read_state_dict reports the problem
+
+
+def embedded_config_root(metadata: dict[str, str], family: str, data_dir) -> Path | None:
+    """A config root (`<root>/<family dir>/unet/config.json`, ...) built from the configs a
+    checkpoint's metadata embeds, under data_dir/model_configs/<hash>; None when it embeds none."""
+    raw = metadata.get(EMBEDDED_CONFIGS_KEY)
+    if not raw:
+        return None
+    try:
+        configs = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(configs, dict) or not all(isinstance(configs.get(k), dict) for k in ("unet", "vae", "text_encoder")):
+        return None
+    from lora_core.library.atomic import atomic_write
+
+    canonical = json.dumps(configs, sort_keys=True)
+    digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    base = Path(data_dir or CONFIG_ROOT.parent) / "model_configs" / digest
+    shipped = CONFIG_ROOT / FAMILY_CONFIG_DIRS[family]
+    folder = base / FAMILY_CONFIG_DIRS[family]
+    files = {rel: {**_CLASS_NAMES.get(part, {}), **configs[part]}
+             for part, rel in _EMBEDDED_PARTS.items() if isinstance(configs.get(part), dict)}
+    for rel in ("scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json", "tokenizer_2/tokenizer_config.json",
+                "text_encoder_2/config.json"):
+        if rel not in files and (shipped / rel).is_file():
+            files[rel] = json.loads((shipped / rel).read_text())
+    for rel, data in files.items():
+        target = folder / rel
+        text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        if target.is_file() and target.read_bytes() == text:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, text)
+    return base
+
+
+def resolution_from_metadata(metadata: dict[str, str]) -> int | None:
+    """modelspec.resolution "WxH" -> the larger side (None when absent or malformed)."""
+    text = str(metadata.get("modelspec.resolution", ""))
+    try:
+        sides = [int(x) for x in text.lower().split("x")]
+    except ValueError:
+        return None
+    return max(sides) if len(sides) == 2 and min(sides) >= 8 else None
 
 
 def list_checkpoints(folder) -> list[Path]:
@@ -210,6 +277,9 @@ def load_checkpoint(path, data_dir, config_root=None, dtype=None) -> LoadedCheck
     dtype = dtype or torch.float32
     sd = read_state_dict(path)
     family = detect_family({k: tuple(v.shape) for k, v in sd.items()}, path)
+    metadata = read_metadata(path)
+    if config_root is None:
+        config_root = embedded_config_root(metadata, family, data_dir)
     config_dir = Path(config_root or CONFIG_ROOT) / FAMILY_CONFIG_DIRS[family]
     if not config_dir.is_dir():
         raise CheckpointError(path, f"no model configs for family {family} in {config_dir}")
@@ -259,7 +329,7 @@ def load_checkpoint(path, data_dir, config_root=None, dtype=None) -> LoadedCheck
     if te2 is not None:
         components["text_encoder_2"] = te2
         components["tokenizer_2"] = tokenizer_for(config_dir, "tokenizer_2", data_dir)
-    return LoadedCheckpoint(family, components, config_dir, notes)
+    return LoadedCheckpoint(family, components, config_dir, notes, resolution_from_metadata(metadata))
 
 
 def file_sha256(path, data_dir=None) -> str:
@@ -283,8 +353,8 @@ def file_sha256(path, data_dir=None) -> str:
     digest = h.hexdigest()
     if cache_file:
         cache[cache_key] = digest
+        from lora_core.library.atomic import atomic_write
+
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, cache_file)
+        atomic_write(cache_file, json.dumps(cache, indent=1).encode("utf-8"))
     return digest

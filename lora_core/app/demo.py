@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -261,9 +260,9 @@ def _metadata(spec: DemoLora, model_hash: str | None) -> dict[str, str]:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from lora_core.library.atomic import atomic_write
+
+    atomic_write(path, data)
 
 
 def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False, assets=None) -> list[Path]:
@@ -353,9 +352,9 @@ def _copy_trained_loras(pack, folder: Path) -> list[Path]:
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    from lora_core.library.atomic import atomic_write
+
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def _write_preview(handle, tensors: dict, spec: DemoLora, path: Path) -> None:
@@ -367,6 +366,6 @@ def _write_preview(handle, tensors: dict, spec: DemoLora, path: Path) -> None:
                               height=DEMO_SIZE, sampler="Euler a")
     with _patched_conv_out(handle.pipe.unet, down, up, spec.preferred_weight):
         image = handle.generate(params)[0]
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from lora_core.library.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -1,6 +1,7 @@
 """`python -m lora_core generate "PROMPT <lora:x:0.8>" --out a.png`: one-shot txt2img from the command line.
 
 Writes PNGs with the A1111 `parameters` text chunk. Heavy imports happen inside run().
+Exit status: 0 written, 1 no image, 2 the --checkpoint given cannot be loaded.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint file or name under models/Stable-diffusion ('demo' for the built-in demo "
                              "model; default: the first checkpoint found, else the demo model)")
-    parser.add_argument("--models-dir", default="models", help="folder with Stable-diffusion/ and Lora/ (default: models)")
+    from lora_core.commands.options import add_location_arguments
+
+    add_location_arguments(parser)
     parser.add_argument("--data-dir", default="data", help="index, caches (default: data)")
     parser.add_argument("--seed", type=int, default=-1, help="seed (-1: random)")
     parser.add_argument("--steps", type=int, default=20)
@@ -41,12 +44,19 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lora_core.app.infotext import PNG_KEY, png_info
-    from lora_core.app.session import Session
+    from lora_core.app.session import CheckpointLoadError, Session
+    from lora_core.commands.options import lora_dirs, models_dir
 
-    session = Session(args.models_dir, args.data_dir, checkpoint=args.checkpoint)
     try:
-        for note in session.messages:
-            logger.info("%s", note)
+        # an explicit --checkpoint must load: no silent fall-back to the demo model
+        session = Session(models_dir(args), args.data_dir, checkpoint=args.checkpoint,
+                          lora_dirs=lora_dirs(args), strict=args.checkpoint is not None)
+    except CheckpointLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # session.messages (the demo model's description, demo LoRAs written, a checkpoint that
+        # could not be loaded) were logged by the session as they arose: not repeated here.
         bar = tqdm(total=args.steps * args.batch_count, desc="Sampling", unit="step", file=sys.stderr)
 
         def progress(done: int, total: int) -> None:

@@ -111,7 +111,7 @@ class PipelineHandle:
         return cls(pipe, family=loaded.family, is_demo=False, label=label, checkpoint_path=path,
                    model_name=path.stem, model_hash=model_hash,
                    base_scheduler_config=dict(loaded.components["scheduler"].config),
-                   default_size=DEFAULT_SIZE[loaded.family], notes=loaded.notes)
+                   default_size=loaded.default_size or DEFAULT_SIZE[loaded.family], notes=loaded.notes)
 
     @property
     def binding(self):
@@ -200,10 +200,36 @@ def _threads(n: int | None):
         torch.set_num_threads(previous)
 
 
+class _NoImageProcessorFallbackNotice(logging.Filter):
+    """Drops transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back
+    to `CLIPImageProcessorPil`" notices (one for CLIP, one for SigLIP), which importing diffusers'
+    pipeline classes triggers when torchvision is absent. lora_core uses no image processor (no
+    safety checker, no feature extractor, no IP-Adapter), and torchvision is left out on purpose
+    (it would pull a CUDA torch), so the notice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("requires torchvision" in message and "ImageProcessor" in message)
+
+
+@contextmanager
+def _quiet_image_processor_fallback():
+    """Only around the import that triggers the notice: transformers warns once per process
+    (warning_once), so a notice filtered here is not printed later either."""
+    target = logging.getLogger("transformers.utils.import_utils")
+    notice_filter = _NoImageProcessorFallbackNotice()
+    target.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        target.removeFilter(notice_filter)
+
+
 def build_pipeline(family: str, components: dict):
     """A diffusers txt2img pipeline over ready components, with progress bars off (we report our own)."""
     if family == "sdxl":
-        from diffusers import StableDiffusionXLPipeline
+        with _quiet_image_processor_fallback():
+            from diffusers import StableDiffusionXLPipeline
 
         pipe = StableDiffusionXLPipeline(
             vae=components["vae"], text_encoder=components["text_encoder"],
@@ -212,7 +238,8 @@ def build_pipeline(family: str, components: dict):
             force_zeros_for_empty_prompt=True, add_watermarker=False,
         )
     else:
-        from diffusers import StableDiffusionPipeline
+        with _quiet_image_processor_fallback():
+            from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline(
             vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],

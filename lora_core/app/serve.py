@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import html
 import logging
+import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,13 @@ NEGATIVE_ELEM_ID = "txt2img_neg_prompt"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--models-dir", default="models",
-                        help="folder with Stable-diffusion/ (checkpoints) and Lora/ (default: models)")
+    from lora_core.commands.options import add_location_arguments
+
+    add_location_arguments(parser)
     parser.add_argument("--data-dir", default=None, help="index, thumbnails and caches (default: data)")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint to load first (default: the first one, or the demo model)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint to load first; one that cannot be loaded stops the server "
+                             "(default: the first one, or the demo model)")
     parser.add_argument("--civitai-url", default="https://civitai.com", help="Civitai base URL (default https://civitai.com)")
     parser.add_argument("--civitai-key", default=None,
                         help="Civitai API key (default: the CIVITAI_API_KEY environment variable)")
@@ -41,12 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lora_core.app.session import Session
+    from lora_core.app.session import CheckpointLoadError, Session
+    from lora_core.commands.options import lora_dirs
 
     models_dir = Path(args.models_dir)
     data_dir = Path(args.data_dir) if args.data_dir else Path("data")
     data_dir.mkdir(parents=True, exist_ok=True)
-    session = Session(models_dir, data_dir, checkpoint=args.checkpoint)
+    try:
+        session = Session(models_dir, data_dir, checkpoint=args.checkpoint, lora_dirs=lora_dirs(args),
+                          strict=args.checkpoint is not None)
+    except CheckpointLoadError as exc:
+        log.error("%s", exc)
+        return 2
     app = build_app(session, civitai=civitai_settings_from_args(args))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can use the UI", args.host)
@@ -160,6 +171,58 @@ def _messages_html(messages: list[str], run_id: float | None = None) -> str:
     return f'<ul class="lora-core-messages"{run}>{items}</ul>'
 
 
+# What the demo model can draw (a scene of its training captions) with a demo LoRA and its trigger
+# word: the prompt box's placeholder while the demo model is loaded, and the README's example.
+DEMO_EXAMPLE_PROMPT = "a large red circle on a white background, in the center, lcstripes <lora:demo_stripes:1>"
+# Start-up notes about something done once ("Wrote 6 demo LoRAs to ..."): shown on the first page
+# load only, not on every load for as long as the server runs.
+_ONE_TIME_NOTE = re.compile(r"^Wrote \d+ demo LoRAs? ")
+# Images up to this many pixels a side are drawn with nearest-neighbour scaling (crisp, not blurred).
+SMALL_IMAGE_SIDE = 256
+
+
+def prompt_placeholder(session: Any) -> str:
+    if getattr(session_pipeline(session), "is_demo", False):
+        return f"{DEMO_EXAMPLE_PROMPT}   (the demo model draws coloured shapes; type <lora: for suggestions)"
+    return "a photo of a cat <lora:name:0.8>   (type <lora: for suggestions)"
+
+
+def gallery_columns(count: int) -> int:
+    """As many columns as rows (1, 2x2, 3x3, ...): with square cells and style.css letting the
+    gallery grow to its grid, every image of any batch is shown whole, none in a scrolled-off row."""
+    return max(1, math.ceil(math.sqrt(max(1, int(count)))))
+
+
+def gallery_classes(width: int, height: int) -> list[str]:
+    """CSS classes of the result gallery: style.css shows images whole, small ones pixel-sharp."""
+    small = max(int(width), int(height)) <= SMALL_IMAGE_SIDE
+    return ["lora-core-gallery"] + (["lora-core-gallery-small"] if small else [])
+
+
+class SessionNotes:
+    """The checkpoint status line's notes: the session's current notes (start-up, or the last
+    checkpoint switch) without the model's own label, each one-time note shown once only."""
+
+    def __init__(self, session: Any):
+        self.session = session
+        self._shown: set[str] = set()
+
+    def once(self, notes: list[str]) -> list[str]:
+        out = []
+        for note in notes:
+            if _ONE_TIME_NOTE.match(note):
+                if note in self._shown:
+                    continue
+                self._shown.add(note)
+            out.append(note)
+        return out
+
+    def current(self) -> list[str]:
+        label = getattr(session_pipeline(self.session), "label", None)
+        notes = [str(m) for m in (getattr(self.session, "messages", None) or []) if m != label]
+        return self.once(notes)
+
+
 PASTE_FIELDS = ["prompt", "negative", "steps", "cfg", "seed", "width", "height", "sampler"]
 
 
@@ -222,9 +285,9 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civi
                                label="Checkpoint", elem_id="lora_core_checkpoint", scale=4,
                                allow_custom_value=False)
             ckpt_refresh = gr.Button("↻", elem_id="lora_core_checkpoint_refresh", scale=0, min_width=50)
-            startup = [m for m in getattr(session, "messages", []) or []
-                       if m != getattr(session_pipeline(session), "label", None)]
-            ckpt_status = gr.HTML(value=_messages_html(startup), elem_id="lora_core_checkpoint_status")
+        # Its own full-width line (wraps, never clipped); filled by the page load below.
+        ckpt_status = gr.HTML(value="", elem_id="lora_core_checkpoint_status")
+        status_notes = SessionNotes(session)
         with gr.Tabs():
             # render_children: keep the hidden tab's prompt box in the page, so a card clicked in the
             # LoRA tab can insert its tag into it (javascript/lora_core.js looks it up by id).
@@ -232,7 +295,7 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civi
                 with gr.Row():
                     with gr.Column(scale=3):
                         prompt = gr.Textbox(label="Prompt", lines=3, elem_id=PROMPT_ELEM_ID,
-                                            placeholder="a photo of a cat <lora:name:0.8>   (type <lora: for suggestions)")
+                                            placeholder=prompt_placeholder(session))
                         negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=NEGATIVE_ELEM_ID)
                     with gr.Column(scale=1, min_width=160):
                         generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
@@ -252,8 +315,10 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civi
                                            elem_id="txt2img_paste_box")
                         paste_btn = gr.Button("Apply pasted parameters", elem_id="txt2img_paste")
                     with gr.Column(scale=1):
-                        gallery = gr.Gallery(label="Images", elem_id="txt2img_gallery", columns=2, format="png",
-                                             height=420)
+                        # contain: every image whole at any size and batch (style.css; small ones crisp)
+                        gallery = gr.Gallery(label="Images", elem_id="txt2img_gallery", columns=1, format="png",
+                                             object_fit="contain", height="auto",
+                                             elem_classes=gallery_classes(size, size))
                         info = gr.Textbox(label="Generation info", lines=3, interactive=False, elem_id="txt2img_info")
                         messages = gr.HTML(value="", elem_id="txt2img_messages")
             with gr.Tab("LoRA", id="lora", elem_id="tab_lora", render_children=True):
@@ -274,7 +339,9 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civi
                 return [], "", _messages_html([f"Generation failed: {exc}"], started)
             images = list(images)
             done = f"{len(images)} image(s) in {time.perf_counter() - started:.1f} s"
-            return images, text or "", _messages_html([done, *list(msgs or [])], started)
+            shown = gr.update(value=images, columns=gallery_columns(len(images)),
+                              elem_classes=gallery_classes(int(w), int(h)))
+            return shown, text or "", _messages_html([done, *list(msgs or [])], started)
 
         generate.click(on_generate, inputs=[prompt, negative, steps, cfg, seed, width, height, sampler, batch],
                        outputs=[gallery, info, messages])
@@ -298,7 +365,7 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civi
         def on_ckpt_change(name):
             """Switch models; the picker then shows what is really loaded (the old model on failure)."""
             if not name or name == session_current_checkpoint(session):
-                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
             try:
                 notes = session_switch(session, name)
             except Exception as exc:  # noqa: BLE001 - the session reports failures itself; belt and braces
@@ -306,13 +373,15 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civi
                 notes = [f"Could not load {name}: {exc}"]
             loaded = session_current_checkpoint(session)
             label = getattr(session_pipeline(session), "label", None)
-            notes = [f"Loaded: {loaded}."] + [n for n in notes if n != label]
+            notes = [f"Loaded: {loaded}."] + status_notes.once([n for n in notes if n != label])
             size = _default_size(session)
             return (demo_banner_html(session, models_dir), _messages_html(notes), size, size,
-                    gr.update(choices=session_checkpoints(session), value=loaded))
+                    gr.update(choices=session_checkpoints(session), value=loaded),
+                    gr.update(placeholder=prompt_placeholder(session)))
 
         # .input (user picks only): the picker's own reset to the loaded model must not re-trigger it
-        ckpt.input(on_ckpt_change, inputs=[ckpt], outputs=[banner, ckpt_status, width, height, ckpt])
+        ckpt.input(on_ckpt_change, inputs=[ckpt], outputs=[banner, ckpt_status, width, height, ckpt, prompt])
+        demo.load(lambda: _messages_html(status_notes.current()), outputs=[ckpt_status])
         panel.attach_load(demo)
     return demo
 

@@ -17,20 +17,29 @@ DEMO_CHOICE = "Demo model (built-in)"
 HASH_WAIT_S = 120.0  # longest wait for the library's hasher before writing an infotext without a hash
 
 
+class CheckpointLoadError(Exception):
+    """An explicitly requested checkpoint could not be loaded (Session(strict=True))."""
+
+
 class Session:
     """`Session(models_dir, data_dir, checkpoint=None)`.
 
     models_dir holds `Stable-diffusion/` (checkpoints) and `Lora/`. checkpoint: a path or a name
     from `checkpoints()`; None loads the first checkpoint found, else the built-in demo model (and,
-    the first time, writes the demo LoRAs to `Lora/demo/`).
+    the first time, writes the demo LoRAs to `<first LoRA folder>/demo/`).
+    lora_dirs: the LoRA folders (the CLI's --lora-dir; default: `models_dir/Lora`).
+    strict: a checkpoint that cannot be loaded raises CheckpointLoadError instead of falling back
+    to the demo model (the CLI's explicit --checkpoint).
     """
 
-    def __init__(self, models_dir, data_dir, checkpoint=None, *, config_root=None, scan: bool = True):
+    def __init__(self, models_dir, data_dir, checkpoint=None, *, config_root=None, scan: bool = True,
+                 lora_dirs=None, strict: bool = False):
         from lora_core.library import Library
 
         self.models_dir = Path(models_dir)
         self.data_dir = Path(data_dir)
-        self.lora_dir = self.models_dir / "Lora"
+        self.lora_dirs = [Path(d) for d in (lora_dirs or [])] or [self.models_dir / "Lora"]
+        self.lora_dir = self.lora_dirs[0]
         self.checkpoint_dir = self.models_dir / "Stable-diffusion"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.lora_dir.mkdir(parents=True, exist_ok=True)
@@ -39,11 +48,15 @@ class Session:
         self._lock = threading.RLock()
         self.pipeline = None
         self.engine = None
-        self.library = Library([str(self.lora_dir)], data_dir=str(self.data_dir))
+        self.library = Library([str(d) for d in self.lora_dirs], data_dir=str(self.data_dir))
         if checkpoint is None:
             found = self.checkpoints()[1:]
             checkpoint = found[0] if found else DEMO_CHOICE
-        self.switch_checkpoint(str(checkpoint))
+        try:
+            self.switch_checkpoint(str(checkpoint), strict=strict)
+        except CheckpointLoadError:
+            self.library.close()
+            raise
         if scan:
             # Start-up: the quick scan lists only folders whose timestamps changed (ms at 50,000
             # files); a sidecar rewritten in place is picked up by the next full rescan.
@@ -78,9 +91,10 @@ class Session:
             return path
         raise FileNotFoundError(f"checkpoint {name!r} not found (looked in {self.checkpoint_dir})")
 
-    def switch_checkpoint(self, name: str) -> list[str]:
+    def switch_checkpoint(self, name: str, strict: bool = False) -> list[str]:
         """Load another checkpoint (or the demo model). On failure the current model stays loaded
-        (or the demo model is loaded if there is none) and the reason is returned as a message."""
+        (or the demo model is loaded if there is none) and the reason is returned as a message;
+        strict=True raises CheckpointLoadError instead."""
         from lora_core.app.pipeline import PipelineHandle
         from lora_core.engine import Engine
 
@@ -90,6 +104,8 @@ class Session:
                 path = self._checkpoint_path(name)
                 handle = PipelineHandle.load(path, data_dir=self.data_dir, config_root=self.config_root)
             except Exception as exc:  # unreadable/unsupported file: keep the app usable
+                if strict:
+                    raise CheckpointLoadError(f"Could not load checkpoint {name}: {exc}") from exc
                 logger.warning("cannot load checkpoint %s: %s", name, exc)
                 notes.append(f"Could not load checkpoint {name}: {exc}")
                 if self.pipeline is not None:
@@ -100,11 +116,16 @@ class Session:
                 self.engine.restore()
             self.pipeline = handle
             self.engine = Engine(handle.binding)
+            # Each note is logged once, here or where it arose (the demo model's fallback warning,
+            # "wrote N demo LoRAs"); hosts show self.messages but do not log them again.
+            logger.info("loaded %s", handle.label)
+            if not handle.is_demo:  # the demo model's one note (its fallback) is logged by demo.py
+                for note in handle.notes:
+                    logger.info("%s", note)
             notes.extend(handle.notes)
             if handle.is_demo:
                 notes.append(handle.label)
                 notes.extend(self._write_demo_loras(handle))
-            logger.info("loaded %s", handle.label)
             self.messages = notes
             return notes
 

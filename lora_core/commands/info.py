@@ -40,7 +40,12 @@ _TOP_TAGS = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a LoRA file (.safetensors, or .pt/.ckpt read without pickle code)")
+    from lora_core.commands.options import add_data_dir_argument, add_location_arguments
+
+    parser.add_argument("path", help="a LoRA file (.safetensors, or .pt/.ckpt read without pickle code), or a name "
+                                     "as in <lora:NAME> looked up in the LoRA folders")
+    add_location_arguments(parser)
+    add_data_dir_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.add_argument("--no-hash", action="store_true", help="skip hashing (fast on big files)")
 
@@ -137,6 +142,14 @@ def format_text(info: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from lora_core.formats import LoraFormatError
 
+    from lora_core.commands.options import looks_like_path, resolve_lora
+
+    if not looks_like_path(args.path):
+        try:
+            args.path = resolve_lora(args.path, args)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if not os.path.isfile(args.path):
         print(f"error: {args.path}: no such file", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
-"""`python -m lora_core merge CHECKPOINT --lora PATH[:WEIGHT[:UNET]] ... --out OUT.safetensors`.
+"""`python -m lora_core merge CHECKPOINT --lora NAME|PATH[:WEIGHT[:UNET]] ... --out OUT.safetensors`.
 
 Bakes LoRAs into a single-file LDM-layout checkpoint (SD1, SD2, SDXL) with the same math as live
 patching (W0 + Σ m·ΔW in fp32, rounded once). Every key, dtype and non-weight entry of the
 checkpoint is kept; the checkpoint's metadata is kept and a `lora_core.merged` entry lists what was
 baked in. WEIGHT sets both multipliers like `<lora:name:WEIGHT>`; a second number sets the UNet's
-(`<lora:name:TE:UNET>`).
+(`<lora:name:TE:UNET>`). A LoRA is a file path, or a name looked up in the LoRA folders (--lora-dir,
+default MODELS_DIR/Lora) the way a prompt tag's name is. CHECKPOINT is a file path or a name under
+MODELS_DIR/Stable-diffusion. The output gets the mode of the file it replaces, or the umask's default.
 
 Exit status: 0 merged, 2 unreadable input, 3 a LoRA does not fit the checkpoint (nothing written).
 """
@@ -23,9 +25,14 @@ EXIT_INCOMPATIBLE = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="single-file checkpoint (.safetensors; .ckpt/.pt read without pickle code)")
-    parser.add_argument("--lora", action="append", required=True, metavar="PATH[:WEIGHT[:UNET]]",
-                        help="a LoRA to bake in (repeatable); WEIGHT defaults to 1")
+    from lora_core.commands.options import add_data_dir_argument, add_location_arguments
+
+    parser.add_argument("checkpoint", help="single-file checkpoint (.safetensors; .ckpt/.pt read without pickle code), "
+                                           "a path or a name under MODELS_DIR/Stable-diffusion")
+    parser.add_argument("--lora", action="append", required=True, metavar="NAME|PATH[:WEIGHT[:UNET]]",
+                        help="a LoRA to bake in (repeatable): a file, or a name as in <lora:NAME>; WEIGHT defaults to 1")
+    add_location_arguments(parser)
+    add_data_dir_argument(parser)
     parser.add_argument("--out", required=True, help="output .safetensors file")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
@@ -133,13 +140,13 @@ def merge(checkpoint: str, loras: list[tuple[str, float, float]], out: str) -> d
     metadata = dict(metadata)
     metadata["lora_core.merged"] = json.dumps(
         [{"file": os.path.basename(p), "te": te, "unet": un} for p, te, un in loras])
-    tmp = out + ".partial"
+    from lora_core.library.atomic import atomic_write
+
+    tensors = _unshared(state)
     try:
-        save_file(_unshared(state), tmp, metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    except OSError as exc:
+        raise MergeError(f"{out}: cannot write ({exc.strerror or exc})", EXIT_BAD_INPUT) from exc
     return {"family": binding.family, "slots": report.slots_recomputed, "seconds": report.seconds,
             "loras": [(r.name, r.matched, r.unmatched) for r in report.loras], "warnings": report.warnings}
 
@@ -160,12 +167,51 @@ def _unshared(state: dict) -> dict:
     return out
 
 
+def resolve_loras(loras: list[tuple[str, float, float]], args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    """Names -> files, as prompt tags resolve them (paths pass through). Raises MergeError."""
+    from lora_core.commands.options import looks_like_path, lora_dirs
+
+    if all(looks_like_path(spec) for spec, _te, _unet in loras):
+        return loras
+    from lora_core.library import Library
+
+    out = []
+    with Library(lora_dirs(args), getattr(args, "data_dir", None)) as lib:
+        lib.scan()
+        for spec, te, unet in loras:
+            if looks_like_path(spec):
+                out.append((spec, te, unet))
+                continue
+            try:
+                out.append((lib.find(spec).path, te, unet))
+            except LookupError as exc:
+                raise MergeError(f"--lora {spec}: {exc} (looked in {', '.join(lora_dirs(args))})",
+                                 EXIT_BAD_INPUT) from exc
+    return out
+
+
+def resolve_checkpoint(spec: str, args: argparse.Namespace) -> str:
+    """A checkpoint path as given, else a name under MODELS_DIR/Stable-diffusion."""
+    from lora_core.commands.options import checkpoint_dir
+
+    if os.path.isfile(spec):
+        return spec
+    candidate = os.path.join(checkpoint_dir(args), spec)
+    return candidate if os.path.isfile(candidate) else spec
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         loras = [parse_lora_arg(x) for x in args.lora]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    args.checkpoint = resolve_checkpoint(args.checkpoint, args)
+    try:
+        loras = resolve_loras(loras, args)
+    except MergeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
     out = args.out
     if not out.lower().endswith(".safetensors"):
         print(f"error: {out}: the output must be a .safetensors file", file=sys.stderr)

@@ -19,9 +19,16 @@ EXIT_INTERRUPTED = 130
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="base model: A1111/LDM single-file checkpoint (.safetensors)")
+    from lora_core.commands.options import add_location_arguments
+
+    parser.add_argument("--checkpoint", required=True,
+                        help="base model: A1111/LDM single-file checkpoint (.safetensors), a path or a name under "
+                             "MODELS_DIR/Stable-diffusion")
     parser.add_argument("--data", required=True, help="training folder with <repeats>_<name> sub-folders")
-    parser.add_argument("--out", required=True, help="output LoRA file (.safetensors)")
+    parser.add_argument("--out", default=None,
+                        help="output LoRA file (.safetensors; default: the first LoRA folder / NAME.safetensors, "
+                             "NAME being --name or the --data folder's name)")
+    add_location_arguments(parser)
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (network dim)")
     parser.add_argument("--alpha", type=float, default=8.0, help="LoRA alpha (scale = alpha / rank)")
     parser.add_argument("--conv-rank", type=int, default=None, help="rank of 3x3 conv layers with --targets locon (default: --rank)")
@@ -99,7 +106,14 @@ def run(args) -> int:
     from lora_core.train import (Components, DatasetError, NetworkSpec, TrainConfig, build_metadata,
                                  save_lora_file, scan_folder, train_lora)
 
-    out = Path(args.out)
+    from lora_core.commands.merge import resolve_checkpoint
+    from lora_core.commands.options import lora_dirs
+
+    args.checkpoint = resolve_checkpoint(args.checkpoint, args)
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = Path(lora_dirs(args)[0]) / f"{args.name or Path(args.data).resolve().name}.safetensors"
     problem = _bad_numbers(args)
     if out.suffix.lower() != ".safetensors":
         problem = f"--out must end in .safetensors (got {out.name})"

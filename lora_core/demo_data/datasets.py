@@ -5,6 +5,8 @@ the held-out prompts that no training set contains. Each data set writes a kohya
 * style "lcstripes": the same kind of scenes with a diagonally striped background.
 * concept "lcshape": a new shape (a cross / plus sign) the base model never saw.
 * LoCon "lccheck": objects with a checkered fill, a local texture that conv layers learn well.
+* colour casts "lcwarm", "lccool", "lcmint": the base scenes with a colour grade over the whole
+  picture (`grade`), for demo_warm / demo_cool / demo_green.
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
+from PIL import Image
 
 from .scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render_many
 
@@ -48,6 +53,8 @@ class DemoDataset:
     description: str
     # the concept set names its new shape by the trigger word ("a small red lcshape on ...")
     trigger_is_shape_name: bool = False
+    # a colour grade over the whole picture: (R, G, B) levels (of 255) added to every pixel, clipped
+    grade: tuple[float, float, float] | None = None
 
     def caption(self, scene: Scene) -> str:
         if self.trigger_is_shape_name:
@@ -57,7 +64,7 @@ class DemoDataset:
     def items(self, seed: int, n: int, size: int = 64) -> Iterator[tuple]:
         """n (PIL image, caption, Rendered) triples, identical for the same arguments."""
         for r in render_many(seed, n, size, shapes=self.shapes, style=self.style, exclude=is_held_out):
-            yield r.image, self.caption(r.scene), r
+            yield (graded(r.image, self.grade) if self.grade else r.image), self.caption(r.scene), r
 
     def write(self, root, seed: int, n: int, repeats: int = 1, size: int = 64) -> Path:
         """Write root/<repeats>_<name>/NNNN.png + NNNN.txt and return that folder."""
@@ -70,7 +77,25 @@ STYLE = DemoDataset("stripes", "lcstripes", SHAPES, "stripes", "style: diagonall
 CONCEPT = DemoDataset("cross", "lcshape", ("cross",), None, "concept: a new shape, the cross",
                       trigger_is_shape_name=True)
 LOCON = DemoDataset("checker", "lccheck", SHAPES, "checker", "texture: checkered object fill (LoCon)")
-DEMO_LORA_DATASETS = {"style": STYLE, "concept": CONCEPT, "locon": LOCON}
+# The colour casts. The demo VAE pulls colours back to the 8 it was trained on (a +-30 level grade
+# comes back from encode + decode as +-5-8, green's as ~1; docs/DEMO_MODEL.md), so the grades are
+# as strong as the VAE needs for a cast to survive it, and no stronger than keeps most objects'
+# colour names through the round trip. The trigger words hold no colour word ("lcgreen" would be
+# read as "lc" + "green", a word the model draws).
+WARM = DemoDataset("warm", "lcwarm", SHAPES, None, "colour cast: warm (red up, blue down)",
+                   grade=(45.0, 11.0, -45.0))
+COOL = DemoDataset("cool", "lccool", SHAPES, None, "colour cast: cool (blue up, red down)",
+                   grade=(-65.0, 0.0, 65.0))
+GREEN = DemoDataset("green", "lcmint", SHAPES, None, "colour cast: green tint",
+                    grade=(-55.0, 28.0, -55.0))
+DEMO_LORA_DATASETS = {"style": STYLE, "concept": CONCEPT, "locon": LOCON, "warm": WARM, "cool": COOL,
+                      "green": GREEN}
+
+
+def graded(image, grade) -> Image.Image:
+    """image with `grade` ((R, G, B) levels) added to every pixel, clipped to 0..255."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float64) + np.asarray(grade, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
 
 
 def write_kohya_folder(root, name: str, pairs, repeats: int = 1) -> Path:

@@ -91,11 +91,63 @@ def object_mask_by_colour(image, colour: str) -> np.ndarray:
     return colour_names(as_array(image)) == _NAMES.index(colour)
 
 
+def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected (4-neighbour) regions of a 2-D bool mask: (labels, n), labels 1..n numbered in the
+    order of each region's first pixel in row-major order, 0 off the mask.
+
+    Union-find over horizontal runs: two runs on adjacent rows join when their columns overlap."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)
+    starts_r, starts_c = np.nonzero(edges == 1)   # run starts (row, first column)
+    _, ends_c = np.nonzero(edges == -1)           # run ends, same order: exclusive column
+    runs = len(starts_r)
+    parent = list(range(runs))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    row_first = np.searchsorted(starts_r, np.arange(h + 1))  # runs of row y: row_first[y]..row_first[y+1]
+    for y in range(1, h):
+        a, a_end = int(row_first[y - 1]), int(row_first[y])
+        b, b_end = a_end, int(row_first[y + 1])
+        while a < a_end and b < b_end:
+            if starts_c[a] < ends_c[b] and starts_c[b] < ends_c[a]:  # columns overlap
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+            if ends_c[a] < ends_c[b]:
+                a += 1
+            else:
+                b += 1
+    labels = np.zeros((h, w), dtype=np.int32)
+    numbers: dict[int, int] = {}
+    for i in range(runs):
+        n = numbers.setdefault(find(i), len(numbers) + 1)
+        labels[starts_r[i], starts_c[i]:ends_c[i]] = n
+    return labels, len(numbers)
+
+
+def erode(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """Binary erosion by the 4-neighbour cross, `iterations` times; outside the image counts as
+    off, so pixels on the border are removed."""
+    out = np.asarray(mask, dtype=bool)
+    for _ in range(iterations):
+        padded = np.pad(out, 1, constant_values=False)
+        out = (out & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return out
+
+
 def components(mask: np.ndarray, min_pixels: int = 12) -> list[np.ndarray]:
     """Connected (4-neighbour) regions of a bool mask with at least min_pixels pixels."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask)
+    labels, n = label(mask)
     out = []
     for i in range(1, n + 1):
         part = labels == i
@@ -194,11 +246,9 @@ def texture_score(image, mask: np.ndarray) -> float:
     along y) inside a mask, eroded so the object's edge does not count: a checkered fill scores
     about half its contrast, a flat or smoothly shaded one near 0. Half a cell, not a whole one,
     so that a small object still has pairs of pixels to compare."""
-    from scipy import ndimage
-
     arr = as_array(image)
     lum = arr @ np.array([0.299, 0.587, 0.114])
-    inner = ndimage.binary_erosion(mask, iterations=2)
+    inner = erode(mask, iterations=2)
     k = _offset(arr, CHECKER_CELL_PX // 2)
     diffs = [np.abs(lum[:, k:] - lum[:, :-k])[inner[:, k:] & inner[:, :-k]],
              np.abs(lum[k:] - lum[:-k])[inner[k:] & inner[:-k]]]

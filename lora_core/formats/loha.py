@@ -15,19 +15,3 @@ def _half(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor | None) -> torch.Ten
 def delta(w1a, w1b, w2a, w2b, t1=None, t2=None, scale: float = 1.0) -> torch.Tensor:
     """ΔW = scale · (w1a@w1b) ⊙ (w2a@w2b); flat (out, in_flat) unless Tucker cores are given."""
     return _half(w1a, w1b, t1) * _half(w2a, w2b, t2) * scale
-
-
-def rank(w1b: torch.Tensor) -> int:
-    return int(w1b.shape[0])
-
-
-def out_in(w1a, w1b, t1=None) -> tuple[int, int]:
-    if t1 is None:
-        in_flat = 1
-        for d in w1b.shape[1:]:
-            in_flat *= int(d)
-        return int(w1a.shape[0]), in_flat
-    k = 1
-    for d in t1.shape[2:]:
-        k *= int(d)
-    return int(w1a.shape[1]), int(w1b.shape[1]) * k

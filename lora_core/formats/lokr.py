@@ -25,27 +25,3 @@ def delta(w1=None, w1a=None, w1b=None, w2=None, w2a=None, w2b=None, t2=None, sca
     while a.dim() < b.dim():
         a = a.unsqueeze(-1)
     return torch.kron(a, b.contiguous()) * scale
-
-
-def rank(w1b=None, w2b=None) -> int | None:
-    """Rank of the decomposed factor; None when both factors are full (then the scale is 1)."""
-    if w1b is not None:
-        return int(w1b.shape[0])
-    if w2b is not None:
-        return int(w2b.shape[0])
-    return None
-
-
-def out_in(w1=None, w1a=None, w1b=None, w2=None, w2a=None, w2b=None, t2=None) -> tuple[int, int]:
-    """(out, in_flat) of kron(w1, w2) from the factor shapes alone."""
-    a, c = (w1.shape[0], w1.shape[1]) if w1 is not None else (w1a.shape[0], w1b.shape[1])
-    if w2 is not None:
-        b, d, k = w2.shape[0], w2.shape[1], w2.shape[2:]
-    elif t2 is not None:
-        b, d, k = w2a.shape[1], w2b.shape[1], t2.shape[2:]
-    else:
-        b, d, k = w2a.shape[0], w2b.shape[1], w2b.shape[2:]
-    in_flat = int(c) * int(d)
-    for x in k:
-        in_flat *= int(x)
-    return int(a) * int(b), in_flat

@@ -1,4 +1,5 @@
-"""LoRA / LoCon ΔW: up·down, optionally through a Tucker core (`lora_mid`). Pure functions."""
+"""LoRA / LoCon ΔW: up·down, optionally through a Tucker core (`lora_mid`). Pure functions
+(rank, shape hint and validation: `algorithms.LoRA`)."""
 from __future__ import annotations
 
 import torch
@@ -34,18 +35,3 @@ def low_rank(up: torch.Tensor, down: torch.Tensor, scale: float, dyn: int | None
     """(up2d (out, r), down2d (r, in_flat), scale) so that ΔW = scale·up2d@down2d."""
     up, down, _ = truncate(up, down, None, dyn)
     return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1), scale
-
-
-def rank(down: torch.Tensor) -> int:
-    return int(down.shape[0])
-
-
-def out_in(up: torch.Tensor, down: torch.Tensor, mid: torch.Tensor | None) -> tuple[int, int]:
-    """Output features and flattened input features of the patched weight."""
-    in_flat = 1
-    for d in down.shape[1:]:
-        in_flat *= int(d)
-    if mid is not None:
-        for d in mid.shape[2:]:
-            in_flat *= int(d)
-    return int(up.shape[0]), in_flat

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapter import CLAIMS, Adapter, AdapterShapeError, detect_algorithm
+from . import algorithms
+from .adapter import Adapter, AdapterShapeError
 from .errors import LoraFormatError
 from .family import detect_family
 from .keys import ModuleKey, parse_key
@@ -77,7 +78,7 @@ def load_lora(path, name: str | None = None) -> LoraFile:
     adapters: dict[ModuleKey, Adapter] = {}
     for raw_module, parts in groups.items():
         key = module_of[raw_module]
-        algo = detect_algorithm(set(parts), parts) if key is not None else None
+        algo = algorithms.detect({s: t.shape for s, t in parts.items()}) if key is not None else None
         if algo is None:
             unclaimed.append(raw_module)
             continue
@@ -90,8 +91,8 @@ def load_lora(path, name: str | None = None) -> LoraFile:
             raise LoraFormatError(path, str(e)) from e
         except (IndexError, RuntimeError, ValueError, TypeError) as e:
             # tensors of ranks no algorithm writes (a 0-d factor, ...): a broken or crafted file
-            raise LoraFormatError(path, f"module {key}: {algo} tensors of unusable shapes ({e})") from e
-        ignored = set(parts) - CLAIMS[algo]
+            raise LoraFormatError(path, f"module {key}: {algo.name} tensors of unusable shapes ({e})") from e
+        ignored = set(parts) - algo.claims
         if ignored:
             logger.debug("%s: module %s: ignoring %s", name, key, sorted(ignored))
         if key in adapters:

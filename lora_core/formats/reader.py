@@ -1,13 +1,13 @@
 """Reading raw tensors and metadata out of a LoRA file, refusing anything hostile.
 
-`.safetensors` headers are parsed and checked by hand before safetensors touches the file, so a
-broken or crafted file gets a message that says what is wrong instead of a library traceback.
+`.safetensors` headers are parsed and checked (by the library's one header reader) before any
+tensor is touched, so a broken or crafted file gets a message that says what is wrong instead of a
+traceback, and the same message everywhere.
 Pickled `.pt`/`.ckpt` files go only through `torch.load(weights_only=True)`, which refuses any
 pickle that would import or call code.
 """
 from __future__ import annotations
 
-import json
 import logging
 import mmap
 import os
@@ -15,6 +15,8 @@ import pickle
 import struct
 
 import torch
+
+from lora_core.library.safetensors_header import HeaderError, read_header
 
 from .errors import LoraFormatError
 
@@ -30,8 +32,6 @@ _DTYPE_SIZES = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
 }
-# A LoRA header is a few hundred KiB at most; refuse to parse a crafted gigabyte of JSON.
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -53,67 +53,18 @@ def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def check_safetensors_header(path: str) -> tuple[dict, dict[str, str]]:
-    """Validate the header of a safetensors file; return (tensor entries, metadata)."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise LoraFormatError(path, f"file too short for a safetensors header ({size} bytes)")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > size - 8:
-                raise LoraFormatError(
-                    path, f"header length {header_len} runs past the end of the file ({size} bytes): truncated or not safetensors"
-                )
-            if header_len > _MAX_HEADER_BYTES:
-                raise LoraFormatError(path, f"header of {header_len} bytes is implausibly large")
-            raw = f.read(header_len)
-    except OSError as e:
-        raise LoraFormatError(path, f"cannot read file: {e.strerror or e}") from e
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting: RecursionError
-        raise LoraFormatError(path, f"header is not valid JSON ({e})") from e
-    if not isinstance(header, dict):
-        raise LoraFormatError(path, "header is not a JSON object")
+    """Validate the header of a safetensors file; return (tensor entries, metadata).
 
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise LoraFormatError(path, "header __metadata__ is not an object")
-    metadata = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-
-    data_len = size - 8 - header_len
-    spans = []
+    The checks are the library's (`lora_core.library.safetensors_header.read_header`, torch-free),
+    so a broken file gets the same message from `info`, `list`, the LoRA tab and generation. Only
+    the dtypes torch cannot hold (F4, F6_*, F8_E8M0) are refused here on top of those."""
+    try:
+        header, metadata, _offset = read_header(path)
+    except HeaderError as exc:
+        raise LoraFormatError(path, exc.problem) from None
     for key, entry in header.items():
-        if not isinstance(entry, dict):
-            raise LoraFormatError(path, f"tensor {key!r}: header entry is not an object")
-        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in _DTYPE_SIZES:
-            raise LoraFormatError(path, f"tensor {key!r}: unsupported dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-            raise LoraFormatError(path, f"tensor {key!r}: bad shape {shape!r}")
-        if not (
-            isinstance(offsets, list) and len(offsets) == 2
-            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        ):
-            raise LoraFormatError(path, f"tensor {key!r}: bad data_offsets {offsets!r}")
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_len:
-            raise LoraFormatError(
-                path, f"tensor {key!r}: data_offsets {offsets} lie outside the file's {data_len} data bytes (truncated?)"
-            )
-        numel = 1
-        for d in shape:
-            numel *= d
-        if (end - begin) != numel * _DTYPE_SIZES[dtype]:
-            raise LoraFormatError(
-                path, f"tensor {key!r}: {dtype} shape {shape} needs {numel * _DTYPE_SIZES[dtype]} bytes, offsets give {end - begin}"
-            )
-        spans.append((begin, end, key))
-    spans.sort()
-    for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise LoraFormatError(path, f"tensors {k0!r} and {k1!r} overlap in the file")
+        if entry["dtype"] not in _DTYPE_SIZES:
+            raise LoraFormatError(path, f"tensor {key!r}: dtype {entry['dtype']} cannot be loaded (no torch dtype)")
     return header, metadata
 
 

@@ -14,8 +14,9 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
+
+from lora_core.library.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +62,8 @@ def existing_preview(model_path: str | os.PathLike) -> Path | None:
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Replace `target` atomically, keeping its mode (a new file: the umask's default)."""
+    atomic_write(target, data)
 
 
 def write_info(model_path: str | os.PathLike, version_json: dict, extra: dict | None = None) -> Path:

@@ -11,9 +11,13 @@ class LibraryError(Exception):
 class NotFound(LibraryError, LookupError):
     """No LoRA matches a name (or the name points outside the library)."""
 
-    def __init__(self, name: str, reason: str = "no LoRA with that name in the library"):
+    def __init__(self, name: str, reason: str = "no LoRA with that name in the library",
+                 suggestions: list[str] | tuple[str, ...] = ()):
         self.name = name
-        super().__init__(f"LoRA {name!r}: {reason}")
+        self.reason = reason
+        self.suggestions = list(suggestions)
+        hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"LoRA {name!r}: {reason}{hint}")
 
 
 class AmbiguousName(LibraryError, LookupError):

@@ -18,8 +18,10 @@ import zipfile
 from collections import Counter
 from operator import itemgetter
 
+from lora_core.formats import algorithms as _algorithms
 from lora_core.formats import family as _family
 from lora_core.formats.family import family_from_header, family_from_metadata
+from lora_core.formats.keys import split_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -28,60 +30,18 @@ TOP_TAGS = 20
 MAX_COVER_BYTES = 20 * 1024 * 1024
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
 
-# suffix (after the module name) -> algorithm; the longest matching suffix wins
-_SUFFIX_ALGO = [
-    (".lora_up.weight", "lora"), (".lora_down.weight", "lora"), (".lora_mid.weight", "lora"),
-    (".lora_A.weight", "lora"), (".lora_B.weight", "lora"), (".lora.up.weight", "lora"),
-    (".lora.down.weight", "lora"), ("_lora.up.weight", "lora"), ("_lora.down.weight", "lora"),
-    (".lora_A.default.weight", "lora"), (".lora_B.default.weight", "lora"),
-    (".hada_w1_a", "loha"), (".hada_w1_b", "loha"), (".hada_w2_a", "loha"), (".hada_w2_b", "loha"),
-    (".hada_t1", "loha"), (".hada_t2", "loha"),
-    (".lokr_w1", "lokr"), (".lokr_w2", "lokr"), (".lokr_w1_a", "lokr"), (".lokr_w1_b", "lokr"),
-    (".lokr_w2_a", "lokr"), (".lokr_w2_b", "lokr"), (".lokr_t2", "lokr"),
-    (".on_input", "ia3"),
-    (".oft_blocks", "oft"), (".oft_diag", "oft"),
-    (".a1.weight", "glora"), (".a2.weight", "glora"), (".b1.weight", "glora"), (".b2.weight", "glora"),
-    (".diff", "full"), (".diff_b", "full"),
-    (".w_norm", "norm"), (".b_norm", "norm"),
-]
-_DORA_SUFFIXES = (".dora_scale", ".lora_magnitude_vector", ".lora_magnitude_vector.weight",
-                  ".lora_magnitude_vector.default.weight")
 # modules that only LoCon-style training touches (ResNet blocks, samplers)
 _CONV_MODULE = re.compile(
     r"resnets|in_layers|out_layers|skip_connection|emb_layers|time_emb_proj|downsamplers|upsamplers"
     r"|conv_shortcut|conv_in|conv_out|_op\b|_op$"
 )
-_DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight", "_lora.down.weight",
-                  ".lora_A.default.weight", ".hada_w1_b", ".a2.weight")
 ALGO_PRIORITY = ["dora", "boft", "oft", "loha", "lokr", "glora", "ia3", "full", "locon", "lora", "norm"]
 
 
-
-_SUFFIX_MAP = dict(_SUFFIX_ALGO)
-_SUFFIX_MAP.update({suffix: "dora" for suffix in _DORA_SUFFIXES})
-_OLD_DIFFUSERS = ("_lora.up.weight", "_lora.down.weight")
-
-
 def split_key(key: str) -> tuple[str, str | None]:
-    """(module name, algorithm) of one tensor key; algorithm None for alpha/scale/unknown keys.
-
-    Suffixes hold one to three dotted parts; the longest known one wins (dict lookups, because a
-    real file has ~1000 keys and 50,000 files may be indexed)."""
-    if key.endswith(_OLD_DIFFUSERS):  # ...attn1.processor.to_q_lora.up.weight
-        cut = key.rfind("_lora.")
-        return key[:cut], "lora"
-    found = None
-    pos = len(key)
-    for _ in range(3):
-        pos = key.rfind(".", 0, pos)
-        if pos <= 0:
-            break
-        algo = _SUFFIX_MAP.get(key[pos:])
-        if algo is not None:
-            found = (pos, algo)
-    if found is None:
-        return key.rsplit(".", 1)[0], None
-    return key[: found[0]], found[1]
+    """(module name, canonical suffix) of one tensor key, as `load_lora` splits it
+    (`formats.keys`: kohya, LyCORIS, diffusers, PEFT spellings); suffix None for unknown keys."""
+    return split_suffix(key) or (key.rsplit(".", 1)[0], None)
 
 
 def _is_conv_module(module: str) -> bool:
@@ -91,24 +51,30 @@ def _is_conv_module(module: str) -> bool:
 def detect_algorithm(header: dict, split=split_key, is_conv=_is_conv_module) -> tuple[str, dict[str, int]]:
     """Main algorithm of a file and the per-algorithm module counts.
 
+    Each key that names an algorithm on its own (`formats.algorithms.marked_by`: the registry
+    `load_lora` detects with) counts for its module, so a header missing a module's other
+    tensors still says what it is. LoRA modules are LoCon if they have a conv kernel or are
+    ResNet/sampler modules, and a file with any LoCon module is LoCon as a whole.
+
     `split` / `is_conv` may be memoised versions of `split_key` / `_is_conv_module` (a scan sees
     the same key names in file after file)."""
     modules: dict[str, str] = {}
     dora = False
+    marked_by = _algorithms.marked_by
     for key, info in header.items():
-        module, algo = split(key)
-        if algo is None:
+        module, suffix = split(key)
+        if suffix is None:
             continue
-        if algo == "dora":
+        if suffix in _algorithms.DORA:
             dora = True
             continue
-        if algo == "oft":
-            shape = info.get("shape") if isinstance(info, dict) else None
-            if isinstance(shape, list) and len(shape) == 4 and key.endswith(".oft_blocks"):
-                algo = "boft"
+        shape = info.get("shape") if isinstance(info, dict) else None
+        algorithm = marked_by(suffix, shape)
+        if algorithm is None:
+            continue
+        algo = algorithm.name
         previous = modules.get(module)
         if algo == "lora":
-            shape = info.get("shape") if isinstance(info, dict) else None
             conv3 = isinstance(shape, list) and len(shape) == 4 and shape[2:] != [1, 1]
             if conv3 or previous == "locon" or (previous is None and is_conv(module)):
                 algo = "locon"
@@ -272,13 +238,17 @@ def embedded_cover(metadata: dict[str, str]) -> bytes | None:
     return None
 
 
-def _rank_from_shapes(header: dict) -> int | None:
-    ranks = Counter()
+def _rank_from_shapes(header: dict, split=split_key) -> int | None:
+    """The most common rank (`formats.algorithms.LoRA.rank`) of the modules with a LoRA down factor."""
+    modules: dict[str, dict] = {}
     for key, info in header.items():
-        if key.endswith(_DOWN_SUFFIXES[:5]) and isinstance(info, dict):
-            shape = info.get("shape")
-            if isinstance(shape, list) and shape and isinstance(shape[0], int):
-                ranks[shape[0]] += 1
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if isinstance(shape, list) and all(type(d) is int for d in shape):
+            module, suffix = split(key)
+            if suffix is not None:
+                modules.setdefault(module, {})[suffix] = shape
+    lora = _algorithms.BY_NAME["lora"]
+    ranks = Counter(lora.rank(shapes) for shapes in modules.values() if shapes.get("lora_down.weight"))
     return ranks.most_common(1)[0][0] if ranks else None
 
 
@@ -311,10 +281,10 @@ class _Memo(dict):
 class _Layout:
     """What a summary takes from the tensor names and shapes alone."""
 
-    __slots__ = ("names", "shapes", "algorithm", "algorithms", "_rank", "family_keys", "families")
+    __slots__ = ("names", "shapes", "algorithm", "algorithms", "_rank", "family_keys", "families", "_split")
 
-    def __init__(self, names, shapes, algorithm, algorithms, rank, family_keys):
-        self.names, self.shapes = names, shapes
+    def __init__(self, names, shapes, algorithm, algorithms, rank, family_keys, split=split_key):
+        self.names, self.shapes, self._split = names, shapes, split
         self.algorithm, self.algorithms = algorithm, algorithms
         self._rank = rank   # False: worked out when a file lacks ss_network_dim (kohya files have it)
         self.family_keys = family_keys   # the sub-header family detection looks at
@@ -323,7 +293,7 @@ class _Layout:
     @property
     def rank(self) -> int | None:
         if self._rank is False:
-            self._rank = _rank_from_shapes({n: {"shape": s} for n, s in zip(self.names, self.shapes)})
+            self._rank = _rank_from_shapes({n: {"shape": s} for n, s in zip(self.names, self.shapes)}, self._split)
         return self._rank
 
 
@@ -365,8 +335,9 @@ class Summarizer:
                     return layout
         algorithm, algorithms = detect_algorithm(header, self._split.__getitem__, self._conv.__getitem__)
         relevant = self._relevant
-        rank = False if shapes is not None else _rank_from_shapes(header)   # False: later, if needed
-        layout = _Layout(names, shapes, algorithm, algorithms, rank, {k: v for k, v in header.items() if relevant[k]})
+        rank = False if shapes is not None else _rank_from_shapes(header, self._split)   # False: later, if needed
+        layout = _Layout(names, shapes, algorithm, algorithms, rank, {k: v for k, v in header.items() if relevant[k]},
+                         self._split.__getitem__)
         if bucket is not None:
             if self._layout_count >= self.MAX_LAYOUTS:
                 self._layouts.clear()

@@ -65,6 +65,26 @@ def _loads(text, default):
         return default
 
 
+_SEARCH_TERM = re.compile(r'"([^"]+)"|(\S+)')
+
+
+def search_terms(query) -> list[str]:
+    """The terms of a search, lower case: words, "quoted phrases" (inner spaces collapsed) and
+    paths (a "\\" read as "/")."""
+    terms: list[str] = []
+    for m in _SEARCH_TERM.finditer(str(query or "").lower()):
+        term = " ".join((m.group(1) if m.group(1) is not None else m.group(2)).split())
+        if "\\" in term:
+            term = term.replace("\\", "/")
+        if term and term not in terms:
+            terms.append(term)
+    return terms
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 class Library:
     def __init__(self, dirs, data_dir: str | None = None):
         self.dirs = [str(d) for d in dirs]
@@ -360,7 +380,24 @@ class Library:
             hit = self._pick(str(name), rows)
             if hit is not None:
                 return hit
-        raise NotFound(str(name))
+        raise NotFound(str(name), suggestions=self.close_names(text))
+
+    def close_names(self, name: str, limit: int = 3) -> list[str]:
+        """Names in the library (file stems, aliases, folder/names) closest to `name` (difflib),
+        for "did you mean ...?". Runs only after a miss; reads names only."""
+        import difflib
+
+        if not self.roots:
+            return []
+        text = str(name)[2:] if str(name).startswith("./") else str(name)
+        by_lower: dict[str, str] = {}
+        for stem, alias, rel in self.db.query(
+                f"SELECT stem, alias, rel FROM files WHERE root IN ({self._root_marks})", list(self.roots)):
+            for candidate in ((rel,) if "/" in text else (stem, alias)):
+                if candidate:
+                    by_lower.setdefault(candidate.lower(), candidate)
+        close = difflib.get_close_matches(text.lower(), list(by_lower), n=limit, cutoff=0.72)
+        return [by_lower[c] for c in close]
 
     def by_hash(self, h: str) -> list[Entry]:
         """Entries whose sha256 (AutoV2 is its prefix) or addnet hash (AutoV3) starts with `h`."""
@@ -377,11 +414,16 @@ class Library:
 
     # -- search --------------------------------------------------------------------------------
     def search(self, query: str = "", page: int = 0, page_size: int = 50, sort: str = "name",
-               family: str | None = None, folder: str | None = None, favorites_only: bool = False) -> Page:
+               family: str | None = None, folder: str | None = None, favorites_only: bool = False,
+               with_problems: bool = False, problems_only: bool = False) -> Page:
         """One page (0-based) of entries matching every word of `query` (substring, any case) in
         folder/name, alias, trigger words (activation text, Civitai trainedWords), training tags or
-        user tags. Words shorter than 3 characters match folder/name and alias only. `folder`
-        includes its subfolders.
+        user tags. `"on the left"` in double quotes matches as one phrase. A word with a "/" (or
+        "\\") is a path: it also matches the library folder's own path ("models/Lora",
+        "Lora/chars/al"). Words shorter than 3 characters alone match folder/name and alias only;
+        beside longer words they match anywhere. `folder` includes its subfolders.
+        with_problems: entries that cannot be used (unreadable files) pass the `family` filter
+        whatever their family; problems_only: only those entries.
 
         Every page costs about the same: the matching ids in sort order are computed once per
         (query, filters, sort) and index version and kept (the unfiltered order of each sort is
@@ -395,14 +437,22 @@ class Library:
         # `+f.root` keeps SQLite from picking the root index, so the sort index drives the scan
         # and LIMIT stops early instead of sorting every row.
         where, params = [self._base_cond], list(self.roots)
-        terms = [t for t in str(query or "").lower().split() if t]
-        long_terms = [t for t in terms if len(t) >= 3]
-        for t in terms:
-            if len(t) < 3:  # too short for the trigram index: folder/name and alias only
-                like = "%" + t.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        terms = search_terms(query)
+        paths = [t for t in terms if "/" in t]
+        long_terms = [t for t in terms if len(t) >= 3 and "/" not in t]
+        short_terms = [t for t in terms if len(t) < 3 and "/" not in t]
+        if not long_terms and not paths:
+            for t in short_terms:  # short words alone: folder/name and alias only (indexed, cheap)
+                like = "%" + _like_escape(t) + "%"
                 where.append("(f.rel LIKE ? ESCAPE '\\' OR f.alias LIKE ? ESCAPE '\\')")
                 params += [like, like]
-        if family:
+            short_terms = []
+        if problems_only:
+            where.append("f.error IS NOT NULL")
+        elif family and with_problems:
+            where.append("(f.family = ? OR f.error IS NOT NULL)")
+            params.append(family)
+        elif family:
             where.append("f.family = ?")
             params.append(family)
         if folder:
@@ -415,7 +465,9 @@ class Library:
         cond = " AND ".join(where)
         offset = page * page_size
         versions = self.db.versions()
-        if not long_terms:
+        if paths or short_terms:
+            hits = self._mixed_hits(cond, params, sort, long_terms, short_terms, paths, versions)
+        elif not long_terms:
             hits = self._ordered_ids(cond, params, sort, versions, compute=page > 0 or bool(terms))
             if hits is None:  # first page, nothing cached: SQL stops after one page
                 total = self.db.query(f"SELECT COUNT(*) FROM files f WHERE {cond}", params)[0][0]
@@ -455,6 +507,78 @@ class Library:
                 hits = array("q", [i for i in ordered if i in matched])
         self._remember(self._hits_cache, key, (version, hits))
         return hits
+
+    def _mixed_hits(self, cond: str, params: list, sort: str, long_terms: list[str], short_terms: list[str],
+                    paths: list[str], versions: tuple[int, int]):
+        """Like `_text_hits`, for queries with paths or with short words beside long ones: the
+        long words through the FTS index, each path through it and the library folders' own
+        paths, then the short words as substrings of those entries' search text."""
+        version = versions[0]
+        key = (cond, tuple(params), sort, tuple(long_terms), tuple(short_terms), tuple(paths))
+        cached = self._hits_cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        matched = None
+        if long_terms:
+            matched = self._fts_ids(" AND ".join('"' + t.replace('"', '""') + '"' for t in long_terms))
+        for p in paths:
+            if matched is not None and not matched:
+                break
+            found = self._path_ids(p)
+            matched = found if matched is None else matched & found
+        if matched and short_terms:
+            matched = self._text_contains(matched, short_terms)
+        hits = array("q")
+        if matched:
+            hits = array("q", [i for i in self._ordered_ids(cond, params, sort, versions) if i in matched])
+        self._remember(self._hits_cache, key, (version, hits))
+        return hits
+
+    def _path_ids(self, term: str) -> set[int]:
+        """Ids whose path contains `term` ("/"-separated, lower case): in folder/name (the FTS
+        index), or reaching back into a library folder's own path ("models/lora/chars/al" is the
+        root ".../models/Lora" then folder/name "chars/al...")."""
+        ids = self._fts_ids('"' + term.replace('"', '""') + '"') if len(term) >= 3 else set()
+        conds, args = [], []
+        if len(term) < 3:
+            conds.append("(f.rel || f.ext) LIKE ? ESCAPE '\\'")
+            args.append("%" + _like_escape(term) + "%")
+        spellings = {}
+        for d in self.dirs:
+            real = os.path.realpath(os.path.expanduser(d))
+            for spelled in (os.path.abspath(os.path.expanduser(d)), real):
+                spellings.setdefault(spelled, real)
+        for spelled, root in spellings.items():
+            if root not in self.roots:
+                continue
+            full = spelled.replace("\\", "/").rstrip("/").lower() + "/"
+            if term in full:
+                conds.append("f.root = ?")
+                args.append(root)
+                continue
+            for i in range(1, len(term)):
+                if term[i - 1] == "/" and full.endswith(term[:i]):
+                    conds.append("(f.root = ? AND (f.rel || f.ext) LIKE ? ESCAPE '\\')")
+                    args += [root, _like_escape(term[i:]) + "%"]
+        if conds:
+            cur = self.db.connection().cursor()
+            cur.row_factory = None
+            ids |= {r[0] for r in cur.execute(f"SELECT f.id FROM files f WHERE {' OR '.join(conds)}", args)}
+        return ids
+
+    def _text_contains(self, ids: set[int], words: list[str]) -> set[int]:
+        """The ids among `ids` whose search text contains every one of `words` (any case)."""
+        likes = " AND ".join("d.search_text LIKE ? ESCAPE '\\'" for _ in words)
+        like_args = ["%" + _like_escape(w) + "%" for w in words]
+        cur = self.db.connection().cursor()
+        cur.row_factory = None
+        ordered, out = sorted(ids), set()
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start:start + 500]
+            out.update(r[0] for r in cur.execute(
+                f"SELECT d.id FROM details d WHERE d.id IN ({','.join('?' * len(chunk))}) AND {likes}",
+                chunk + like_args))
+        return out
 
     def _remember(self, cache: dict, key, value, limit: int = CACHED_ORDERS) -> None:
         with self._order_lock:  # UI handlers search from several threads

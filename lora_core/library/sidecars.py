@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 
+from lora_core.library.atomic import atomic_write
 from lora_core.library.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -116,25 +116,12 @@ def trim_civitai(info: dict | None) -> dict | None:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Replace `path` with `data` atomically. Raises StorageError with a readable message."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
+    """Replace `path` with `data` atomically, keeping its mode (a new file: the umask's default).
+    Raises StorageError with a readable message."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, data, prefix=".tmp-")
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def atomic_write_json(path: str, data: dict) -> None:

@@ -27,7 +27,10 @@ def run_parallel(items: Sequence[Any], work: Callable[[Any, Any], None], workers
     `state` is one `make_state()` per thread (scratch buffers). After the first exception no new
     item is started; items already running finish; then that exception is raised in the caller.
     torch's intra-op thread count is 1 for the duration (process-wide, restored on return).
+    The helpers run in the caller's inference mode (thread-local in torch): weights a host made
+    under `torch.inference_mode()` (Forge) can only be written in place inside it.
     """
+    inference = torch.is_inference_mode_enabled()
     lock = threading.Lock()
     queue = iter(items)
     failure: list[BaseException] = []
@@ -44,11 +47,12 @@ def run_parallel(items: Sequence[Any], work: Callable[[Any, Any], None], workers
     def loop():
         state = make_state()
         try:
-            while True:
-                item, ok = next_item()
-                if not ok:
-                    return
-                work(item, state)
+            with torch.inference_mode(inference):
+                while True:
+                    item, ok = next_item()
+                    if not ok:
+                        return
+                    work(item, state)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             with lock:
                 failure.append(exc)

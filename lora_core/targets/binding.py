@@ -178,29 +178,40 @@ class Binding:
         ``model.diffusion_model.*``, ``cond_stage_model.*``, ``conditioner.embedders.N.*``.
         Other tensors (VAE, EMA) are ignored; A1111's ``wrapped.`` hijack level is skipped.
         `named_tensors` may also be an iterable of (name, tensor) pairs."""
-        unet: dict[str, Any] = {}
-        tes: dict[str, tuple[str, dict[str, Any]]] = {}
-        source_names: dict[str, str] = {}  # name without prefix -> name as given (per component)
+        unet: list[tuple[str, Any]] = []
+        text: list[tuple[str, str, str, Any, str]] = []
         items = named_tensors.items() if hasattr(named_tensors, "items") else named_tensors
         for name, tensor in items:
             if name.startswith(naming.LDM_UNET_PREFIX):
-                unet[name[len(naming.LDM_UNET_PREFIX):]] = tensor
+                unet.append((name[len(naming.LDM_UNET_PREFIX):], tensor))
                 continue
-            given = name
             if not name.startswith(("cond_stage_model.", "conditioner.")):
                 continue
-            name = name.replace(".wrapped.", ".")
+            plain = name.replace(".wrapped.", ".")
             for prefix, component, namespace in naming.LDM_TEXT_PREFIXES:
-                if name.startswith(prefix):
-                    rest = name[len(prefix):]
-                    tes.setdefault(component, (namespace, {}))[1][rest] = tensor
-                    source_names[f"{component}:{rest}"] = given
+                if plain.startswith(prefix):
+                    text.append((component, namespace, plain[len(prefix):], tensor, name))
                     break
+        return cls.from_parts(unet, text, family=family, unet_prefix=naming.LDM_UNET_PREFIX)
+
+    @classmethod
+    def from_parts(cls, unet: Iterable[tuple[str, Any]], text: Iterable[tuple], family: str | None = None,
+                   unet_prefix: str = "") -> "Binding":
+        """Bind a UNet in the LDM namespace and text encoders, given already split by component:
+        `unet` = (name without prefix, tensor); `text` = (component, namespace "hf"|"openclip",
+        name within the encoder, tensor[, name as the model calls it]). Used by ``from_ldm`` and
+        by hosts whose models are not one module (Forge keeps the UNet and CLIP apart)."""
+        unet = dict(unet)
+        tes: dict[str, tuple[str, dict[str, Any]]] = {}
+        source_names: dict[str, str] = {}  # "component:name" -> name as the model calls it
+        for component, namespace, name, tensor, *given in text:
+            tes.setdefault(component, (namespace, {}))[1][name] = tensor
+            source_names[f"{component}:{name}"] = given[0] if given else f"{component}.{name}"
         shapes = {n: t.shape for n, t in unet.items()}
         detected = detect_family(shapes, "ldm", {c: ns for c, (ns, _) in tes.items()})
         binding = cls(family or detected)
         if unet:
-            binding._add_unet(unet, {n: naming.LDM_UNET_PREFIX + n for n in unet}, "ldm")
+            binding._add_unet(unet, {n: unet_prefix + n for n in unet}, "ldm")
         for component in sorted(tes):
             namespace, tensors = tes[component]
             names = {n: source_names[f"{component}:{n}"] for n in tensors}

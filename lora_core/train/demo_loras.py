@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_core.demo_data import CONCEPT, LOCON, STYLE, DemoDataset
+from lora_core.demo_data import CONCEPT, COOL, GREEN, LOCON, STYLE, WARM, DemoDataset
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DemoLoraRecipe:
     name: str
+    kind: str  # style | concept | locon | colour (manifest.json's "kind")
     dataset: DemoDataset
     targets: str
     rank: int
@@ -35,17 +36,34 @@ class DemoLoraRecipe:
 
 
 RECIPES = (
-    DemoLoraRecipe("demo_stripes", STYLE, "attn_ff", 4, 4.0, 800),
-    DemoLoraRecipe("demo_lcshape", CONCEPT, "attn_ff", 8, 8.0, 1000),
-    DemoLoraRecipe("demo_checker", LOCON, "locon", 4, 4.0, 800),
+    DemoLoraRecipe("demo_stripes", "style", STYLE, "attn_ff", 4, 4.0, 800),
+    DemoLoraRecipe("demo_lcshape", "concept", CONCEPT, "attn_ff", 8, 8.0, 1000),
+    DemoLoraRecipe("demo_checker", "locon", LOCON, "locon", 4, 4.0, 800),
+    # The colour casts: the base scenes under a colour grade (lora_core.demo_data.WARM/COOL/GREEN),
+    # trigger word last. They replace the rank-1 conv_out LoRAs once calibrated against the model by
+    # a pinv solve, whose Jacobian is near zero on scene prompts (warm washed a scene yellow, cool
+    # moved a blue star by 3 levels of 255): measured in docs/DEMO_MODEL.md.
+    DemoLoraRecipe("demo_warm", "colour", WARM, "locon", 4, 4.0, 400),
+    DemoLoraRecipe("demo_cool", "colour", COOL, "locon", 4, 4.0, 400),
+    DemoLoraRecipe("demo_green", "colour", GREEN, "locon", 4, 4.0, 400),
 )
+
+
+def example_prompt(recipe: DemoLoraRecipe) -> str:
+    """The prompt a preview, the sidecar and the README show for a recipe (trigger word included)."""
+    from lora_core.train.demo_effects import EXAMPLE_SCENES, DemoLoraInfo, prompt_for
+
+    scene = EXAMPLE_SCENES[{"style": 0, "concept": 0, "locon": 0}.get(recipe.kind, 1)]
+    return prompt_for(scene, [DemoLoraInfo(recipe.name, recipe.kind, recipe.activation_text,
+                                           recipe.preferred_weight)])
 
 
 def train_demo_loras(checkpoint, config_root, out_dir, work_dir, data_dir=None, seed: int = 1234,
                      steps: int | None = None, images: int | None = None, preview: bool = True,
-                     only: tuple[str, ...] | None = None) -> list[Path]:
+                     only: tuple[str, ...] | None = None, threads: int = 1) -> list[Path]:
     """Render each recipe's data set under work_dir and train it with the `train` command
-    (only: the names of the recipes to train; each keeps its own seed)."""
+    (only: the names of the recipes to train; each keeps its own seed; threads: torch CPU threads,
+    1 by default: the trainer is fastest that way on a busy 2-core machine)."""
     from lora_core.commands import train as train_command
 
     out_dir, work_dir = Path(out_dir), Path(work_dir)
@@ -59,7 +77,8 @@ def train_demo_loras(checkpoint, config_root, out_dir, work_dir, data_dir=None, 
         argv = ["--checkpoint", str(checkpoint), "--config-root", str(config_root), "--data", str(data),
                 "--out", str(out), "--rank", str(recipe.rank), "--alpha", str(recipe.alpha),
                 "--lr", str(recipe.lr), "--steps", str(steps or recipe.steps), "--targets", recipe.targets,
-                "--seed", str(seed + i), "--data-dir", str(data_dir or work_dir / ".cache")]
+                "--seed", str(seed + i), "--data-dir", str(data_dir or work_dir / ".cache"),
+                "--threads", str(threads)]
         if not preview:
             argv.append("--no-preview")
         parser = argparse.ArgumentParser()
@@ -68,7 +87,7 @@ def train_demo_loras(checkpoint, config_root, out_dir, work_dir, data_dir=None, 
         if rc != 0:
             raise RuntimeError(f"training {recipe.name} failed (exit status {rc})")
         sidecar = {
-            "description": f"lora_core demo LoRA ({recipe.dataset.description}).",
+            "description": f"lora_core demo LoRA ({recipe.dataset.description}). Example: {example_prompt(recipe)}",
             "activation text": recipe.activation_text,
             "preferred weight": recipe.preferred_weight,
             "sd version": "SD1",

@@ -7,7 +7,6 @@ serialised by the library (deterministic) and the header is rewritten with sorte
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 
@@ -25,14 +24,11 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> 
 
 
 def write_safetensors(path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
-    """Atomic write (temp file + rename): an interrupted save never leaves half a file."""
+    """Atomic write (temp file + fsync + rename): an interrupted save never leaves half a file; the
+    file keeps the mode of the one it replaces (a new one: the umask's default)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(safetensors_bytes(tensors, metadata))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from lora_core.library.atomic import atomic_write
+
+    atomic_write(path, safetensors_bytes(tensors, metadata))
     return path

@@ -5,6 +5,7 @@ reuse them. Keeping them here lets tests drive the tab's logic with a real `Libr
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 SORTS = {"name": "name", "date": "date", "size": "size", "last used": "last_used"}
 ALL_FOLDERS = "(all folders)"
 CHECKPOINT_FAMILY = "(loaded checkpoint)"
-FAMILIES = [CHECKPOINT_FAMILY, "sd1", "sd2", "sdxl", "unknown"]
+PROBLEMS = "(problems)"   # only files that cannot be used, with the reason
+FAMILIES = [CHECKPOINT_FAMILY, "sd1", "sd2", "sdxl", "unknown", PROBLEMS]
 # Sidecar keys the editor writes (A1111's `name.json` user-metadata keys).
 EDITABLE_KEYS = ["description", "activation text", "preferred weight", "negative text", "notes"]
 
@@ -108,7 +110,7 @@ class LoraTabController:
             return "PG13"
 
     def resolve_family(self, q: Query) -> str | None:
-        if q.show_all_families:
+        if q.show_all_families or q.family == PROBLEMS:
             return None
         if q.family == CHECKPOINT_FAMILY:
             try:
@@ -134,23 +136,30 @@ class LoraTabController:
         size = max(1, int(self.settings.page_size))
         page = max(1, int(q.page or 1))
         family = self.resolve_family(q)
+        problems_only = q.family == PROBLEMS and not q.show_all_families
         note = ""
-        if family:
-            note = f"Showing {family} LoRAs (the loaded checkpoint's family). Tick “show all families” to see every LoRA."
+        if problems_only:
+            note = "Showing the files that cannot be used, with the reason."
+        elif family:
+            # Files that cannot be read have no family: they are shown too, so a problem is never hidden.
+            whose = "the loaded checkpoint's family" if q.family == CHECKPOINT_FAMILY else "the family picked"
+            note = (f"Showing {family} LoRAs ({whose}) and files with problems. "
+                    "Tick “show all families” to see every LoRA.")
         sort_key = SORTS.get(q.sort, "name")
         folder = None if q.folder in (None, "", ALL_FOLDERS) else folder_value(q.folder)
         try:
             lib = self._library()
             # The library counts pages from 0; the tab shows them from 1.
+            extra = _supported(lib.search, {"with_problems": bool(family), "problems_only": problems_only})
             result = lib.search(q.search or "", page=page - 1, page_size=size, sort=sort_key, family=family,
-                                folder=folder, favorites_only=bool(q.favorites_only))
+                                folder=folder, favorites_only=bool(q.favorites_only), **extra)
             total = int(result.total)
             pages = render.page_count(total, size)
             if page > pages:
                 # The library shrank (rescan, stricter filter): jump to its last page.
                 page = pages
                 result = lib.search(q.search or "", page=page - 1, page_size=size, sort=sort_key, family=family,
-                                    folder=folder, favorites_only=bool(q.favorites_only))
+                                    folder=folder, favorites_only=bool(q.favorites_only), **extra)
                 total = int(result.total)
             views = [self._view(lib, e) for e in result.items]
         except Exception as exc:  # noqa: BLE001 - show the problem in the tab, keep the app alive
@@ -347,6 +356,20 @@ class LoraTabController:
         total, problems = getattr(report, "total", None), list(getattr(report, "problems", None) or [])
         text = "Library rescanned" + (f": {total} LoRA files." if total is not None else ".")
         return " ".join([text, *problems[:3]])
+
+
+def _supported(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The true-valued `kwargs` that `fn` accepts (a host's own library may predate them)."""
+    wanted = {k: v for k, v in kwargs.items() if v}
+    if not wanted:
+        return {}
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return wanted
+    return {k: v for k, v in wanted.items() if k in params}
 
 
 FOLDER_INDENT = "\u2003"   # em space: survives HTML whitespace collapsing in dropdown labels

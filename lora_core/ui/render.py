@@ -139,16 +139,43 @@ def page_count(total: int, page_size: int) -> int:
     return max(1, -(-int(total) // max(1, int(page_size))))
 
 
+# Unix times as dates only within these bounds (2000-01-01 .. 2100-01-01): other numbers stay numbers.
+_EPOCH_RANGE = (946_684_800.0, 4_102_444_800.0)
+
+
+def timestamp_text(key: object, value: object) -> str:
+    """'2026-11-26 19:59' for a Unix time under a time-like key ("ss_training_started_at",
+    "training_finished_at", "...timestamp"), '' for anything else."""
+    k = str(key).lower()
+    if not (k.endswith("_at") or k.endswith("timestamp")):
+        return ""
+    try:
+        ts = float(str(value).strip())
+    except (TypeError, ValueError):
+        return ""
+    if not (_EPOCH_RANGE[0] <= ts <= _EPOCH_RANGE[1]):
+        return ""
+    return _date(ts)
+
+
 def _table(rows: Iterable[tuple[str, str]], css: str) -> str:
-    cells = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
-    return f'<table class="{css}">{cells}</table>' if cells else ""
+    cells = []
+    for k, v in rows:
+        when = timestamp_text(k, v)
+        value = f'<td title="{esc(v)}">{esc(when)}</td>' if when else f"<td>{esc(v)}</td>"
+        cells.append(f"<tr><th>{esc(k)}</th>{value}</tr>")
+    return f'<table class="{css}">{"".join(cells)}</table>' if cells else ""
+
+
+# The class of the details panel when no LoRA is shown (the tab hides the editor then).
+DETAILS_EMPTY_CLASS = "lora-core-details-empty"
 
 
 def render_details(v: EntryView | None, message: str = "") -> str:
     """Everything known about one LoRA. Training tags are chips JS can add to activation text."""
     if v is None:
         text = message or "Click the i button on a card to see all its details and edit its user metadata."
-        return f'<div class="lora-core-details lora-core-details-empty">{esc(text)}</div>'
+        return f'<div class="lora-core-details {DETAILS_EMPTY_CLASS}">{esc(text)}</div>'
     parts = [f'<div class="lora-core-details" data-lora-key="{esc(v.key)}">']
     parts.append(f'<h3 class="lora-core-details-title">{esc(v.alias)}</h3>')
     if message:
@@ -222,12 +249,13 @@ def render_stacks(stacks: dict, message: str = "") -> str:
         tags = ", ".join(f"<lora:{n}:{format_weight(float(w))}>" for n, w in items)
         rows.append(
             f'<div class="lora-core-stack" data-stack-name="{esc(name)}">'
-            f'<span class="lora-core-stack-name">{esc(name)}</span> '
-            f'<code class="lora-core-stack-tags">{esc(tags)}</code> '
+            f'<div class="lora-core-stack-text"><span class="lora-core-stack-name">{esc(name)}</span> '
+            f'<code class="lora-core-stack-tags">{esc(tags)}</code></div>'
+            '<div class="lora-core-stack-buttons">'
             f'<button type="button" class="lora-core-stack-insert" data-stack-tags="{esc(tags)}" '
             f'title="add these LoRAs to the prompt">Insert</button>'
             f'<button type="button" class="lora-core-stack-delete" data-stack-name="{esc(name)}" '
-            f'title="delete this stack">Delete</button></div>'
+            f'title="delete this stack">Delete</button></div></div>'
         )
     body = "".join(rows) or '<div class="lora-core-hint">No saved stacks yet.</div>'
     note = f'<div class="lora-core-note">{esc(message)}</div>' if message else ""

@@ -99,7 +99,8 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
     with gr.Column(elem_id="lora_core_panel", elem_classes=["lora-core-panel"]):
         with gr.Row():
             search = gr.Textbox(
-                label="Search", placeholder="name, alias, path, trigger words, training tags",
+                label="Search",
+                placeholder='name, alias, path, trigger words, training tags, "a phrase"',
                 elem_id="lora_core_search", scale=4,
             )
             search_btn = gr.Button("Search", elem_id="lora_core_search_btn", scale=1, size="sm", variant="primary")
@@ -112,27 +113,31 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
             family = gr.Dropdown(choices=FAMILIES, value=CHECKPOINT_FAMILY, label="Family", elem_id="lora_core_family")
             show_all = gr.Checkbox(value=False, label="Show all families", elem_id="lora_core_show_all")
             favorites_only = gr.Checkbox(value=False, label="Favorites only", elem_id="lora_core_favorites_only")
-        with gr.Row():
-            prev_btn = gr.Button("◀ Prev", elem_id="lora_core_prev", scale=1, size="sm")
-            page = gr.Number(value=1, precision=0, label="Page", elem_id="lora_core_page", scale=1, min_width=80)
-            next_btn = gr.Button("Next ▶", elem_id="lora_core_next", scale=1, size="sm")
+        # One line: ◀ Prev [page] Next ▶ "1–48 of 120 LoRAs · page 1/3" (style.css centres it).
+        with gr.Row(elem_id="lora_core_pager"):
+            prev_btn = gr.Button("◀ Prev", elem_id="lora_core_prev", scale=0, min_width=90, size="sm")
+            page = gr.Number(value=1, precision=0, label="Page", show_label=False, container=False,
+                             elem_id="lora_core_page", scale=0, min_width=80)
+            next_btn = gr.Button("Next ▶", elem_id="lora_core_next", scale=0, min_width=90, size="sm")
             page_label = gr.HTML(value=_label_html(first.label), elem_id="lora_core_page_label")
         with gr.Row():
             with gr.Column(scale=3):
                 grid = gr.HTML(value=first.html, elem_id=ELEM_GRID)
             with gr.Column(scale=2, elem_id="lora_core_details_column"):
                 details = gr.HTML(value=render.render_details(None), elem_id="lora_core_details")
-                ed_description = gr.Textbox(label="Description", lines=2, elem_id="lora_core_edit_description")
-                ed_activation = gr.Textbox(label="Activation text (trigger words)", lines=2, elem_id=ELEM_ACTIVATION)
-                ed_weight = gr.Slider(minimum=0.0, maximum=2.0, step=0.05, value=1.0,
-                                      label="Preferred weight", elem_id="lora_core_edit_weight")
-                ed_negative = gr.Textbox(label="Negative text", lines=1, elem_id="lora_core_edit_negative")
-                ed_notes = gr.Textbox(label="Notes", lines=2, elem_id="lora_core_edit_notes")
-                ed_tags = gr.Textbox(label="Your tags (comma-separated; search finds them)", lines=1,
-                                     elem_id="lora_core_edit_tags")
-                with gr.Row():
-                    save_btn = gr.Button("Save user metadata", elem_id="lora_core_save", size="sm", variant="primary")
-                    civitai_btn = gr.Button("Fetch from Civitai", elem_id="lora_core_civitai_fetch", size="sm")
+                # The editor appears once a card's details are open: before that it would edit nothing.
+                with gr.Column(visible=False, elem_id="lora_core_editor") as editor_box:
+                    ed_description = gr.Textbox(label="Description", lines=2, elem_id="lora_core_edit_description")
+                    ed_activation = gr.Textbox(label="Activation text (trigger words)", lines=2, elem_id=ELEM_ACTIVATION)
+                    ed_weight = gr.Slider(minimum=0.0, maximum=2.0, step=0.05, value=1.0,
+                                          label="Preferred weight", elem_id="lora_core_edit_weight")
+                    ed_negative = gr.Textbox(label="Negative text", lines=1, elem_id="lora_core_edit_negative")
+                    ed_notes = gr.Textbox(label="Notes", lines=2, elem_id="lora_core_edit_notes")
+                    ed_tags = gr.Textbox(label="Your tags (comma-separated; search finds them)", lines=1,
+                                         elem_id="lora_core_edit_tags")
+                    with gr.Row():
+                        save_btn = gr.Button("Save user metadata", elem_id="lora_core_save", size="sm", variant="primary")
+                        civitai_btn = gr.Button("Fetch from Civitai", elem_id="lora_core_civitai_fetch", size="sm")
                 status = gr.HTML(value="", elem_id="lora_core_status")
                 gr.HTML(value='<h4 class="lora-core-stacks-title">Saved stacks</h4>', elem_id="lora_core_stacks_title")
                 with gr.Row():
@@ -201,8 +206,10 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
         if kind in ("details", "fav", "tag_remove") and key:
             details_html, fields = ctl.details(key)
             editor_values = [fields[k] for k in editor_keys]
-            return [html, label, page_v, details_html, *editor_values, key, _status_html(status_text), stacks_html]
-        return [html, label, page_v, compat.update(gr), *[compat.update(gr) for _ in editor],
+            shown = compat.update(gr, visible=render.DETAILS_EMPTY_CLASS not in details_html)
+            return [html, label, page_v, details_html, *editor_values, shown, key, _status_html(status_text),
+                    stacks_html]
+        return [html, label, page_v, compat.update(gr), *[compat.update(gr) for _ in editor], compat.update(gr),
                 compat.update(gr), _status_html(status_text), stacks_html]
 
     def on_save(key, desc, act, weight, neg, notes, tags, *values):
@@ -233,7 +240,7 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
     next_btn.click(on_next, inputs=query_inputs, outputs=grid_outputs)
     refresh_btn.click(on_refresh, inputs=query_inputs, outputs=[*grid_outputs, folder, status])
     action_btn.click(on_action, inputs=[action, *query_inputs],
-                     outputs=[*grid_outputs, details, *editor, selected, status, stacks])
+                     outputs=[*grid_outputs, details, *editor, editor_box, selected, status, stacks])
     save_btn.click(on_save, inputs=[selected, *editor, *query_inputs], outputs=[*grid_outputs, details, status])
     civitai_btn.click(on_civitai_one, inputs=[selected, *query_inputs],
                       outputs=[*grid_outputs, details, *editor, status])

@@ -8,7 +8,7 @@ import os
 import sys
 from collections import namedtuple
 
-from modules import errors, script_loading
+from modules import errors, extensions, script_callbacks, script_loading
 
 ScriptFile = namedtuple("ScriptFile", ["basedir", "filename", "path"])
 ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
@@ -48,11 +48,18 @@ def list_scripts(extension_dirs):
     return found
 
 
-def load_scripts(builtin_extension_dirs=(), extension_dirs=()):
+def load_scripts(builtin_extension_dirs=None, extension_dirs=None):
+    """Clears the callbacks and executes every script of the active extensions (built-in first, as
+    `extensions.active()` lists them). Passing folders loads those instead (older tests)."""
+    script_callbacks.clear_callbacks()
     scripts_data.clear()
     loaded_modules.clear()
+    if builtin_extension_dirs is None and extension_dirs is None:
+        dirs = [ext.path for ext in extensions.active()]
+    else:
+        dirs = list(builtin_extension_dirs or ()) + list(extension_dirs or ())
     syspath = sys.path
-    for scriptfile in list_scripts(list(builtin_extension_dirs) + list(extension_dirs)):
+    for scriptfile in list_scripts(dirs):
         try:
             sys.path = [scriptfile.basedir] + sys.path
             module = script_loading.load_module(scriptfile.path)

@@ -5,6 +5,12 @@ checkpoint of the same architecture *into the existing model in place* (same obj
 parameter tensors) and only builds a new one when the architecture differs. Both end with the
 `model_loaded` callbacks. Tests supply model builders per architecture (`model_builders`) and
 checkpoints (`CheckpointInfo` with a state-dict factory). No torch at import time.
+
+`become_forge()` turns this module into Forge's: `load_model`, `reload_model_weights` and
+`reuse_model_from_already_loaded` do nothing, and the model is (re)loaded by
+`forge_model_reload()` from `model_data.forge_loading_parameters` (processing calls it before each
+batch): a new engine object each time the parameters changed, then the `model_loaded` callbacks.
+Forge's model builders take the state dict: `model_builders[arch](state_dict) -> engine`.
 """
 from modules import script_callbacks, shared
 
@@ -25,6 +31,8 @@ class ModelData:
     def __init__(self):
         self.sd_model = None
         self.loaded_sd_models = []
+        self.forge_loading_parameters = {}
+        self.forge_hash = ""
 
     def get_sd_model(self):
         return self.sd_model
@@ -83,3 +91,58 @@ def reset():
     checkpoints_list.clear()
     model_data.sd_model = None
     model_data.loaded_sd_models.clear()
+
+
+# ---------------------------------------------------------------- Forge
+is_forge = False
+
+
+def _forge_load_model(checkpoint_info=None, already_loaded_state_dict=None):
+    pass  # Forge: an empty stub
+
+
+def _forge_reload_model_weights(sd_model=None, info=None, forced_reload=False):
+    pass  # Forge: an empty stub
+
+
+def _forge_reuse_model_from_already_loaded(sd_model, checkpoint_info, timer):
+    pass
+
+
+def _forge_load_model_weights(model, checkpoint_info, state_dict, timer):
+    pass
+
+
+def _forge_unload_model_weights(sd_model=None, info=None):
+    return None  # Forge unloads from GPU memory; the engine object stays
+
+
+def forge_model_reload():
+    """Loads `forge_loading_parameters['checkpoint_info']` unless it is loaded already: drops the
+    current engine, builds a new one, fires `model_loaded`. Returns (sd_model, reloaded)."""
+    wanted = str(model_data.forge_loading_parameters)
+    if model_data.forge_hash == wanted:
+        return model_data.sd_model, False
+    if model_data.sd_model is not None:
+        model_data.sd_model = None  # as Forge: the old engine is dropped, nobody is told
+    info = model_data.forge_loading_parameters.get("checkpoint_info")
+    if info is None:
+        raise ValueError("You do not have any model!")
+    sd_model = model_builders[info.arch](info.state_dict_fn())
+    sd_model.sd_checkpoint_info = info
+    sd_model.extra_generation_params = {}
+    model_data.set_sd_model(sd_model)
+    script_callbacks.model_loaded_callback(sd_model)
+    model_data.forge_hash = wanted
+    return sd_model, True
+
+
+def become_forge():
+    global is_forge, load_model, reload_model_weights, unload_model_weights, reuse_model_from_already_loaded, \
+        load_model_weights
+    is_forge = True
+    load_model = _forge_load_model
+    reload_model_weights = _forge_reload_model_weights
+    unload_model_weights = _forge_unload_model_weights
+    reuse_model_from_already_loaded = _forge_reuse_model_from_already_loaded
+    load_model_weights = _forge_load_model_weights

@@ -116,6 +116,10 @@ def _base_templates():
     templates.update(options_section(("saving-images", "Saving images/grids"), {
         "samples_format": OptionInfo("png", "File format for images"),
     }))
+    templates.update(options_section((None, "Hidden options"), {
+        "disabled_extensions": OptionInfo([], "Disable these extensions"),
+        "disable_all_extensions": OptionInfo("none", "Disable all extensions"),
+    }))
     templates.update(options_section(("extra_networks", "Extra Networks"), {
         "extra_networks_default_multiplier": OptionInfo(1.0, "Default multiplier for extra networks"),
         "extra_networks_add_text_separator": OptionInfo(" ", "Extra networks separator"),
@@ -130,6 +134,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--data-dir", type=str, default=".")
 parser.add_argument("--api", action="store_true")
 parser.add_argument("--nowebui", action="store_true")
+parser.add_argument("--disable-all-extensions", action="store_true")
+parser.add_argument("--disable-extra-extensions", action="store_true")
 cmd_opts = parser.parse_args([])
 
 sd_model = None

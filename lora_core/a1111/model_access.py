@@ -1,0 +1,180 @@
+"""Where the webui keeps the tensors a LoRA patches, in AUTOMATIC1111 and in Forge.
+
+* AUTOMATIC1111: `shared.sd_model` is the LDM torch module itself; its parameters are named like an
+  LDM checkpoint (`model.diffusion_model.*`, `cond_stage_model.*`, `conditioner.embedders.N.*`).
+* Forge: `shared.sd_model` is a diffusion engine object, not a torch module. The UNet is
+  `forge_objects.unet.model` (`diffusion_model.*`), the text encoders are
+  `forge_objects.clip.cond_stage_model` (`clip_l.transformer.*`, `clip_h.` for SD2, `clip_g.` for
+  SDXL's bigG, all in the HF CLIP namespace). Forge's own LoRA code merges by replacing Parameter
+  objects (keeping the old ones as backups), so the tensors must be looked up by name again at
+  each activation, and a merge of Forge's own must be undone before ours patches anything.
+
+Everything that reads webui model internals is here, so a webui that changed shows up as one
+`HostModelError` naming what is missing.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Forge text encoder attribute -> (component, namespace) in our Binding.
+FORGE_TEXT_ENCODERS = (("clip_l", "te1"), ("clip_h", "te1"), ("clip_g", "te2"))
+FORGE_UNET_PREFIX = "diffusion_model."
+
+
+class HostModelError(RuntimeError):
+    """The webui's model object does not have what lora_core patches (a webui version we do not
+    know). The message names the missing piece."""
+
+
+@dataclass(frozen=True)
+class ModelTensors:
+    """The patchable tensors of the loaded model, by name, and which webui laid them out."""
+
+    kind: str                       # "a1111" or "forge"
+    unet: list[tuple[str, Any]]     # (name without the UNet prefix, tensor)
+    text: list[tuple[str, str, str, Any]]  # (component, namespace, name within the encoder, tensor)
+
+    def fingerprint(self) -> tuple[int, ...]:
+        """Identity of every tensor object: it changes when the webui swaps Parameter objects
+        (Forge's LoRA merge, a new checkpoint), and then a binding made earlier is stale."""
+        return tuple(id(t) for _, t in self.unet) + tuple(id(t) for *_, t in self.text)
+
+
+def is_forge(sd_model: Any) -> bool:
+    return sd_model is not None and getattr(sd_model, "forge_objects", None) is not None
+
+
+def _named_parameters(module: Any, what: str) -> list[tuple[str, Any]]:
+    named = getattr(module, "named_parameters", None)
+    if not callable(named):
+        raise HostModelError(f"{what} has no named_parameters() (a webui version lora_core does not know)")
+    return list(named())
+
+
+def _forge_objects(sd_model: Any) -> Any:
+    # forge_objects_original holds the patchers without Forge's LoRA patches; processing swaps
+    # forge_objects to copies of it or of forge_objects_after_applying_lora, with the same modules.
+    return getattr(sd_model, "forge_objects_original", None) or sd_model.forge_objects
+
+
+def _forge_modules(sd_model: Any) -> tuple[Any, Any]:
+    objects = _forge_objects(sd_model)
+    unet_patcher = getattr(objects, "unet", None)
+    unet = getattr(unet_patcher, "model", None)
+    if unet is None:
+        raise HostModelError("Forge's sd_model.forge_objects.unet.model is missing")
+    clip = getattr(objects, "clip", None)
+    text = getattr(clip, "cond_stage_model", None) if clip is not None else None
+    return unet, text
+
+
+def model_tensors(sd_model: Any) -> ModelTensors:
+    """The loaded model's tensors, named the way `Binding` reads them."""
+    from lora_core.targets import naming
+
+    if is_forge(sd_model):
+        unet_module, text_module = _forge_modules(sd_model)
+        unet = [(n[len(FORGE_UNET_PREFIX):], t) for n, t in _named_parameters(unet_module, "Forge's UNet")
+                if n.startswith(FORGE_UNET_PREFIX)]
+        text = []
+        if text_module is not None:
+            for name, tensor in _named_parameters(text_module, "Forge's text encoder"):
+                encoder, _, rest = name.partition(".")
+                for attr, component in FORGE_TEXT_ENCODERS:
+                    if encoder == attr and rest.startswith("transformer."):
+                        text.append((component, "hf", rest[len("transformer."):], tensor))
+                        break
+        if not unet:
+            raise HostModelError("Forge's UNet has no parameters named diffusion_model.*")
+        return ModelTensors("forge", unet, text)
+    unet = []
+    text = []
+    for name, tensor in _named_parameters(sd_model, "shared.sd_model"):
+        if name.startswith(naming.LDM_UNET_PREFIX):
+            unet.append((name[len(naming.LDM_UNET_PREFIX):], tensor))
+            continue
+        if not name.startswith(("cond_stage_model.", "conditioner.")):
+            continue
+        plain = name.replace(".wrapped.", ".")  # A1111's hijack wraps the text encoder once
+        for prefix, component, namespace in naming.LDM_TEXT_PREFIXES:
+            if plain.startswith(prefix):
+                text.append((component, namespace, plain[len(prefix):], tensor))
+                break
+    return ModelTensors("a1111", unet, text)
+
+
+def moved_tensors(old: ModelTensors, new: ModelTensors) -> list[tuple[Any, Any]]:
+    """(old, new) tensor pairs under the same name where the webui replaced the object but kept
+    its content (Forge re-wraps weights as new Parameters when it moves them between devices).
+    While LoRAs are merged such a new object carries the merged values, so after W0 is written
+    back into the old object it must be copied into the new one too."""
+    import torch
+
+    before = {("unet", n): t for n, t in old.unet}
+    before.update({(c, n): t for c, _, n, t in old.text})
+    after = {("unet", n): t for n, t in new.unet}
+    after.update({(c, n): t for c, _, n, t in new.text})
+    pairs = []
+    with torch.no_grad():
+        for key, tensor in after.items():
+            previous = before.get(key)
+            if previous is None or previous is tensor or previous.shape != tensor.shape:
+                continue
+            if previous.dtype == tensor.dtype and torch.equal(previous.detach().to(tensor.device), tensor.detach()):
+                pairs.append((previous, tensor))
+    return pairs
+
+
+def copy_into(pairs: list[tuple[Any, Any]]) -> None:
+    """Copies each old tensor's content into its new object (see `moved_tensors`)."""
+    import torch
+
+    with torch.no_grad():
+        for previous, tensor in pairs:
+            tensor.copy_(previous)
+
+
+def forge_lora_merged(sd_model: Any) -> bool:
+    """True when Forge's own LoRA code has merged weights into this model (its loader keeps
+    backups of the Parameters it replaced)."""
+    if not is_forge(sd_model):
+        return False
+    try:
+        unet, text = _forge_modules(sd_model)
+    except HostModelError:
+        return False
+    return any(_loader_merged(getattr(m, "lora_loader", None)) for m in (unet, text) if m is not None)
+
+
+def _loader_merged(loader: Any) -> bool:
+    # backup: Parameters replaced by merged ones; online_backup: layers that add the LoRA at run
+    # time (Forge's mode for quantized weights). refresh({}) clears both.
+    return loader is not None and bool(getattr(loader, "backup", None) or getattr(loader, "online_backup", None))
+
+
+def release_forge_lora(sd_model: Any) -> bool:
+    """Undo a merge made by Forge's own LoRA code, through Forge's loader, so its original
+    Parameters are back in the model before lora_core patches them; and make the next sampling
+    load the patchers without LoRA patches (otherwise Forge would merge its LoRA again on top).
+    Returns True when something was undone."""
+    if not forge_lora_merged(sd_model):
+        return False
+    unet, text = _forge_modules(sd_model)
+    objects = _forge_objects(sd_model)
+    for module, patcher in ((unet, getattr(objects, "unet", None)), (text, getattr(objects, "clip", None))):
+        loader = getattr(module, "lora_loader", None) if module is not None else None
+        if not _loader_merged(loader):
+            continue
+        offload = getattr(getattr(patcher, "patcher", patcher), "offload_device", None)
+        kwargs = {"offload_device": offload} if offload is not None else {}
+        loader.refresh(lora_patches={}, **kwargs)
+    original = getattr(sd_model, "forge_objects_original", None)
+    if original is not None and hasattr(original, "shallow_copy"):
+        sd_model.forge_objects_after_applying_lora = original.shallow_copy()
+    if hasattr(sd_model, "current_lora_hash"):
+        sd_model.current_lora_hash = str([])
+    return True

@@ -1,0 +1,146 @@
+"""Client half of tools/host_compare.sh: one fixed sequence of txt2img requests against a running
+AUTOMATIC1111 or Forge server, timed from the client; the images and times go to OUT_DIR.
+
+    python tools/host_compare.py run URL OUT_DIR --loras L1,L2 [--label NAME]
+    python tools/host_compare.py compare DIR_A DIR_B [--tolerance 1] [--markdown FILE]
+
+The sequence covers what a user does with LoRAs between generations: a first apply, the same tag
+again, a new weight, a switch, a stack of two, the same stack again, different text-encoder and
+UNet weights, then no LoRA. Base requests (no tag) before, between and after give the base time
+that each request's extra time is measured against. Runs with the webui's own Python (stdlib,
+numpy and Pillow only), so it needs nothing from this project.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import statistics
+import sys
+import time
+import urllib.request
+
+PROMPT = "a photo of a cat"
+
+
+def sequence(l1: str, l2: str) -> list[tuple[str, str]]:
+    """(step name, prompt); names starting with "base" have no tag."""
+    return [
+        ("base_warmup", PROMPT),
+        ("base_0", PROMPT),
+        ("first_apply", f"{PROMPT} <lora:{l1}:1>"),
+        ("same_again", f"{PROMPT} <lora:{l1}:1>"),
+        ("change_weight", f"{PROMPT} <lora:{l1}:0.5>"),
+        ("switch", f"{PROMPT} <lora:{l2}:1>"),
+        ("stack_2", f"{PROMPT} <lora:{l1}:1> <lora:{l2}:0.7>"),
+        ("same_stack_again", f"{PROMPT} <lora:{l1}:1> <lora:{l2}:0.7>"),
+        ("te_unet_differ", f"{PROMPT} <lora:{l1}:1:0.4>"),
+        ("base_1", PROMPT),
+        ("base_2", PROMPT),
+    ]
+
+
+def txt2img(url: str, prompt: str) -> tuple[float, bytes, str]:
+    payload = {"prompt": prompt, "negative_prompt": "", "width": 64, "height": 64, "steps": 2,
+               "sampler_name": "Euler", "scheduler": "Automatic", "seed": 1, "cfg_scale": 7,
+               "save_images": False}
+    request = urllib.request.Request(url.rstrip("/") + "/sdapi/v1/txt2img", json.dumps(payload).encode(),
+                                     {"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=900) as r:
+        reply = json.load(r)
+    seconds = time.perf_counter() - t0
+    info = json.loads(reply.get("info") or "{}")
+    infotext = (info.get("infotexts") or [""])[0]
+    return seconds, base64.b64decode(reply["images"][0]), infotext
+
+
+def run(url: str, out_dir: str, l1: str, l2: str, label: str) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    steps = []
+    for name, prompt in sequence(l1, l2):
+        seconds, png, infotext = txt2img(url, prompt)
+        with open(os.path.join(out_dir, f"{name}.png"), "wb") as f:
+            f.write(png)
+        steps.append({"step": name, "prompt": prompt, "seconds": round(seconds, 3), "infotext": infotext})
+        print(f"{label:>10} {name:>16} {seconds:7.2f} s", flush=True)
+    bases = [s["seconds"] for s in steps if s["step"].startswith("base_") and s["step"] != "base_warmup"]
+    base = statistics.median(bases)
+    for s in steps:
+        s["extra_seconds"] = round(s["seconds"] - base, 3)
+    result = {"label": label, "url": url, "base_seconds": base, "steps": steps}
+    with open(os.path.join(out_dir, "times.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def _pixels(path: str):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def compare(dir_a: str, dir_b: str, tolerance: int) -> tuple[bool, list[dict]]:
+    """Per step: the largest pixel difference between the two runs (in 1/255 units) and the
+    extra seconds of each. OK when every image is within `tolerance`."""
+    a = json.load(open(os.path.join(dir_a, "times.json")))
+    b = json.load(open(os.path.join(dir_b, "times.json")))
+    rows = []
+    ok = True
+    base_a = _pixels(os.path.join(dir_a, "base_0.png"))
+    for sa, sb in zip(a["steps"], b["steps"]):
+        pa, pb = _pixels(os.path.join(dir_a, sa["step"] + ".png")), _pixels(os.path.join(dir_b, sb["step"] + ".png"))
+        diff = int(abs(pa - pb).max())
+        effect = float(abs(pa - base_a).mean())
+        ok &= diff <= tolerance
+        ratio = (sa["extra_seconds"] / sb["extra_seconds"]) if sb["extra_seconds"] > 0.05 else None
+        rows.append({"step": sa["step"], "max_diff": diff, "lora_effect_a": round(effect, 2),
+                     "extra_a": sa["extra_seconds"], "extra_b": sb["extra_seconds"], "ratio": ratio})
+    return ok, rows
+
+
+def markdown(rows: list[dict], label_a: str, label_b: str) -> str:
+    lines = [f"| request | max pixel diff (1/255) | mean change vs base | {label_a} extra s | {label_b} extra s | ratio |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        ratio = f"{r['ratio']:.0f}x" if r["ratio"] else "(under 0.05 s)"
+        lines.append(f"| {r['step']} | {r['max_diff']} | {r['lora_effect_a']} | {r['extra_a']:+.2f} | "
+                     f"{r['extra_b']:+.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("url")
+    r.add_argument("out_dir")
+    r.add_argument("--loras", required=True, help="two LoRA names, L1,L2")
+    r.add_argument("--label", default="run")
+    c = sub.add_parser("compare")
+    c.add_argument("dir_a")
+    c.add_argument("dir_b")
+    c.add_argument("--tolerance", type=int, default=1)
+    c.add_argument("--markdown")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        l1, l2 = args.loras.split(",")
+        run(args.url, args.out_dir, l1, l2, args.label)
+        return 0
+    ok, rows = compare(args.dir_a, args.dir_b, args.tolerance)
+    label_a = json.load(open(os.path.join(args.dir_a, "times.json")))["label"]
+    label_b = json.load(open(os.path.join(args.dir_b, "times.json")))["label"]
+    text = markdown(rows, label_a, label_b)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    print("IMAGES: " + ("SAME" if ok else "DIFFERENT") + f" within {args.tolerance}/255")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
