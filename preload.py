@@ -17,8 +17,12 @@ def _has(parser, option):
     return option in getattr(parser, "_option_string_actions", {})
 
 
+# The built-in LoRA extensions whose preload defines both options: AUTOMATIC1111, Forge.
+BUILTIN_LORA_FOLDERS = ("Lora", "sd_forge_lora")
+
+
 def _builtin_preloads():
-    """Text of each built-in extension's preload.py (the webui runs them after ours)."""
+    """(folder name, text) of each built-in extension's preload.py (the webui runs them after ours)."""
     try:
         from modules import paths_internal
 
@@ -26,18 +30,21 @@ def _builtin_preloads():
         names = sorted(os.listdir(root))
     except Exception:  # noqa: BLE001 - outside the webui (tests, tools), or no built-in folder
         return []
-    texts = []
+    found = []
     for name in names:
         try:
             with open(os.path.join(root, name, "preload.py"), encoding="utf-8") as f:
-                texts.append(f.read())
+                found.append((name, f.read()))
         except (OSError, UnicodeDecodeError):
             continue
-    return texts
+    return found
 
 
 def _defined_later(option, preloads):
-    return any(f'"{option}"' in text or f"'{option}'" in text for text in preloads)
+    """A built-in LoRA extension's preload is there (it defines both options), or another
+    built-in's preload names the option."""
+    return any(name in BUILTIN_LORA_FOLDERS or f'"{option}"' in text or f"'{option}'" in text
+               for name, text in preloads)
 
 
 def preload(parser):

@@ -205,25 +205,26 @@ def accuracy(binding, engine, w0_of, stack_spec, max_slots=None):
 # ---------------------------------------------------------------------------- the two sides
 def run_ours(unet, te, files, compute_dtype):
     from lora_core.engine import Engine
+    from lora_core.request import ApplyRequest
     from lora_core.targets import Binding
 
     binding = Binding.from_diffusers(unet, [te])
     engine = Engine(binding, cache_size=8, compute_dtype=compute_dtype)
     T = Timer(f"lora_core {str(compute_dtype).replace('torch.', '')}")
     f = files
-    first = T.run("load+apply one", lambda: engine.apply([(f["L1"], 1.0, 1.0)]))
+    first = T.run("load+apply one", lambda: engine.apply([ApplyRequest(f["L1"], 1.0, 1.0)]))
     w0_of = {id(ref.tensor): engine.patcher._backups[ref.group] for ref in engine.patcher._slots.values()}
     touched = list({id(t): t for t in touched_weights(engine)}.values())
     factors = [e.low_rank[:2] for p in engine.patcher._plans.values() for e in p.entries if e.low_rank]
-    T.run("switch", lambda: engine.apply([(f["L2"], 1.0, 1.0)]))
-    T.run("stack 2", lambda: engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.6)]))
-    T.run("stack 5", lambda: engine.apply([(f[n], 0.5, 0.5) for n in ("L1", "L2", "L3", "L4", "L5")]))
-    T.run("back to stack 2", lambda: engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.6)]))
-    rw = T.run("change one weight", lambda: engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.3)]))
+    T.run("switch", lambda: engine.apply([ApplyRequest(f["L2"], 1.0, 1.0)]))
+    T.run("stack 2", lambda: engine.apply([ApplyRequest(f["L1"], 0.8, 0.8), ApplyRequest(f["L2"], 0.6, 0.6)]))
+    T.run("stack 5", lambda: engine.apply([ApplyRequest(f[n], 0.5, 0.5) for n in ("L1", "L2", "L3", "L4", "L5")]))
+    T.run("back to stack 2", lambda: engine.apply([ApplyRequest(f["L1"], 0.8, 0.8), ApplyRequest(f["L2"], 0.6, 0.6)]))
+    rw = T.run("change one weight", lambda: engine.apply([ApplyRequest(f["L1"], 0.8, 0.8), ApplyRequest(f["L2"], 0.6, 0.3)]))
     reps = []
     for _ in range(200):
         t0 = time.perf_counter()
-        engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.3)])
+        engine.apply([ApplyRequest(f["L1"], 0.8, 0.8), ApplyRequest(f["L2"], 0.6, 0.3)])
         reps.append(time.perf_counter() - t0)
     T.t["same stack again"] = statistics.median(reps)
     info = {"reweight_slots": rw.slots_recomputed, "stack2_slots": len(engine.patcher._slots),
@@ -233,7 +234,7 @@ def run_ours(unet, te, files, compute_dtype):
     # L2's share: the same reweight costs, relative to L2 applied alone (warm cache) and restored
     T.run("restore", engine.restore)
     engine2_t = Timer("lora_core")
-    engine2_t.run("L2 alone", lambda: engine.apply([(f["L2"], 0.6, 0.3)]))
+    engine2_t.run("L2 alone", lambda: engine.apply([ApplyRequest(f["L2"], 0.6, 0.3)]))
     engine.restore()
     info["L2 alone"] = engine2_t.t["L2 alone"]
     return T.t, touched, factors, acc, info
@@ -242,13 +243,14 @@ def run_ours(unet, te, files, compute_dtype):
 def run_ours_bf16(unet, te, files):
     """bf16 products: how long the stack of 2 takes (warm files) and what accuracy it keeps."""
     from lora_core.engine import Engine
+    from lora_core.request import ApplyRequest
     from lora_core.targets import Binding
 
     engine = Engine(Binding.from_diffusers(unet, [te]), compute_dtype=torch.bfloat16)
     for n in ("L1", "L2"):
         engine.cache.get(files[n])  # parse outside the timing: this measures the math only
     T = Timer("lora_core bf16")
-    T.run("stack 2", lambda: engine.apply([(files["L1"], 0.8, 0.8), (files["L2"], 0.6, 0.3)]))
+    T.run("stack 2", lambda: engine.apply([ApplyRequest(files["L1"], 0.8, 0.8), ApplyRequest(files["L2"], 0.6, 0.3)]))
     w0_of = {id(ref.tensor): engine.patcher._backups[ref.group] for ref in engine.patcher._slots.values()}
     acc = accuracy(None, engine, w0_of, None)
     engine.restore()

@@ -45,6 +45,7 @@ def ours(unet, te, files, device, repeat, batched=None):
     """lora_core's timings; `batched` None: the engine's own choice (batched writes off the CPU),
     False: the per-slot path, for comparison."""
     from lora_core.engine import Engine
+    from lora_core.request import ApplyRequest
     from lora_core.targets import Binding
 
     engine = Engine(Binding.from_diffusers(unet, [te]), cache_size=8)
@@ -52,13 +53,13 @@ def ours(unet, te, files, device, repeat, batched=None):
     f, t = files, {}
     for _ in range(repeat):  # the first round also parses the files and warms the kernels
         t["load+apply one"] = min(t.get("load+apply one", 1e9),
-                                  timed(device, lambda: engine.apply([(f["L1"], 1.0, 1.0)])))
+                                  timed(device, lambda: engine.apply([ApplyRequest(f["L1"], 1.0, 1.0)])))
         touched = [ref.tensor for ref in engine.patcher._slots.values()]
-        t["switch"] = min(t.get("switch", 1e9), timed(device, lambda: engine.apply([(f["L2"], 1.0, 1.0)])))
+        t["switch"] = min(t.get("switch", 1e9), timed(device, lambda: engine.apply([ApplyRequest(f["L2"], 1.0, 1.0)])))
         t["stack 2"] = min(t.get("stack 2", 1e9),
-                           timed(device, lambda: engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.6)])))
+                           timed(device, lambda: engine.apply([ApplyRequest(f["L1"], 0.8, 0.8), ApplyRequest(f["L2"], 0.6, 0.6)])))
         t["change one weight"] = min(t.get("change one weight", 1e9),
-                                     timed(device, lambda: engine.apply([(f["L1"], 0.8, 0.8), (f["L2"], 0.6, 0.3)])))
+                                     timed(device, lambda: engine.apply([ApplyRequest(f["L1"], 0.8, 0.8), ApplyRequest(f["L2"], 0.6, 0.3)])))
         t["restore"] = min(t.get("restore", 1e9), timed(device, engine.restore))
     return t, touched
 

@@ -3,9 +3,13 @@
 A host (standalone app, A1111 script) creates one Engine per loaded model and calls:
 
     engine = Engine(Binding.from_diffusers(pipe.unet, [pipe.text_encoder]), cache_size=8)
-    report = engine.apply([(path, te, unet, dyn, block_weights), ...])   # before sampling
-    clean_prompt, report = engine.activate(prompt, library)               # or straight from a prompt
-    engine.restore()                                                      # when the model is swapped/unloaded
+    report = engine.apply([ApplyRequest(path, te, unet), ...])    # before sampling
+    clean_prompt, report = engine.activate(prompt, library)        # or straight from a prompt
+    report = engine.apply_resolved(resolve_prompt(prompt, library, engine.family))  # the same, in two steps
+    engine.restore()                                               # when the model is swapped/unloaded
+
+Requests are `lora_core.request.ApplyRequest`; `lora_core.request.resolve_prompt` is the one place
+that turns prompt tags into them.
 
 Nothing here raises for a bad LoRA: a file that cannot be read, a LoRA for another model family,
 or one whose math fails is left out and named in `report.warnings`; the rest is applied.
@@ -14,15 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import torch
 
 from lora_core.patcher import ActiveLora, LoraCache, LoraReport, PatchError, Patcher, PatchReport
+from lora_core.request import ApplyRequest, PromptRequests, resolve_prompt
 
 log = logging.getLogger(__name__)
-
-Request = Sequence[Any]  # (path, te, unet, dyn, block_weights)
 
 
 class Engine:
@@ -37,21 +40,19 @@ class Engine:
     def family(self) -> str:
         return getattr(self.binding, "family", "unknown")
 
-    def apply(self, requests: Iterable[Request]) -> PatchReport:
-        """Make the model carry exactly these LoRAs (in this order); return what was done.
-
-        Each request is (path, te, unet, dyn, block_weights); block_weights is None, a 26-float
-        lbw vector (BASE, IN00..IN11, M00, OUT00..OUT11) or a mapping block id -> weight.
-        """
+    def apply(self, requests: Iterable[ApplyRequest]) -> PatchReport:
+        """Make the model carry exactly these LoRAs (in this order); return what was done."""
+        requests = list(requests)
+        for req in requests:
+            if not isinstance(req, ApplyRequest):
+                raise TypeError(f"Engine.apply takes lora_core.request.ApplyRequest items, not {type(req).__name__}")
         with self._lock:
             slots: list[ActiveLora | LoraReport] = []
             for req in requests:
-                path, te, unet, dyn, bw = _unpack(req)
                 try:
-                    lora = self.cache.get(path)
-                    slots.append(ActiveLora(lora, te=te, unet=unet, dyn=dyn, block_weights=bw))
+                    slots.append(active_lora(req, self.cache.get(req.path)))
                 except Exception as exc:  # unreadable/invalid file, bad numbers: report, skip
-                    slots.append(LoraReport(name=_stem(path), path=str(path), refused=str(exc)))
+                    slots.append(LoraReport(name=_stem(req.path), path=str(req.path), refused=str(exc)))
             dropped: dict[int, str] = {}  # index in slots -> why the patcher could not apply it
             while True:
                 stack = [s for i, s in enumerate(slots) if isinstance(s, ActiveLora) and i not in dropped]
@@ -73,21 +74,15 @@ class Engine:
         Returns the prompt without tags and the report (tag problems and unknown names are in
         its warnings).
         """
-        from lora_core.tags import parse_prompt
+        resolved = resolve_prompt(prompt, library, family=self.family)
+        return resolved.clean_text, self.apply_resolved(resolved)
 
-        parsed = parse_prompt(prompt, family=self.family)
-        warnings = list(parsed.problems) + list(parsed.warnings)
-        requests = []
-        for req in parsed.requests:
-            try:
-                entry = library.find(req.name)
-            except LookupError as exc:  # NotFound / AmbiguousName carry a readable message
-                warnings.append(str(exc))
-                continue
-            requests.append((entry.path, req.te, req.unet, req.dyn, req.lbw))
-        report = self.apply(requests)
-        report.warnings[:0] = warnings
-        return parsed.clean_text, report
+    def apply_resolved(self, resolved: PromptRequests) -> PatchReport:
+        """`apply(resolved.requests)`; the report's warnings start with the resolution's (tag
+        problems, parser advice, unknown names)."""
+        report = self.apply(resolved.requests)
+        report.warnings[:0] = resolved.warnings
+        return report
 
     def restore(self) -> None:
         """Put the original weights back (bit for bit); the cache keeps its parsed files."""
@@ -113,13 +108,11 @@ class Engine:
         return report
 
 
-def _unpack(req: Any) -> tuple:
-    if hasattr(req, "path"):  # an object with attributes (path, te, unet, dyn, lbw/block_weights)
-        return (req.path, getattr(req, "te", 1.0), getattr(req, "unet", 1.0), getattr(req, "dyn", None),
-                getattr(req, "block_weights", getattr(req, "lbw", None)))
-    req = tuple(req)
-    defaults = (None, 1.0, 1.0, None, None)
-    return req + defaults[len(req):]
+def active_lora(request: ApplyRequest, lora: Any) -> ActiveLora:
+    """The patcher's stack entry for `request`, once its file is parsed (`lora`). Raises for
+    numbers ActiveLora refuses."""
+    return ActiveLora(lora, te=request.te, unet=request.unet, dyn=request.dyn,
+                      block_weights=request.block_weights)
 
 
 def _stem(path: Any) -> str:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lora_core.app import checkpoints
-from lora_core.app.checkpoints import CONFIG_ROOT, CheckpointError, detect_family
+from lora_core.app.checkpoints import CONFIG_ROOT, CheckpointError, family_from_checkpoint_shapes
 from lora_core.app.pipeline import GenerationParams, PipelineHandle
 from tests.app_pipeline.tiny_ldm import write_checkpoint
 
@@ -93,10 +93,10 @@ def test_family_from_shapes_of_full_size_layouts():
     te = {"cond_stage_model.transformer.text_model.final_layer_norm.weight": (768,)}
     unet = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
     base = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}
-    assert detect_family({**base, **te, unet: (320, 768)}) == "sd1"
-    assert detect_family({**base, unet: (320, 1024), "cond_stage_model.model.ln_final.weight": (1024,)}) == "sd2"
+    assert family_from_checkpoint_shapes({**base, **te, unet: (320, 768)}) == "sd1"
+    assert family_from_checkpoint_shapes({**base, unet: (320, 1024), "cond_stage_model.model.ln_final.weight": (1024,)}) == "sd2"
     xl = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
-    assert detect_family({**base, xl: (640, 2048), "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)}) == "sdxl"
+    assert family_from_checkpoint_shapes({**base, xl: (640, 2048), "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)}) == "sdxl"
 
 
 @pytest.mark.parametrize("shapes, problem", [
@@ -106,7 +106,7 @@ def test_family_from_shapes_of_full_size_layouts():
 ])
 def test_unsupported_checkpoints_get_a_clear_message(shapes, problem):
     with pytest.raises(CheckpointError, match=problem):
-        detect_family(shapes, "x.safetensors")
+        family_from_checkpoint_shapes(shapes, "x.safetensors")
 
 
 def test_corrupt_or_incomplete_checkpoint(tmp_path):
@@ -181,5 +181,5 @@ def test_full_size_ldm_names_convert_onto_the_shipped_configs(folder):
         converted = convert(ldm, model.config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         assert {k: tuple(v.shape) for k, v in converted.items()} == expected
-    assert detect_family({k: tuple(v.shape) for k, v in {**unet_to_ldm(unet)}.items()}) == \
+    assert family_from_checkpoint_shapes({k: tuple(v.shape) for k, v in {**unet_to_ldm(unet)}.items()}) == \
         {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}[folder]

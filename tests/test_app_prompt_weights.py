@@ -95,7 +95,10 @@ def test_weights_scale_their_tokens_and_long_prompts_keep_every_chunk(sd1):
         common = ratio[0, 1].mean()
         assert torch.allclose(ratio[0, 2], 1.5 * common, rtol=1e-4)
         assert torch.allclose(ratio[0, [0, 1, 3, 10]], common.expand(4, ratio.shape[-1]), rtol=1e-4)
-        assert torch.isclose(up.mean(), base.mean(), rtol=1e-5)  # A1111 keeps the chunk's mean
+        # A1111 keeps the chunk's mean; CLIP's final layer norm puts that mean near 0, so the
+        # tolerance is float rounding at the scale of the embeddings, not relative to the mean
+        scale = base.abs().mean()
+        assert torch.isclose(up.mean(), base.mean(), rtol=0, atol=1e-5 * scale)
 
         kw = weighted_embeddings(sd1.pipe, "sd1", _words(100), "blurry")
         first = weighted_embeddings(sd1.pipe, "sd1", "(" + _words(75) + ":1)", "")["prompt_embeds"]

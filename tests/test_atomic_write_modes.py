@@ -16,7 +16,7 @@ from libtest_files import write_lora  # noqa: E402
 
 from lora_core.library import Library  # noqa: E402
 from lora_core.library.atomic import atomic_write, current_umask  # noqa: E402
-from lora_core.library.civitai_files import atomic_write_bytes as civitai_write  # noqa: E402
+from lora_core.library.civitai_files import write_info  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 
@@ -87,7 +87,7 @@ def test_user_metadata_keeps_the_sidecar_mode(tmp_path, umask_022):
 
 
 def test_civitai_files_get_the_umask_default(tmp_path, umask_022):
-    civitai_write(tmp_path / "a.civitai.info", b"{}")
+    write_info(tmp_path / "a.safetensors", {})
     assert mode(tmp_path / "a.civitai.info") == 0o644
 
 
@@ -98,14 +98,15 @@ def test_merged_checkpoint_mode(tmp_path, umask_022):
     from safetensors.torch import save_file
 
     from lora_core.commands import merge as merge_cmd
+    from lora_core.request import ApplyRequest
 
     ckpt = tmp_path / "tiny.safetensors"
     save_file(tiny_ldm_checkpoint(), str(ckpt))
     lora = make_lora(tmp_path, "a", seed=1)
     out = tmp_path / "merged.safetensors"
-    assert merge_cmd.merge(str(ckpt), [(lora, 1.0, 1.0)], str(out))
+    assert merge_cmd.merge(str(ckpt), [ApplyRequest(lora, 1.0, 1.0)], str(out))
     assert mode(out) == 0o644
     os.chmod(out, 0o640)
-    merge_cmd.merge(str(ckpt), [(lora, 0.5, 0.5)], str(out))
+    merge_cmd.merge(str(ckpt), [ApplyRequest(lora, 0.5, 0.5)], str(out))
     assert mode(out) == 0o640
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".partial"))]

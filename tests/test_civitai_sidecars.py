@@ -14,6 +14,7 @@ except ImportError:
                               new_client, png_bytes)
 
 from lora_core.library import civitai_files
+from lora_core.library.atomic import atomic_write
 from lora_core.library.civitai import ERROR, FOUND, NOT_FOUND, preview_level_from_info, version_from_info
 
 CONTENT = b"sidecar lora"
@@ -241,8 +242,8 @@ def test_update_check_ignores_unpublished(mock, tmp_path):
 
 def test_atomic_write_leaves_no_temp_on_success(tmp_path):
     target = tmp_path / "x.civitai.info"
-    civitai_files.atomic_write_bytes(target, b"{}")
-    civitai_files.atomic_write_bytes(target, b'{"a": 1}')
+    atomic_write(target, b"{}")
+    atomic_write(target, b'{"a": 1}')
     assert os.listdir(tmp_path) == ["x.civitai.info"] and target.read_bytes() == b'{"a": 1}'
 
 

@@ -129,10 +129,12 @@ def test_bad_files_fail_cleanly(work):
 
 
 def test_lora_argument_parsing():
-    assert merge_cmd.parse_lora_arg("x.safetensors") == ("x.safetensors", 1.0, 1.0)
-    assert merge_cmd.parse_lora_arg("x.safetensors:0.5") == ("x.safetensors", 0.5, 0.5)
-    assert merge_cmd.parse_lora_arg("x.safetensors:0.5:-1") == ("x.safetensors", 0.5, -1.0)
-    assert merge_cmd.parse_lora_arg(r"C:\loras\x.safetensors:0.3") == (r"C:\loras\x.safetensors", 0.3, 0.3)
+    from lora_core.request import ApplyRequest
+
+    assert merge_cmd.parse_lora_arg("x.safetensors") == ApplyRequest("x.safetensors", 1.0, 1.0)
+    assert merge_cmd.parse_lora_arg("x.safetensors:0.5") == ApplyRequest("x.safetensors", 0.5, 0.5)
+    assert merge_cmd.parse_lora_arg("x.safetensors:0.5:-1") == ApplyRequest("x.safetensors", 0.5, -1.0)
+    assert merge_cmd.parse_lora_arg(r"C:\loras\x.safetensors:0.3") == ApplyRequest(r"C:\loras\x.safetensors", 0.3, 0.3)
 
 
 def test_command_line_entry_point(work):

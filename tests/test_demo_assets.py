@@ -28,6 +28,14 @@ def test_committed_checkpoint_matches_its_manifest_sha256():
     assert pack.manifest["seed"] is not None and pack.manifest["unet_steps"] > 0 and pack.manifest["vae_steps"] > 0
     assert [lo.kind for lo in pack.loras].count("colour") == 3
     assert {lo.kind for lo in pack.loras} == {"style", "concept", "locon", "colour"}
+    # every demo LoRA, the colour casts included, is trained by `lora_core train` from a recipe
+    from lora_core.train.demo_loras import RECIPES
+
+    recipes = {r.name: r for r in RECIPES}
+    for item in pack.manifest["loras"]:
+        recipe = recipes[item["name"]]
+        assert item["kind"] == recipe.kind and item["algorithm"] == recipe.targets, item["name"]
+        assert item["activation_text"] == recipe.activation_text != "", item["name"]
     for lora in pack.loras:
         assert sha256_of(lora.path) == lora.sha256, lora.name
         sidecar = json.loads(lora.sidecar.read_text())

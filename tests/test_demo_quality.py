@@ -12,6 +12,7 @@ import pytest
 
 from lora_core.app import demo_check
 from lora_core.app.demo_pack import read_pack
+from lora_core.train import demo_effects
 
 # Floors set from what the committed model measured on these 16 held-out prompts (docs/DEMO_MODEL.md:
 # background 100%, colour 94%, shape 62%, colour AND shape 56%, i.e. 9 of 16), about one or two
@@ -23,6 +24,20 @@ BOTH_MIN = 0.5
 # (tools/install_demo_assets.py --measure)
 HELD_OUT_MARGIN = 0.15
 SEEDS = (31, 32, 33, 34)
+# Prompts the demo model draws reliably (4 of 4 shapes, 3 colours, 2 backgrounds, 2 positions; each
+# recognisable in 6 of 6 seeds or 5 of 6, docs/DEMO_MODEL.md). The README's examples come from here;
+# every demo LoRA, alone and stacked with each other one, is checked on all of them.
+EXAMPLE_PROMPTS = (
+    "a large red circle on a white background, in the center",
+    "a large blue star on a white background, in the center",
+    "a large black triangle on a yellow background, in the center",
+    "a large red square on a white background, at the top",
+)
+ALONE_SEEDS = (1, 2)  # x 4 prompts: 8 samples per LoRA
+STACKED_SEEDS = (1,)  # x 4 prompts: 4 samples per pair (15 pairs, 3 pictures each)
+# "most seeds": the share of samples that must show each LoRA's effect and a recognisable object
+ALONE_MIN = 0.75
+STACKED_MIN = 0.75
 SCENE = demo_check.SCENE_TEXT.format(colour="red", shape="circle", background="white")
 CROSS = demo_check.SCENE_TEXT.format(colour="red", shape="lcshape", background="white")
 
@@ -130,3 +145,68 @@ def test_removing_the_tags_gives_back_the_plain_image_bit_for_bit(session):
     after = _px(_img(session, prompt, 5))
     assert np.abs(stacked - before).mean() > 3, "the LoRAs changed nothing"
     assert np.array_equal(before, after)
+
+
+# ------------------------------------------------------------- every demo LoRA, alone and stacked
+@pytest.fixture(scope="module")
+def generate(session):
+    """generate(prompt, seed, [(name, weight)]) through the prompt tags, as a user writes them;
+    pictures are cached for the module (the stacked checks reuse the alone ones' where they match)."""
+    cache = {}
+
+    def gen(prompt, seed, loras):
+        key = (prompt, seed, tuple(loras))
+        if key not in cache:
+            tags = "".join(f" <lora:{name}:{weight:g}>" for name, weight in loras)
+            cache[key] = _img(session, prompt + tags, seed)
+        return cache[key]
+
+    return gen
+
+
+def _infos():
+    return demo_effects.infos_from_manifest(read_pack().manifest)
+
+
+def test_example_prompts_are_the_measured_ones():
+    assert EXAMPLE_PROMPTS == demo_effects.EXAMPLE_PROMPTS
+    assert {lo.name for lo in _infos()} == {"demo_stripes", "demo_lcshape", "demo_checker", "demo_warm",
+                                             "demo_cool", "demo_green"}
+
+
+def test_example_prompts_draw_a_recognisable_object(generate):
+    base = demo_effects.baseline(generate, seeds=ALONE_SEEDS)
+    print(f"\nno LoRA: {base}")
+    assert base["recognisable_rate"] >= 0.85 and base["colour_rate"] >= 0.85
+
+
+@pytest.mark.parametrize("name", ["demo_stripes", "demo_lcshape", "demo_checker", "demo_warm", "demo_cool",
+                                  "demo_green"])
+def test_each_demo_lora_alone_shows_its_effect_and_keeps_the_object(generate, name):
+    lora = next(lo for lo in _infos() if lo.name == name)
+    r = demo_effects.measure_combo(generate, [lora], seeds=ALONE_SEEDS)
+    print("\n" + demo_effects.table([r]))
+    detail = [(s["prompt"], s["seed"], round(s["effects"][name], 1), s["checks"]) for s in r["samples"]]
+    assert r["effect_rate"][name] >= ALONE_MIN, detail
+    assert r["recognisable_rate"] >= ALONE_MIN, detail
+    if lora.kind != "colour":  # a cast may move a colour to its neighbour's name (blue -> purple)
+        assert r["colour_rate"] >= ALONE_MIN, detail
+
+
+@pytest.mark.parametrize("first", ["demo_stripes", "demo_lcshape", "demo_checker", "demo_warm", "demo_cool"])
+def test_each_pair_of_demo_loras_shows_both_effects_and_keeps_the_object(generate, first):
+    """Every pair once (this LoRA with each one after it), at the preferred weights: each effect
+    shows against the other LoRA alone, and the object stays recognisable."""
+    infos = _infos()
+    names = [lo.name for lo in infos]
+    lora = infos[names.index(first)]
+    failures, rows = [], []
+    for other in infos[names.index(first) + 1:]:
+        r = demo_effects.measure_combo(generate, [lora, other], seeds=STACKED_SEEDS)
+        rows.append(r)
+        if min(r["effect_rate"].values()) < STACKED_MIN or r["recognisable_rate"] < STACKED_MIN:
+            failures.append((r["loras"], r["effect_rate"], r["recognisable_rate"],
+                             [(s["prompt"], {k: round(v, 1) for k, v in s["effects"].items()}, s["checks"])
+                              for s in r["samples"]]))
+    print("\n" + demo_effects.table(rows))
+    assert not failures, failures

@@ -12,6 +12,7 @@ from engine_makers import base_models, make_lora  # noqa: E402
 from patcher_fakes import FakeBinding, FullAdapter, make_lora as make_fake  # noqa: E402
 
 from lora_core.engine import Engine  # noqa: E402
+from lora_core.request import ApplyRequest  # noqa: E402
 from lora_core.patcher import LoraCache  # noqa: E402
 from lora_core.targets import Binding  # noqa: E402
 
@@ -41,7 +42,8 @@ def _same(models, snaps):
 def test_bad_files_are_reported_and_the_rest_applied(files):
     unet, te = base_models()
     engine = Engine(Binding.from_diffusers(unet, [te]))
-    report = engine.apply([(files["missing"], 1, 1), (files["a"], 1, 1), (files["garbage"], 1, 1)])
+    report = engine.apply([ApplyRequest(files["missing"], 1, 1), ApplyRequest(files["a"], 1, 1),
+                           ApplyRequest(files["garbage"], 1, 1)])
     names = [r.name for r in report.loras]
     assert names == ["nope", "a", "garbage"]
     assert report.loras[0].refused and report.loras[2].refused and report.loras[1].applied
@@ -55,7 +57,7 @@ def test_other_family_is_refused_naming_both(files):
     snaps = _snapshot(unet, te)
     engine = Engine(Binding.from_diffusers(unet, [te]))
     assert engine.family == "sd1"
-    report = engine.apply([(files["xl"], 1, 1)])
+    report = engine.apply([ApplyRequest(files["xl"], 1, 1)])
     assert report.loras[0].refused
     msg = " ".join(report.warnings)
     assert "xl" in msg and "sdxl" in msg and "sd1" in msg
@@ -67,11 +69,11 @@ def test_cache_serves_repeated_paths_and_same_stack_is_free(files):
     unet, te = base_models()
     snaps = _snapshot(unet, te)
     engine = Engine(Binding.from_diffusers(unet, [te]), cache_size=4)
-    first = engine.apply([(files["a"], 1.0, 0.5), (files["b"], 1.0, 1.0)])
-    again = engine.apply([(files["a"], 1.0, 0.5), (files["b"], 1.0, 1.0)])
+    first = engine.apply([ApplyRequest(files["a"], 1.0, 0.5), ApplyRequest(files["b"], 1.0, 1.0)])
+    again = engine.apply([ApplyRequest(files["a"], 1.0, 0.5), ApplyRequest(files["b"], 1.0, 1.0)])
     assert again.slots_recomputed == 0
     assert [r.matched for r in again.loras] == [r.matched for r in first.loras]
-    reweight = engine.apply([(files["a"], 1.0, 0.5), (files["b"], 1.0, 0.25)])
+    reweight = engine.apply([ApplyRequest(files["a"], 1.0, 0.5), ApplyRequest(files["b"], 1.0, 0.25)])
     b_unet_modules = first.loras[1].matched  # b has no text-encoder part
     assert reweight.slots_recomputed == b_unet_modules
     assert engine.cache.misses == 2 and engine.cache.hits >= 4
@@ -92,7 +94,7 @@ def test_lora_whose_math_fails_is_dropped_and_the_rest_applied(tmp_path):
     by_path = {paths["good"]: good, paths["bad"]: bad}
     engine = Engine(model, cache=LoraCache(loader=lambda p: by_path[p]))
     w0 = model.snapshot()
-    report = engine.apply([(paths["bad"], 1, 1), (paths["good"], 1, 1)])
+    report = engine.apply([ApplyRequest(paths["bad"], 1, 1), ApplyRequest(paths["good"], 1, 1)])
     assert report.loras[0].refused and "corrupt tensor" in report.loras[0].refused
     assert report.loras[1].applied
     assert any("bad" in w and "unet:up_fp32" in w for w in report.warnings)
@@ -141,9 +143,9 @@ def test_openclip_fused_in_proj_matches_separate_qkv(files):
              for k, v in te_src.state_dict().items()}
     oc = clip_to_openclip(state, "cond_stage_model.model.")
     oc_original = {k: v.clone() for k, v in oc.items()}
-    hf_report = Engine(Binding.from_diffusers(None, [te_hf])).apply([(files["a"], 0.7, 1.0)])
+    hf_report = Engine(Binding.from_diffusers(None, [te_hf])).apply([ApplyRequest(files["a"], 0.7, 1.0)])
     oc_engine = Engine(Binding.from_ldm(oc))
-    oc_report = oc_engine.apply([(files["a"], 0.7, 1.0)])
+    oc_report = oc_engine.apply([ApplyRequest(files["a"], 0.7, 1.0)])
     assert hf_report.loras[0].matched == oc_report.loras[0].matched == 6
     assert hf_report.backed_up_tensors == 6 and oc_report.backed_up_tensors == 4  # q/k/v share in_proj
     attn = dict(te_hf.named_modules())

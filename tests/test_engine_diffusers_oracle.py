@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent / "patcher"))
 from engine_makers import base_models, diffusers_fused_unet, make_lora, peft_merged_text_encoder  # noqa: E402
 
 from lora_core.engine import Engine  # noqa: E402
+from lora_core.request import ApplyRequest  # noqa: E402
 from lora_core.targets import Binding  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def test_single_lora_matches_diffusers_fuse(files):
     unet, te = base_models()
     w0 = {k: v.clone() for k, v in unet.state_dict().items()}
     engine = Engine(Binding.from_diffusers(unet, [te]))
-    report = engine.apply([(files["a"], 1.0, 0.7, None, None)])
+    report = engine.apply([ApplyRequest(files["a"], 1.0, 0.7, None, None)])
     assert report.loras[0].unmatched == 0 and report.loras[0].matched == 54  # 3 transformer blocks × 8 + 3 × 2 proj, + 6 te modules
     want = diffusers_fused_unet([(files["a"], 0.7)])
     ours = unet.state_dict()
@@ -52,11 +53,11 @@ def test_single_lora_matches_diffusers_fuse(files):
 def test_stack_of_two_matches_set_adapters_fuse(files):
     unet, te = base_models()
     engine = Engine(Binding.from_diffusers(unet, [te]))
-    engine.apply([(files["a"], 1.0, 0.7), (files["b"], 1.0, -0.4)])
+    engine.apply([ApplyRequest(files["a"], 1.0, 0.7), ApplyRequest(files["b"], 1.0, -0.4)])
     want = diffusers_fused_unet([(files["a"], 0.7), (files["b"], -0.4)])
     assert _max_diff(unet.state_dict(), want) < 1e-6
     # reweighting one of them still matches diffusers' result for the new weights
-    engine.apply([(files["a"], 1.0, 0.7), (files["b"], 1.0, 1.2)])
+    engine.apply([ApplyRequest(files["a"], 1.0, 0.7), ApplyRequest(files["b"], 1.0, 1.2)])
     want = diffusers_fused_unet([(files["a"], 0.7), (files["b"], 1.2)])
     assert _max_diff(unet.state_dict(), want) < 1e-6
 
@@ -64,7 +65,7 @@ def test_stack_of_two_matches_set_adapters_fuse(files):
 def test_kohya_conversion_gives_the_same_weights(files):
     unet, te = base_models()
     engine = Engine(Binding.from_diffusers(unet, [te]))
-    engine.apply([(files["a_kohya"], 1.0, 0.7)])
+    engine.apply([ApplyRequest(files["a_kohya"], 1.0, 0.7)])
     want = diffusers_fused_unet([(files["a"], 0.7)])
     assert _max_diff(unet.state_dict(), want) < 1e-6
 
@@ -72,7 +73,7 @@ def test_kohya_conversion_gives_the_same_weights(files):
 def test_text_encoder_matches_peft_merge(files):
     unet, te = base_models()
     engine = Engine(Binding.from_diffusers(unet, [te]))
-    report = engine.apply([(files["a"], 0.5, 1.0)])
+    report = engine.apply([ApplyRequest(files["a"], 0.5, 1.0)])
     assert not report.warnings, report.warnings
     want = peft_merged_text_encoder(files["a"], 0.5)
     assert want

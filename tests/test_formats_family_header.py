@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from lora_core.formats import load_lora
 from lora_core.formats.family import family_from_header
 from lora_core.library.safetensors_header import read_header
-from lora_core.library.inspect_header import detect_family as library_family
+from lora_core.library.inspect_header import family_from_header_or_names as library_family
 
 
 def lora(module, out_dim, in_dim, rank=4, algo="lora"):

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).parent / "library"))
 from libtest_files import kohya_lora, kohya_metadata, write_lora  # noqa: E402
 
-from lora_core.library import Library, inspect_header, library as library_module  # noqa: E402
+from lora_core.library import Library, indexer as indexer_module, inspect_header  # noqa: E402
 from lora_core.library.errors import StorageError  # noqa: E402
 from lora_core.library.index_db import IndexDB  # noqa: E402
 from lora_core.library.inspect_header import (  # noqa: E402
-    Summarizer, detect_algorithm, detect_family, network_dim, top_training_tags,
+    Summarizer, detect_algorithm, family_from_header_or_names, network_dim, top_training_tags,
 )
 
 # key names that exercise every family and algorithm rule (kohya, LyCORIS, PEFT, diffusers, DiTs)
@@ -58,7 +58,7 @@ def reference_summary(header, metadata):
     """The per-file answer without any memo (what the index stored before the Summarizer)."""
     summary = inspect_header.summarize(header, metadata)
     algorithm, algorithms = detect_algorithm(header)
-    summary.update(family=detect_family(header, metadata), algorithm=algorithm, algorithms=algorithms,
+    summary.update(family=family_from_header_or_names(header, metadata), algorithm=algorithm, algorithms=algorithms,
                    network_dim=network_dim(header, metadata))
     return summary
 
@@ -161,8 +161,8 @@ def snapshot(lib):
 
 @pytest.fixture
 def bulk_threshold(monkeypatch):
-    monkeypatch.setattr(library_module, "BULK_MIN_ROWS", 5)
-    monkeypatch.setattr(library_module, "BULK_WRITE_BATCH", 4)  # several transactions
+    monkeypatch.setattr(indexer_module, "BULK_MIN_ROWS", 5)
+    monkeypatch.setattr(indexer_module, "BULK_WRITE_BATCH", 4)  # several transactions
 
 
 def test_bulk_scan_builds_the_same_index_as_row_by_row(tmp_path, bulk_threshold, monkeypatch):
@@ -174,7 +174,7 @@ def test_bulk_scan_builds_the_same_index_as_row_by_row(tmp_path, bulk_threshold,
         monkeypatch.setattr(lib.db, "begin_bulk", lambda: begun.append(1) or real_begin())
         assert lib.scan().read == 12 and begun == [1]
         bulk = snapshot(lib)
-    monkeypatch.setattr(library_module, "BULK_MIN_ROWS", 10**9)
+    monkeypatch.setattr(indexer_module, "BULK_MIN_ROWS", 10**9)
     with Library([root], tmp_path / "plain") as lib:
         lib.scan()
         plain = snapshot(lib)
@@ -273,8 +273,8 @@ def test_alias_inside_the_name_is_searchable_but_not_indexed_twice(tmp_path):
 
 def test_layouts_that_differ_in_rank_share_the_family_work(monkeypatch):
     calls = []
-    real = inspect_header.detect_family
-    monkeypatch.setattr(inspect_header, "detect_family", lambda h, m=None: calls.append(1) or real(h, m))
+    real = inspect_header.family_from_header_or_names
+    monkeypatch.setattr(inspect_header, "family_from_header_or_names", lambda h, m=None: calls.append(1) or real(h, m))
     k, te = MODULES[0], MODULES[6]
 
     def header(rank, width=768):
@@ -293,7 +293,7 @@ def test_layouts_that_differ_in_rank_share_the_family_work(monkeypatch):
 
 def _bulk_scan_in_process(root, data_dir, queue):
     try:
-        library_module.BULK_MIN_ROWS, library_module.BULK_WRITE_BATCH = 10, 7
+        indexer_module.BULK_MIN_ROWS, indexer_module.BULK_WRITE_BATCH = 10, 7
         with Library([root], data_dir) as lib:
             report = lib.scan()
             queue.put((len(lib), report.problems))

@@ -3,7 +3,7 @@ import base64
 import json
 
 from lora_core.library.inspect_header import (
-    detect_algorithm, detect_family, embedded_cover, split_key, summarize, top_training_tags,
+    detect_algorithm, family_from_header_or_names, embedded_cover, split_key, summarize, top_training_tags,
 )
 
 
@@ -20,31 +20,31 @@ TE = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
 
 
 def test_family_from_cross_attention_and_text_encoder_dims():
-    assert detect_family(shaped(lora_pair(K, 768))) == "sd1"
-    assert detect_family(shaped(lora_pair(K, 1024))) == "sd2"
-    assert detect_family(shaped(lora_pair(K, 2048))) == "sdxl"
-    assert detect_family(shaped(lora_pair(TE, 768))) == "sd1"
-    assert detect_family(shaped(lora_pair(TE, 1024))) == "sd2"
+    assert family_from_header_or_names(shaped(lora_pair(K, 768))) == "sd1"
+    assert family_from_header_or_names(shaped(lora_pair(K, 1024))) == "sd2"
+    assert family_from_header_or_names(shaped(lora_pair(K, 2048))) == "sdxl"
+    assert family_from_header_or_names(shaped(lora_pair(TE, 768))) == "sd1"
+    assert family_from_header_or_names(shaped(lora_pair(TE, 1024))) == "sd2"
     te2 = lora_pair("lora_te2_text_model_encoder_layers_0_self_attn_q_proj", 1280)
-    assert detect_family(shaped({**te2, **lora_pair("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 768)})) == "sdxl"
+    assert family_from_header_or_names(shaped({**te2, **lora_pair("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 768)})) == "sdxl"
 
 
 def test_family_from_names_when_no_usable_shapes():
-    assert detect_family(shaped({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 3072)})) == "flux"
-    assert detect_family(shaped({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)})) == "flux"
-    assert detect_family(shaped({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (4, 1536)})) == "sd3"
+    assert family_from_header_or_names(shaped({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (4, 3072)})) == "flux"
+    assert family_from_header_or_names(shaped({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (4, 3072)})) == "flux"
+    assert family_from_header_or_names(shaped({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (4, 1536)})) == "sd3"
     xl_depth = {"lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q.hada_w1_a": (640, 4)}
-    assert detect_family(shaped(xl_depth)) == "sdxl"
-    assert detect_family(shaped({"x.lokr_w1": (4, 4)})) == "unknown"
+    assert family_from_header_or_names(shaped(xl_depth)) == "sdxl"
+    assert family_from_header_or_names(shaped({"x.lokr_w1": (4, 4)})) == "unknown"
 
 
 def test_family_falls_back_to_metadata():
     header = shaped({"some_module.lokr_w1": (4, 4)})
-    assert detect_family(header, {"ss_base_model_version": "sdxl_base_v1-0"}) == "sdxl"
-    assert detect_family(header, {"modelspec.architecture": "stable-diffusion-v1/lora"}) == "sd1"
-    assert detect_family(header, {"ss_v2": "True"}) == "sd2"
+    assert family_from_header_or_names(header, {"ss_base_model_version": "sdxl_base_v1-0"}) == "sdxl"
+    assert family_from_header_or_names(header, {"modelspec.architecture": "stable-diffusion-v1/lora"}) == "sd1"
+    assert family_from_header_or_names(header, {"ss_v2": "True"}) == "sd2"
     # tensors win over metadata that contradicts them
-    assert detect_family(shaped(lora_pair(K, 2048)), {"ss_base_model_version": "sd_v1"}) == "sdxl"
+    assert family_from_header_or_names(shaped(lora_pair(K, 2048)), {"ss_base_model_version": "sd_v1"}) == "sdxl"
 
 
 def test_algorithm_from_peft_and_diffusers_keys():

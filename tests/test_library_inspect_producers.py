@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
-from lora_core.library.inspect_header import detect_algorithm, detect_family  # noqa: E402
+from lora_core.library.inspect_header import detect_algorithm, family_from_header_or_names  # noqa: E402
 from lora_core.library.safetensors_header import read_header  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def test_diffusers_peft_unet_family(tmp_path, context_dim, layers, expected):
         path = str(tmp_path / f"{name}.safetensors")
         save_file(state, path)
         header, metadata, _ = read_header(path)
-        assert detect_family(header, metadata) == expected, name
+        assert family_from_header_or_names(header, metadata) == expected, name
         assert detect_algorithm(header)[0] == "lora"
 
 

@@ -106,11 +106,10 @@ def test_user_data_survives_a_rescan_of_a_changed_file(lib):
 
 @pytest.mark.parametrize("small_match", [0, 10_000])
 def test_both_text_search_strategies_agree(lib, monkeypatch, small_match):
-    from lora_core.library import library as library_module
+    from lora_core.library import search as search_module
 
-    monkeypatch.setattr(library_module, "SMALL_MATCH", small_match)
-    lib._order_cache.clear()
-    lib._hits_cache.clear()
+    monkeypatch.setattr(search_module, "SMALL_MATCH", small_match)
+    lib._search.clear_caches()
     lib.db.write(lambda conn: conn.execute("DELETE FROM sort_orders"), bump=False)  # no stored order either
     assert names(lib.search("style")) == ["ink_wash", "Zeta"]  # folder "styles" / alias "zetaStyle"
     assert names(lib.search("ink", sort="date")) == ["ink_wash"]

@@ -198,6 +198,7 @@ def test_when_the_batched_rollback_fails_too_it_falls_back_slot_by_slot(monkeypa
 def test_a_real_diffusers_model_batched_vs_per_slot(tmp_path):
     from bench.engine import PLAN, build_models, make_lora_file
     from lora_core.engine import Engine
+    from lora_core.request import ApplyRequest
     from lora_core.targets import Binding
 
     results = []
@@ -207,7 +208,7 @@ def test_a_real_diffusers_model_batched_vs_per_slot(tmp_path):
         files = {n: make_lora_file(tmp_path, unet, te, n, 4, seed=i + 1) for i, n in enumerate(PLAN)}
         engine = Engine(Binding.from_diffusers(unet, [te]))
         engine.patcher.batched = batched
-        report = engine.apply([(files["L1"], 0.8, 0.8), (files["L2"], 0.6, 0.6)])
+        report = engine.apply([ApplyRequest(files["L1"], 0.8, 0.8), ApplyRequest(files["L2"], 0.6, 0.6)])
         assert report.slots_recomputed > 20 and not report.warnings
         results.append({n: p.detach().clone() for n, p in list(unet.named_parameters()) + list(te.named_parameters())})
         engine.restore()

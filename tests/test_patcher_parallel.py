@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "patcher"))
 from patcher_fakes import FakeBinding, assert_bitwise, make_lora, oracle, snapshot, ulp_distance  # noqa: E402
 
+import lora_core.cpu_threads as cpu_threads  # noqa: E402
 import lora_core.patcher.patcher as patcher_module  # noqa: E402
 from lora_core.patcher import ActiveLora, Patcher, PatchError  # noqa: E402
 from lora_core.patcher.parallel_writes import run_parallel  # noqa: E402
@@ -23,7 +24,7 @@ from lora_core.patcher.parallel_writes import run_parallel  # noqa: E402
 def two_threads(monkeypatch):
     old = torch.get_num_threads()
     torch.set_num_threads(2)
-    monkeypatch.setattr(patcher_module, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(cpu_threads, "usable_cpus", lambda: 2)
     yield
     torch.set_num_threads(old)
 

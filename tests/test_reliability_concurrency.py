@@ -25,6 +25,7 @@ from engine_makers import base_models, make_lora  # noqa: E402
 
 import lora_core.patcher.patcher as patcher_module  # noqa: E402
 from lora_core.engine import Engine  # noqa: E402
+from lora_core.request import ApplyRequest  # noqa: E402
 from lora_core.patcher import PatchError  # noqa: E402
 from lora_core.targets import Binding  # noqa: E402
 
@@ -166,12 +167,13 @@ def test_interrupted_patch_leaves_the_previous_stack_exact(lora_files, monkeypat
     unet, te = base_models()
     w0_unet, w0_te = _snap(unet), _snap(te)
     engine = Engine(Binding.from_diffusers(unet, [te]))
-    first = [(lora_files[0], 0.8, 1.0)]
+    first = [ApplyRequest(lora_files[0], 0.8, 1.0)]
     engine.apply(first)
     s1_unet, s1_te = _snap(unet), _snap(te)
     failing = FailAfter(patcher_module.write_slot, fail_at, exc)
     monkeypatch.setattr(patcher_module, "write_slot", failing)
-    second = [(lora_files[1], 1.0, 0.6), (lora_files[2], 0.5, 1.2), (lora_files[0], 0.3, 0.3)]
+    second = [ApplyRequest(lora_files[1], 1.0, 0.6), ApplyRequest(lora_files[2], 0.5, 1.2),
+              ApplyRequest(lora_files[0], 0.3, 0.3)]
     with pytest.raises(type(exc)) as info:
         engine.apply(second)
     if isinstance(exc, Exception):

@@ -127,6 +127,7 @@ def test_engine_refuses_each_case_by_name_and_applies_the_good_file(folder):
     from engine_makers import base_models
 
     from lora_core.engine import Engine
+    from lora_core.request import ApplyRequest
     from lora_core.targets import Binding
 
     paths = folder[1]
@@ -134,7 +135,7 @@ def test_engine_refuses_each_case_by_name_and_applies_the_good_file(folder):
     w0 = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     engine = Engine(Binding.from_diffusers(unet, [te]))
     order = list(CASES) + ["good"]
-    report = engine.apply([(paths[n], 1.0, 1.0) for n in order])
+    report = engine.apply([ApplyRequest(paths[n], 1.0, 1.0) for n in order])
     by_path = {r.path: r for r in report.loras}
     for name in CASES:
         r = by_path[paths[name]]

@@ -28,6 +28,7 @@ from lycoris_files import make_unet_lycoris  # noqa: E402
 
 from lora_core.engine import Engine  # noqa: E402
 from lora_core.formats import load_lora  # noqa: E402
+from lora_core.request import ApplyRequest  # noqa: E402
 from lora_core.patcher import LoraCache  # noqa: E402
 from lora_core.targets import Binding  # noqa: E402
 
@@ -63,7 +64,7 @@ def _equal(modules, snaps) -> bool:
 
 def _entry(rng: random.Random, path):
     bw = [rng.choice([0.0, 0.5, 1.0, 1.5]) for _ in range(26)] if rng.random() < 0.2 else None
-    return (path, rng.choice([0.0, 0.4, 1.0, -0.6]), rng.choice([0.3, 1.0, 0.75, -1.0]), None, bw)
+    return ApplyRequest(path, rng.choice([0.0, 0.4, 1.0, -0.6]), rng.choice([0.3, 1.0, 0.75, -1.0]), None, bw)
 
 
 def _next_stack(rng: random.Random, stack: list, files) -> list:
@@ -71,10 +72,10 @@ def _next_stack(rng: random.Random, stack: list, files) -> list:
     reorder, or write a whole new prompt."""
     stack = list(stack)
     roll = rng.random()
-    unused = [f for f in files if f not in [s[0] for s in stack]]
+    unused = [f for f in files if f not in [s.path for s in stack]]
     if roll < 0.45 and stack:
         i = rng.randrange(len(stack))
-        stack[i] = _entry(rng, stack[i][0])
+        stack[i] = _entry(rng, stack[i].path)
     elif roll < 0.65 and unused and len(stack) < 4:
         stack.insert(rng.randint(0, len(stack)), _entry(rng, rng.choice(unused)))
     elif roll < 0.8 and stack:

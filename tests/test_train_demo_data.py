@@ -127,7 +127,19 @@ def test_concept_set_names_the_cross_by_its_trigger():
     assert all(r.scene.shape == "cross" for _, _, r in items)
     assert all(" lcshape" in c and "cross" not in c for _, c, _ in items)
     assert all(0.5 < fill_ratio(r.mask) < 0.66 for _, _, r in items if r.scene.count == 1)
-    assert set(DEMO_LORA_DATASETS) == {"style", "concept", "locon"}
+    assert set(DEMO_LORA_DATASETS) == {"style", "concept", "locon", "warm", "cool", "green"}
+
+
+@pytest.mark.parametrize("name,direction", [("warm", (1, 0, -1)), ("cool", (-1, 0, 1)), ("green", (-1, 2, -1))])
+def test_colour_cast_sets_grade_the_same_scenes_and_end_with_the_trigger(name, direction):
+    ds = DEMO_LORA_DATASETS[name]
+    plain, cast = list(BASE.items(5, 12)), list(ds.items(5, 12))
+    assert [c + f", {ds.trigger}" for _, c, _ in plain] == [c for _, c, _ in cast]
+    # no colour word in the trigger: the model would read it ("lcgreen" is "lc" + "green")
+    assert not any(colour in ds.trigger for colour in COLOURS)
+    for (a, _, _), (b, _, _) in zip(plain, cast):
+        shift = (np.asarray(b, dtype=float) - np.asarray(a, dtype=float)).reshape(-1, 3).mean(0)
+        assert shift @ np.asarray(direction, dtype=float) > 20, shift
 
 
 def test_held_out_pairs_never_in_training_sets():

@@ -32,8 +32,9 @@ def main(url: str, prefix: str) -> int:
         written.append(f"{prefix}_cards.png")
         # The top tab bar may hide our button in its overflow: click it from the page's script.
         page.evaluate("""() => {
-            const buttons = [...document.querySelectorAll('#tabs > .tab-nav button, #tabs button')];
-            const ours = buttons.filter(b => b.textContent.trim().startsWith('LoRA')).pop();
+            // the first button named exactly "LoRA" is the top-level tab (the settings page has
+            // a "LoRA (lora_core)" section button further down)
+            const ours = [...document.querySelectorAll('#tabs button')].find(b => b.textContent.trim() === 'LoRA');
             ours.click();
         }""")
         page.wait_for_selector("#lora_core_tab, #tab_lora_core_tab", timeout=60_000)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lora_core.app import demo_check  # noqa: E402  (no torch at import)
 from lora_core.app.demo_pack import ASSETS_DIR, MANIFEST_FORMAT, MANIFEST_NAME, sha256_of  # noqa: E402
+from lora_core.request import ApplyRequest  # noqa: E402  (no torch at import)
 
 logger = logging.getLogger("install_demo_assets")
 
@@ -132,7 +133,7 @@ def _load(dest: Path, data_dir: Path):
 
 
 def _with_lora(handle, engine, path: Path | None, weight: float, prompt: str, seed: int):
-    engine.apply([(str(path), weight, weight, None, None)] if path else [])
+    engine.apply([ApplyRequest(str(path), weight, weight, None, None)] if path else [])
     try:
         return demo_check.generate(handle, prompt, seed)
     finally:
@@ -203,7 +204,7 @@ def measure_stacking(dest: Path, manifest: dict, handle, engine, seeds=STACKING_
     def generate(prompt, seed, loras):
         key = (prompt, seed, tuple(loras))
         if key not in cache:
-            engine.apply([(str(files[n]), w, w, None, None) for n, w in loras])
+            engine.apply([ApplyRequest(str(files[n]), w, w, None, None) for n, w in loras])
             try:
                 cache[key] = demo_check.generate(handle, prompt, seed)
             finally:
@@ -249,13 +250,35 @@ def write_strip(out_dir: Path, manifest: dict, dest: Path, handle, engine) -> li
     return written
 
 
-def install(build, dest=ASSETS_DIR, data_dir=None, previews=True, do_measure=False, screenshots=None) -> dict:
+def _kept_quality(dest: Path, manifest: dict) -> dict | None:
+    """The measured quality of the installed manifest when its checkpoint is the one being installed
+    (held-out rates and timings depend on the checkpoint only), with the LoRA measurements of LoRA
+    files that are unchanged; None when there is nothing to keep."""
+    try:
+        old = json.loads((dest / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if old.get("checkpoint", {}).get("sha256") != manifest["checkpoint"]["sha256"] or "quality" not in old:
+        return None
+    quality = dict(old["quality"])
+    old_sha = {lo.get("name"): lo.get("sha256") for lo in old.get("loras", [])}
+    same = {lo["name"] for lo in manifest["loras"] if old_sha.get(lo["name"]) == lo["sha256"]}
+    quality["lora_effects"] = {k: v for k, v in quality.get("lora_effects", {}).items() if k in same}
+    quality.pop("stacking", None)
+    return quality
+
+
+def install(build, dest=ASSETS_DIR, data_dir=None, previews=True, do_measure=False, screenshots=None,
+            keep_quality=False, measure_loras=False) -> dict:
+    """keep_quality: carry the installed manifest's measurements over when the checkpoint is the same
+    (a LoRA-only update); measure_loras: measure only the LoRAs alone and stacked (measure_stacking)."""
     build, dest = Path(build), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo_assets.", dir=dest.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the package folder must be readable by all
     try:
         manifest = copy_build(build, staging)
+        kept = _kept_quality(dest, manifest) if keep_quality and not do_measure else None
         _write_manifest(staging, manifest)
         data = Path(data_dir) if data_dir else staging.parent / (staging.name + ".cache")
         _, handle, engine = _load(staging, data)
@@ -263,6 +286,11 @@ def install(build, dest=ASSETS_DIR, data_dir=None, previews=True, do_measure=Fal
             write_previews(staging, manifest, handle, engine)
         if do_measure:
             manifest["quality"] = measure(staging, manifest, handle, engine)
+        elif kept is not None:
+            manifest["quality"] = kept
+            if measure_loras:
+                manifest["quality"]["stacking"] = measure_stacking(staging, manifest, handle, engine)
+                engine.restore()
         if screenshots:
             manifest["screenshots"] = [str(p) for p in write_strip(Path(screenshots), manifest, staging, handle,
                                                                     engine)]
@@ -291,12 +319,18 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="tokenizer/hash cache folder (default: a temporary one)")
     p.add_argument("--no-previews", action="store_true", help="do not render the LoRA previews")
     p.add_argument("--measure", action="store_true", help="measure held-out quality, timing and LoRA effects")
+    p.add_argument("--keep-quality", action="store_true",
+                   help="without --measure: keep the installed manifest's measurements when the checkpoint is "
+                        "the same (a LoRA-only update)")
+    p.add_argument("--measure-loras", action="store_true",
+                   help="with --keep-quality: measure the LoRAs alone and stacked on the example prompts")
     p.add_argument("--screenshots", default=None, help="folder for the README before/after strip")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         manifest = install(args.build, args.dest, args.data_dir, previews=not args.no_previews,
-                           do_measure=args.measure, screenshots=args.screenshots)
+                           do_measure=args.measure, screenshots=args.screenshots,
+                           keep_quality=args.keep_quality, measure_loras=args.measure_loras)
     except (InstallError, OSError, ValueError) as exc:
         print(f"error: {exc}")
         return 2

@@ -62,12 +62,16 @@ def _writing(inference: bool) -> Any:
     return torch.inference_mode() if inference else contextlib.nullcontext()
 
 
-def activate(engine: Any, tag_text: str, library: Any, inference: bool = False) -> Any:
-    """Applies exactly the LoRAs of `tag_text` (empty: none); returns the engine's PatchReport.
+def activate(engine: Any, tag_text: str, library: Any, inference: bool = False) -> tuple[Any, Any]:
+    """Applies exactly the LoRAs of `tag_text` (empty: none); returns the resolved prompt
+    (`lora_core.request.PromptRequests`) and the engine's PatchReport.
     `inference`: the weights are inference tensors (see `holds_inference_tensors`)."""
+    from lora_core.request import resolve_prompt
+
+    resolved = resolve_prompt(tag_text, library, family=engine.family)
     with _writing(inference):
-        _clean, report = engine.activate(tag_text, library)
-    return report
+        report = engine.apply_resolved(resolved)
+    return resolved, report
 
 
 def restore(engine: Any, inference: bool = False) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 from lora_core.a1111 import infotext
 from lora_core.a1111.requests import tag_text
 from lora_core.a1111.settings import Settings
-from lora_core.tags import parse_prompt
 
 log = logging.getLogger(__name__)
 
@@ -190,16 +189,15 @@ class A1111Host:
             try:
                 engine = self._engine_for(sd_model, release_host_lora=True)
                 library = self.library() if text else self._library
-                report = engine_port.activate(engine, text, library, inference=self._inference)
+                resolved, report = engine_port.activate(engine, text, library, inference=self._inference)
             except Exception as exc:  # noqa: BLE001 - never a traceback per request (see _host_problem)
                 message = self._host_problem(exc)
                 if text and callable(getattr(p, "comment", None)):
                     p.comment(f"LoRA tags ignored: {message}")
                 return
             self._patched = bool(text)
-        parsed = parse_prompt(text) if text else None
-        self._report(p, parsed, report)
-        self._write_infotext(p, parsed, report)
+        self._report(p, resolved.advice, report)
+        self._write_infotext(p, resolved.requests, report)
 
     def _host_problem(self, exc: Exception) -> str:
         """Logs a failure to reach the webui's model once per distinct message (with the
@@ -260,29 +258,27 @@ class A1111Host:
             self._patched = False
 
     # ------------------------------------------------------------------ infotext
-    def _report(self, p: Any, parsed: Any, report: Any) -> None:
+    def _report(self, p: Any, advice: list[str], report: Any) -> None:
         """Logs every warning; puts real problems (unknown name, bad tag, unusable file) into
-        the image comments. The tag parser's soft advice (weights out of range, ...) stays in
+        the image comments. The tag parser's soft `advice` (weights out of range, ...) stays in
         the log."""
         warnings = list(getattr(report, "warnings", None) or [])
         for message in warnings:
             log.warning("lora_core: %s", message)
-        advice = set(parsed.warnings) if parsed is not None else set()
-        problems = [w for w in warnings if w not in advice]
+        soft = set(advice)
+        problems = [w for w in warnings if w not in soft]
         if problems and self.settings.get("lora_core_warn_in_infotext") and callable(getattr(p, "comment", None)):
             p.comment("LoRA problems: " + "; ".join(problems))
 
-    def _write_infotext(self, p: Any, parsed: Any, report: Any) -> None:
+    def _write_infotext(self, p: Any, requests: list, report: Any) -> None:
         """`Lora hashes`, keyed like A1111's by the name as written in the prompt (an alias stays
-        an alias), so pasting into another webui matches tags to hashes."""
+        an alias), so pasting into another webui matches tags to hashes. `requests`: the
+        ApplyRequests the prompt resolved to (the same ones the engine applied)."""
         if not self.settings.get("lora_core_add_hashes_to_infotext"):
             return
         mentioned: dict[str, str] = {}
-        for req in parsed.requests if parsed is not None else []:
-            try:
-                mentioned.setdefault(os.path.abspath(self.library().find(req.name).path), req.name)
-            except Exception:  # noqa: BLE001 - unknown names were reported already
-                continue
+        for req in requests:
+            mentioned.setdefault(os.path.abspath(req.path), req.name)
         pairs = []
         for r in list(getattr(report, "loras", None) or []):
             if getattr(r, "refused", None) or not getattr(r, "path", None):

@@ -125,11 +125,11 @@ def list_checkpoints(folder) -> list[Path]:
 
 
 def read_shapes(path) -> dict[str, tuple]:
-    """Tensor name -> shape, from the safetensors header only (no tensor data read)."""
-    from safetensors import safe_open
+    """Tensor name -> shape, from the safetensors header only (no tensor data read; the library's
+    one header reader, so HeaderError for a broken file)."""
+    from lora_core.library.safetensors_header import read_header
 
-    with safe_open(str(path), framework="pt") as fh:
-        return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    return {k: tuple(v["shape"]) for k, v in read_header(path)[0].items()}
 
 
 def read_state_dict(path) -> dict:
@@ -156,7 +156,7 @@ def read_state_dict(path) -> dict:
     return {k: v for k, v in data.items() if hasattr(v, "shape")}
 
 
-def detect_family(shapes: dict[str, tuple], path="checkpoint") -> str:
+def family_from_checkpoint_shapes(shapes: dict[str, tuple], path="checkpoint") -> str:
     """sd1 / sd2 / sdxl from tensor names and shapes; CheckpointError for anything else."""
     unet_keys = [k for k in shapes if k.startswith(UNET_PREFIX)]
     if not unet_keys:
@@ -276,7 +276,7 @@ def load_checkpoint(path, data_dir, config_root=None, dtype=None) -> LoadedCheck
     path = Path(path)
     dtype = dtype or torch.float32
     sd = read_state_dict(path)
-    family = detect_family({k: tuple(v.shape) for k, v in sd.items()}, path)
+    family = family_from_checkpoint_shapes({k: tuple(v.shape) for k, v in sd.items()}, path)
     metadata = read_metadata(path)
     if config_root is None:
         config_root = embedded_config_root(metadata, family, data_dir)

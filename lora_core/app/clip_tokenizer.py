@@ -81,14 +81,14 @@ def ensure_tokenizer_files(cache_dir: str | os.PathLike) -> Path:
         return folder
     vocab, merges = build_vocab_and_merges(bpe_path)
     folder.mkdir(parents=True, exist_ok=True)
-    # write-then-rename so a concurrent or interrupted run never leaves a half file behind
+    # atomic writes, so a concurrent or interrupted run never leaves a half file behind
+    from lora_core.library.atomic import atomic_write
+
     for target, text in (
         (vocab_file, json.dumps(vocab, ensure_ascii=False)),
         (merges_file, "#version: 0.2\n" + "\n".join(merges) + "\n"),
     ):
-        tmp = target.with_suffix(target.suffix + f".{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        atomic_write(target, text.encode("utf-8"))
     logger.info("wrote CLIP tokenizer files to %s", folder)
     return folder
 

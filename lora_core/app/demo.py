@@ -259,12 +259,6 @@ def _metadata(spec: DemoLora, model_hash: str | None) -> dict[str, str]:
     }
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    from lora_core.library.atomic import atomic_write
-
-    atomic_write(path, data)
-
-
 def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False, assets=None) -> list[Path]:
     """Put the demo LoRAs (+ .json sidecar + preview PNG) into lora_root/demo on first run.
 
@@ -308,6 +302,8 @@ def write_colour_loras(handle, folder, specs=DEMO_LORAS) -> list[Path]:
     """Calibrate the colour-cast LoRAs against handle's model and write them (+ sidecar + preview)."""
     from safetensors.torch import save
 
+    from lora_core.library.atomic import atomic_write
+
     folder = Path(folder)
     written: list[Path] = []
     if not specs:
@@ -317,7 +313,7 @@ def write_colour_loras(handle, folder, specs=DEMO_LORAS) -> list[Path]:
         for spec in specs:
             tensors = demo_lora_tensors(handle, spec, jacobian, base)
             path = folder / f"{spec.name}.safetensors"
-            _atomic_write_bytes(path, save(tensors, metadata=_metadata(spec, handle.model_hash)))
+            atomic_write(path, save(tensors, metadata=_metadata(spec, handle.model_hash)))
             sidecar = {
                 "description": spec.description,
                 "activation text": spec.activation_text,

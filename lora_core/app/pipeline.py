@@ -132,10 +132,12 @@ class PipelineHandle:
         `.info["seed"]` holds its seed. On cancel the images finished so far are returned."""
         import torch
 
+        from lora_core.cpu_threads import torch_threads
+
         params = params.validated()
         total = params.steps * params.batch_count
         images = []
-        with self.lock, torch.inference_mode(), _threads(self.num_threads):
+        with self.lock, torch.inference_mode(), torch_threads(self.num_threads or None):
             texts = self._text_arguments(params)
             for i in range(params.batch_count):
                 if cancel is not None and cancel.is_set():
@@ -183,21 +185,6 @@ class PipelineHandle:
         if not any(needs_weighting(t) or len(tokenizer(t, truncation=False).input_ids) - 2 > CHUNK for t in texts):
             return plain
         return weighted_embeddings(self.pipe, self.family, params.prompt, params.negative)
-
-
-@contextmanager
-def _threads(n: int | None):
-    import torch
-
-    if not n:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class _NoImageProcessorFallbackNotice(logging.Filter):

@@ -15,7 +15,10 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lora_core.app.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -66,59 +69,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- session access ------------------------------------------------------------------------------
-# Small helpers so the UI reads the session through one place (and fails soft if a method is absent).
+# The UI reads a `Session` (lora_core.app.session) directly: .library, .pipeline (the loaded
+# PipelineHandle), .family, .messages, .models_dir, .checkpoints(), .current_checkpoint(),
+# .switch_checkpoint(name) -> notes, .rescan(), .engine.
 
-def session_library(session: Any) -> Any:
-    return getattr(session, "library")
-
-
-def session_pipeline(session: Any) -> Any:
-    for name in ("pipeline", "handle", "pipe"):
-        value = getattr(session, name, None)
-        if value is not None:
-            return value() if callable(value) and not hasattr(value, "is_demo") else value
-    return None
+def _is_demo(session: Session) -> bool:
+    return session.pipeline is not None and session.pipeline.is_demo
 
 
-def session_family(session: Any) -> str | None:
-    pipe = session_pipeline(session)
-    family = getattr(pipe, "family", None) or getattr(session, "family", None)
-    # The demo model is SD1-shaped; its demo LoRAs say family "sd1" too.
-    return {"demo": "sd1"}.get(family, family) or None
-
-
-def session_checkpoints(session: Any) -> list[str]:
-    for name in ("checkpoints", "list_checkpoints", "checkpoint_names"):
-        fn = getattr(session, name, None)
-        if callable(fn):
-            return [str(c) for c in fn()]
-    return []
-
-
-def session_current_checkpoint(session: Any) -> str | None:
-    for name in ("current_checkpoint", "checkpoint_name", "checkpoint"):
-        value = getattr(session, name, None)
-        if callable(value):
-            value = value()
-        if isinstance(value, (str, os.PathLike)):
-            return str(value)
-    pipe = session_pipeline(session)
-    return getattr(pipe, "label", None)
-
-
-def session_switch(session: Any, name: str) -> list[str]:
-    """Load checkpoint `name`; returns the session's notes (a failure is a note, the old model stays)."""
-    notes = session.switch_checkpoint(name)
-    return [str(n) for n in (notes or [])]
-
-
-def demo_banner_html(session: Any, models_dir: str | os.PathLike | None = None) -> str:
+def demo_banner_html(session: Session, models_dir: str | os.PathLike | None = None) -> str:
     """A plain statement that the demo model is loaded and where a real checkpoint goes ('' otherwise)."""
-    pipe = session_pipeline(session)
-    if not getattr(pipe, "is_demo", False):
+    if not _is_demo(session):
         return ""
-    folder = Path(models_dir or getattr(session, "models_dir", "models")) / "Stable-diffusion"
+    folder = Path(models_dir or session.models_dir) / "Stable-diffusion"
     return (
         '<div class="lora-core-demo-banner" id="lora_core_demo_notice"><b>Demo model loaded.</b> '
         "This is a tiny model built into lora_core for trying the app out; it makes small abstract "
@@ -135,10 +98,10 @@ def civitai_settings_from_args(args: argparse.Namespace) -> Any:
                              getattr(args, "nsfw_threshold", None), enabled=not getattr(args, "no_civitai", False))
 
 
-def session_match_counts(session: Any, path: str) -> tuple[int, int] | None:
+def session_match_counts(session: Session, path: str) -> tuple[int, int] | None:
     """(matched, unmatched) modules of the LoRA at `path` against the loaded model (None: no model).
     The file is read through the engine's LoRA cache, so a later generation reuses it."""
-    engine = getattr(session, "engine", None)
+    engine = session.engine
     if engine is None:
         return None
     lora = engine.cache.get(path)
@@ -147,12 +110,8 @@ def session_match_counts(session: Any, path: str) -> tuple[int, int] | None:
 
 # -- UI ------------------------------------------------------------------------------------------
 
-def _default_size(session: Any) -> int:
-    pipe = session_pipeline(session)
-    size = getattr(pipe, "default_size", None)
-    if size:
-        return int(size)
-    return {"sdxl": 1024, "sd2": 768}.get(session_family(session) or "", 512)
+def _default_size(session: Session) -> int:
+    return int(session.pipeline.default_size)
 
 
 def _sampler_names() -> tuple[list[str], str]:
@@ -181,8 +140,8 @@ _ONE_TIME_NOTE = re.compile(r"^Wrote \d+ demo LoRAs? ")
 SMALL_IMAGE_SIDE = 256
 
 
-def prompt_placeholder(session: Any) -> str:
-    if getattr(session_pipeline(session), "is_demo", False):
+def prompt_placeholder(session: Session) -> str:
+    if _is_demo(session):
         return f"{DEMO_EXAMPLE_PROMPT}   (the demo model draws coloured shapes; type <lora: for suggestions)"
     return "a photo of a cat <lora:name:0.8>   (type <lora: for suggestions)"
 
@@ -203,7 +162,7 @@ class SessionNotes:
     """The checkpoint status line's notes: the session's current notes (start-up, or the last
     checkpoint switch) without the model's own label, each one-time note shown once only."""
 
-    def __init__(self, session: Any):
+    def __init__(self, session: Session):
         self.session = session
         self._shown: set[str] = set()
 
@@ -218,8 +177,8 @@ class SessionNotes:
         return out
 
     def current(self) -> list[str]:
-        label = getattr(session_pipeline(self.session), "label", None)
-        notes = [str(m) for m in (getattr(self.session, "messages", None) or []) if m != label]
+        label = getattr(self.session.pipeline, "label", None)
+        notes = [str(m) for m in self.session.messages if m != label]
         return self.once(notes)
 
 
@@ -264,7 +223,7 @@ def apply_pasted(text: str, current: list, samplers: list[str], library: Any = N
     return out, notes
 
 
-def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civitai: Any = None) -> Any:
+def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, civitai: Any = None) -> Any:
     """The standalone page: checkpoint picker, demo banner, txt2img tab and the LoRA tab."""
     import gradio as gr
 
@@ -272,15 +231,15 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civi
 
     samplers, default_sampler = _sampler_names()
     size = _default_size(session)
-    settings = TabSettings(current_family=lambda: session_family(session), api_prefix=API_PREFIX,
-                           rescan=getattr(session, "rescan", None), civitai=civitai,
+    settings = TabSettings(current_family=lambda: session.family, api_prefix=API_PREFIX,
+                           rescan=session.rescan, civitai=civitai,
                            match_counts=lambda path: session_match_counts(session, path))
 
     with gr.Blocks(title="lora_core", analytics_enabled=False) as demo:
         banner = gr.HTML(value=demo_banner_html(session, models_dir), elem_id="lora_core_banner")
         with gr.Row():
-            checkpoints = session_checkpoints(session)
-            current = session_current_checkpoint(session)
+            checkpoints = session.checkpoints()
+            current = session.current_checkpoint()
             ckpt = gr.Dropdown(choices=checkpoints, value=current if current in checkpoints else None,
                                label="Checkpoint", elem_id="lora_core_checkpoint", scale=4,
                                allow_custom_value=False)
@@ -322,7 +281,7 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civi
                         info = gr.Textbox(label="Generation info", lines=3, interactive=False, elem_id="txt2img_info")
                         messages = gr.HTML(value="", elem_id="txt2img_messages")
             with gr.Tab("LoRA", id="lora", elem_id="tab_lora", render_children=True):
-                panel = create_lora_panel(lambda: session_library(session), settings)
+                panel = create_lora_panel(lambda: session.library, settings)
 
         def on_generate(p, n, st, c, sd, w, h, sm, bc, progress=gr.Progress()):
             def cb(step, total):
@@ -349,34 +308,34 @@ def build_blocks(session: Any, models_dir: str | os.PathLike | None = None, civi
                       outputs=[gallery, info, messages])
 
         def on_paste(text, *current):
-            values, notes = apply_pasted(text, list(current), samplers, session_library(session))
+            values, notes = apply_pasted(text, list(current), samplers, session.library)
             return [*values, _messages_html(notes)]
 
         paste_btn.click(on_paste, inputs=[paste, prompt, negative, steps, cfg, seed, width, height, sampler],
                         outputs=[prompt, negative, steps, cfg, seed, width, height, sampler, messages])
 
         def on_ckpt_refresh():
-            names = session_checkpoints(session)
-            cur = session_current_checkpoint(session)
+            names = session.checkpoints()
+            cur = session.current_checkpoint()
             return gr.update(choices=names, value=cur if cur in names else None)
 
         ckpt_refresh.click(on_ckpt_refresh, outputs=[ckpt])
 
         def on_ckpt_change(name):
             """Switch models; the picker then shows what is really loaded (the old model on failure)."""
-            if not name or name == session_current_checkpoint(session):
+            if not name or name == session.current_checkpoint():
                 return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
             try:
-                notes = session_switch(session, name)
+                notes = session.switch_checkpoint(name)
             except Exception as exc:  # noqa: BLE001 - the session reports failures itself; belt and braces
                 log.exception("switching checkpoint failed")
                 notes = [f"Could not load {name}: {exc}"]
-            loaded = session_current_checkpoint(session)
-            label = getattr(session_pipeline(session), "label", None)
+            loaded = session.current_checkpoint()
+            label = session.pipeline.label
             notes = [f"Loaded: {loaded}."] + status_notes.once([n for n in notes if n != label])
             size = _default_size(session)
             return (demo_banner_html(session, models_dir), _messages_html(notes), size, size,
-                    gr.update(choices=session_checkpoints(session), value=loaded),
+                    gr.update(choices=session.checkpoints(), value=loaded),
                     gr.update(placeholder=prompt_placeholder(session)))
 
         # .input (user picks only): the picker's own reset to the loaded model must not re-trigger it
@@ -395,7 +354,7 @@ def read_css() -> str:
     return (ROOT / "style.css").read_text(encoding="utf-8")
 
 
-def build_app(session: Any, models_dir: str | os.PathLike | None = None, civitai: Any = None) -> Any:
+def build_app(session: Session, models_dir: str | os.PathLike | None = None, civitai: Any = None) -> Any:
     """FastAPI app with the REST routes and the gradio page mounted at /.
 
     civitai: `CivitaiSettings` (default: civitai.com, key from CIVITAI_API_KEY, threshold PG13)."""
@@ -406,15 +365,10 @@ def build_app(session: Any, models_dir: str | os.PathLike | None = None, civitai
     from lora_core.app.api import register_routes
 
     app = FastAPI(title="lora_core")
-
-    def rescan():
-        fn = getattr(session, "rescan", None)
-        return fn() if callable(fn) else session_library(session).scan()
-
     civitai_settings = civitai if civitai is not None else settings_from_env()
-    sync = CivitaiSync(lambda: session_library(session), lambda: civitai_settings)
-    register_routes(app, lambda: session_library(session), prefix=API_PREFIX, rescan=rescan, civitai=sync)
-    blocks = build_blocks(session, models_dir or getattr(session, "models_dir", None), civitai=sync)
+    sync = CivitaiSync(lambda: session.library, lambda: civitai_settings)
+    register_routes(app, lambda: session.library, prefix=API_PREFIX, rescan=session.rescan, civitai=sync)
+    blocks = build_blocks(session, models_dir or session.models_dir, civitai=sync)
     return gr.mount_gradio_app(app, blocks, path="/", css=read_css(), head=page_head(),
                                footer_links=[])
 

@@ -165,6 +165,7 @@ class Session:
         image, messages). Each image carries its own infotext in `image.info["parameters"]`."""
         from lora_core.app.infotext import PNG_KEY, generation_infotext
         from lora_core.app.pipeline import GenerationParams, ParamError
+        from lora_core.request import resolve_prompt
         from lora_core.tags import parse_prompt
 
         prompt = prompt if isinstance(prompt, str) else ""
@@ -180,30 +181,17 @@ class Session:
                 ).validated()
             except ParamError as exc:
                 return [], "", [str(exc)]
-            parsed = parse_prompt(prompt, family=handle.family)
-            messages.extend(parsed.problems)
-            messages.extend(parsed.warnings)
+            resolved = resolve_prompt(prompt, self.library, family=handle.family, skip_broken=True)
+            messages.extend(resolved.problems + resolved.advice)
             # as in A1111, only the prompt's tags load LoRAs; tags in the negative prompt are dropped
             neg_parsed = parse_prompt(negative, family=handle.family)
             if neg_parsed.requests or neg_parsed.problems:
                 messages.append("LoRA tags in the negative prompt are ignored")
-            wanted = list(parsed.requests)
-            requests, used = [], []
-            for req in wanted:
-                try:
-                    entry = self.library.find(req.name)
-                except LookupError as exc:  # NotFound / AmbiguousName: readable messages
-                    messages.append(str(exc))
-                    continue
-                if entry.error:
-                    messages.append(f"LoRA {req.name}: {entry.error}")
-                    continue
-                requests.append((entry.path, req.te, req.unet, req.dyn, req.lbw))
-                used.append((req, entry))
-            params = _with_texts(params, parsed.clean_text, neg_parsed.clean_text)
+            messages.extend(resolved.unresolved)
+            params = _with_texts(params, resolved.clean_text, neg_parsed.clean_text)
             with handle.lock:
                 try:
-                    report = engine.apply(requests)
+                    report = engine.apply(resolved.requests)
                 except Exception as exc:  # not attributable to one LoRA; the patcher rolled back
                     logger.exception("applying LoRAs failed")
                     return [], "", messages + [f"LoRAs could not be applied: {exc}"]
@@ -217,9 +205,9 @@ class Session:
         # outside the lock: waiting for a new LoRA's hash must not hold up other generations
         if cancel is not None and cancel.is_set():
             messages.append(f"Cancelled: {len(images)} of {params.batch_count} images done")
-        used = [(req, entry) for req, entry in used if str(Path(entry.path)) in applied]
+        used = [req for req in resolved.requests if str(Path(req.path)) in applied]
         if used:
-            self.library.mark_used([entry.path for _, entry in used])
+            self.library.mark_used([req.path for req in used])
         lora_hashes = self._lora_hashes(used, messages)
         infotexts = []
         for image in images:
@@ -234,14 +222,16 @@ class Session:
         return images, (infotexts[0] if infotexts else ""), _dedupe(messages)
 
     def _lora_hashes(self, used, messages: list[str]) -> list[tuple[str, str]]:
-        """(name as written in the prompt, AutoV3 short hash) for the applied LoRAs."""
-        missing = [entry.path for _, entry in used if not entry.autov3]
+        """(name as written in the prompt, AutoV3 short hash) for the applied LoRAs (ApplyRequests
+        made by resolve_prompt, which carry the library entry)."""
+        missing = [req.path for req in used if not req.entry.autov3]
         if missing:
             self.library.request_hashes(missing)
             if not self.library.wait_for_hashes(HASH_WAIT_S):
                 messages.append("LoRA hashes are still being computed; the infotext has none for some LoRAs")
         out = []
-        for req, entry in used:
+        for req in used:
+            entry = req.entry
             if not entry.autov3:
                 try:
                     entry = self.library.entry(entry.path)

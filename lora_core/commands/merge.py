@@ -13,10 +13,13 @@ Exit status: 0 merged, 2 unreadable input, 3 a LoRA does not fit the checkpoint 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+
+from lora_core.request import ApplyRequest
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
-def parse_lora_arg(text: str) -> tuple[str, float, float]:
-    """PATH[:WEIGHT[:UNET]] -> (path, te, unet). Numbers are taken from the right, so a path
-    may itself contain ':' (C:\\loras\\x.safetensors)."""
+def parse_lora_arg(text: str) -> ApplyRequest:
+    """NAME|PATH[:WEIGHT[:UNET]] -> ApplyRequest(path=NAME|PATH, te, unet); `resolve_loras` turns
+    a name into its file. Numbers are taken from the right, so a path may itself contain ':'
+    (C:\\loras\\x.safetensors)."""
     parts = text.split(":")
     numbers: list[float] = []
     while len(parts) > 1 and len(numbers) < 2:
@@ -54,7 +58,7 @@ def parse_lora_arg(text: str) -> tuple[str, float, float]:
         raise ValueError(f"--lora {text!r}: no path")
     te = numbers[0] if numbers else 1.0
     unet = numbers[1] if len(numbers) > 1 else te
-    return path, te, unet
+    return ApplyRequest(path, te=te, unet=unet)
 
 
 class MergeError(Exception):
@@ -91,12 +95,13 @@ def read_checkpoint(path: str):
         raise MergeError(f"{path}: cannot read checkpoint ({exc})", EXIT_BAD_INPUT) from exc
 
 
-def merge(checkpoint: str, loras: list[tuple[str, float, float]], out: str) -> dict:
+def merge(checkpoint: str, loras: list[ApplyRequest], out: str) -> dict:
     """Do the merge; returns a summary. Raises MergeError (nothing written) on bad input."""
     from safetensors.torch import save_file
 
+    from lora_core.engine import active_lora
     from lora_core.formats import LoraFormatError, load_lora
-    from lora_core.patcher import ActiveLora, Patcher
+    from lora_core.patcher import Patcher
     from lora_core.targets import Binding
 
     state, metadata = read_checkpoint(checkpoint)
@@ -105,7 +110,8 @@ def merge(checkpoint: str, loras: list[tuple[str, float, float]], out: str) -> d
         raise MergeError(f"{checkpoint}: no Stable Diffusion UNet (model.diffusion_model.*) in this file",
                          EXIT_BAD_INPUT)
     stack = []
-    for path, te, unet in loras:
+    for req in loras:
+        path = req.path
         try:
             lora = load_lora(path)
         except LoraFormatError as exc:
@@ -119,7 +125,7 @@ def merge(checkpoint: str, loras: list[tuple[str, float, float]], out: str) -> d
         if matched == 0:
             raise MergeError(f"{path}: none of its {unmatched} modules exist in {os.path.basename(checkpoint)}",
                              EXIT_INCOMPATIBLE)
-        stack.append(ActiveLora(lora, te=te, unet=unet))
+        stack.append(active_lora(req, lora))
 
     # No backups: the originals are not needed after a one-shot bake (halves peak memory).
     patcher = Patcher(binding, keep_originals=False)
@@ -139,7 +145,7 @@ def merge(checkpoint: str, loras: list[tuple[str, float, float]], out: str) -> d
 
     metadata = dict(metadata)
     metadata["lora_core.merged"] = json.dumps(
-        [{"file": os.path.basename(p), "te": te, "unet": un} for p, te, un in loras])
+        [{"file": os.path.basename(r.path), "te": r.te, "unet": r.unet} for r in loras])
     from lora_core.library.atomic import atomic_write
 
     tensors = _unshared(state)
@@ -167,23 +173,25 @@ def _unshared(state: dict) -> dict:
     return out
 
 
-def resolve_loras(loras: list[tuple[str, float, float]], args: argparse.Namespace) -> list[tuple[str, float, float]]:
+def resolve_loras(loras: list[ApplyRequest], args: argparse.Namespace) -> list[ApplyRequest]:
     """Names -> files, as prompt tags resolve them (paths pass through). Raises MergeError."""
     from lora_core.commands.options import looks_like_path, lora_dirs
 
-    if all(looks_like_path(spec) for spec, _te, _unet in loras):
+    if all(looks_like_path(req.path) for req in loras):
         return loras
     from lora_core.library import Library
 
     out = []
     with Library(lora_dirs(args), getattr(args, "data_dir", None)) as lib:
         lib.scan()
-        for spec, te, unet in loras:
+        for req in loras:
+            spec = req.path
             if looks_like_path(spec):
-                out.append((spec, te, unet))
+                out.append(req)
                 continue
             try:
-                out.append((lib.find(spec).path, te, unet))
+                entry = lib.find(spec)
+                out.append(dataclasses.replace(req, path=entry.path, name=spec, entry=entry))
             except LookupError as exc:
                 raise MergeError(f"--lora {spec}: {exc} (looked in {', '.join(lora_dirs(args))})",
                                  EXIT_BAD_INPUT) from exc

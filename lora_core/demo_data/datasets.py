@@ -87,7 +87,7 @@ WARM = DemoDataset("warm", "lcwarm", SHAPES, None, "colour cast: warm (red up, b
 COOL = DemoDataset("cool", "lccool", SHAPES, None, "colour cast: cool (blue up, red down)",
                    grade=(-65.0, 0.0, 65.0))
 GREEN = DemoDataset("green", "lcmint", SHAPES, None, "colour cast: green tint",
-                    grade=(-55.0, 28.0, -55.0))
+                    grade=(-60.0, 30.0, -60.0))
 DEMO_LORA_DATASETS = {"style": STYLE, "concept": CONCEPT, "locon": LOCON, "warm": WARM, "cool": COOL,
                       "green": GREEN}
 

@@ -3,7 +3,8 @@
 Public API (see docs/ARCHITECTURE.md): `load_lora(path, name=None) -> LoraFile`, `LoraFile`,
 `Adapter`, `LoraFormatError`, `ModuleKey`.
 
-Importing the package does not import torch: `errors`, `keys` (key normalisation) and `family`
+Importing the package does not import torch: `errors`, `keys` (key normalisation), `family` and
+`algorithms` (the algorithm registry: detection, validation, rank, shape hint from shapes alone)
 are plain Python, so torch-free code may use them; the names that need torch load on first use.
 """
 from __future__ import annotations

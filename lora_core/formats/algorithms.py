@@ -296,7 +296,7 @@ class GLoRA(Algorithm):
 
     name = "glora"
     claims = frozenset({"a1.weight", "a2.weight", "b1.weight", "b2.weight", "bm.weight", "alpha", "scale"})
-    markers = claims - {"alpha", "scale"}
+    markers = frozenset({"a1.weight", "a2.weight", "b1.weight", "b2.weight"})
     _FACTORS = ("a1.weight", "a2.weight", "b1.weight", "b2.weight")
 
     def detect(self, shapes):

@@ -19,7 +19,7 @@ _CROSS_ATTN_KV = re.compile(r"attn2_to_(k|v)$")
 _SDXL_ONLY = re.compile(r"transformer_blocks_[1-9]|add_embedding|label_emb")
 
 
-def detect_family(raw_keys, shapes: dict[str, tuple[int, int]], metadata: dict[str, str]) -> str:
+def family_from_module_shapes(raw_keys, shapes: dict[str, tuple[int, int]], metadata: dict[str, str]) -> str:
     """raw_keys: the file's keys; shapes: ModuleKey -> (out, in_flat) where known."""
     joined = "\n".join(raw_keys)
     for pattern, name in _OTHER_FAMILIES:
@@ -79,7 +79,7 @@ _DOWN_SUFFIXES = frozenset({"lora_down.weight", "hada_w1_b", "hada_w2_b"})
 
 
 def family_from_header(header: dict, metadata: dict[str, str] | None = None) -> str:
-    """`detect_family` from a safetensors-style header {key: {"shape": [...], ...}} alone."""
+    """`family_from_module_shapes` from a safetensors-style header {key: {"shape": [...], ...}} alone."""
     shapes: dict[str, tuple[int, int]] = {}
     for key, info in header.items():
         if key.endswith(_NOT_INPUT_FACTOR) or not _WIDTH_EVIDENCE.search(key):
@@ -102,4 +102,4 @@ def family_from_header(header: dict, metadata: dict[str, str] | None = None) -> 
                 parsed = parse_key(key)
                 if parsed is not None and parsed.module is not None:
                     shapes.setdefault(parsed.module, (0, 0))
-    return detect_family(list(header), shapes, metadata or {})
+    return family_from_module_shapes(list(header), shapes, metadata or {})

@@ -12,7 +12,7 @@ import torch
 from . import algorithms
 from .adapter import Adapter, AdapterShapeError
 from .errors import LoraFormatError
-from .family import detect_family
+from .family import family_from_module_shapes
 from .keys import ModuleKey, parse_key
 from .reader import read_tensors
 
@@ -107,7 +107,7 @@ def load_lora(path, name: str | None = None) -> LoraFile:
         raise LoraFormatError(path, "the file holds no tensors")
 
     shapes = {k: _shape_hint(a) for k, a in adapters.items()}
-    family = detect_family(list(tensors), {k: s for k, s in shapes.items() if s}, metadata)
+    family = family_from_module_shapes(list(tensors), {k: s for k, s in shapes.items() if s}, metadata)
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     return LoraFile(path=path, name=name, metadata=metadata, adapters=adapters, family=family,
                     unclaimed=sorted(unclaimed), nbytes=nbytes)

@@ -61,11 +61,6 @@ def existing_preview(model_path: str | os.PathLike) -> Path | None:
     return None
 
 
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    """Replace `target` atomically, keeping its mode (a new file: the umask's default)."""
-    atomic_write(target, data)
-
-
 def write_info(model_path: str | os.PathLike, version_json: dict, extra: dict | None = None) -> Path:
     """Write `name.civitai.info`: Civitai's version JSON + `extensions.lora_core` = extra.
 
@@ -92,7 +87,7 @@ def write_info(model_path: str | os.PathLike, version_json: dict, extra: dict | 
         if len(payload) > MAX_INFO_WRITE:
             raise ValueError(f"Civitai info for {Path(model_path).name} is too large to store")
     target = info_path(model_path)
-    atomic_write_bytes(target, payload)
+    atomic_write(target, payload)  # keeps the mode of the file it replaces
     return target
 
 
@@ -137,5 +132,5 @@ def write_preview(model_path: str | os.PathLike, image_bytes: bytes, max_side: i
     """Convert to PNG and write `name.preview.png` atomically. Raises PreviewError on a bad image."""
     png = image_to_png(image_bytes, max_side)
     target = preview_path(model_path)
-    atomic_write_bytes(target, png)
+    atomic_write(target, png)
     return target

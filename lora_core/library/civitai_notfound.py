@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .civitai_files import atomic_write_bytes
+from .atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class NotFoundStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             payload = json.dumps({"version": 1, "hashes": entries}, indent=0, sort_keys=True)
-            atomic_write_bytes(self.path, payload.encode("utf-8"))
+            atomic_write(self.path, payload.encode("utf-8"))
         except OSError as exc:
             logger.warning("cannot save Civitai not-found record %s: %s", self.path, exc)
 

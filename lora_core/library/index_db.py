@@ -409,6 +409,23 @@ class IndexDB:
     def stored_sort_orders(self) -> dict[str, int]:
         return dict(self.connection().execute("SELECT key, version FROM sort_orders").fetchall())
 
+    def store_sort_order(self, key: str, version: int, counter: str, ids: bytes) -> None:
+        """Store a sort order computed at `version` of the meta counter `counter`, unless the index
+        changed since (then it is stale already). Raises StorageError."""
+        def run(conn):
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (counter,)).fetchone()
+            if row is not None and int(row[0]) == version:  # nothing changed since it was read
+                conn.execute("INSERT OR REPLACE INTO sort_orders(key, version, ids) VALUES(?, ?, ?)",
+                             (key, version, ids))
+        self.write(run, bump=False)
+
+    def save_folder_state(self, digests: dict, listings: dict) -> None:
+        """After a scan: folder digests and listings in one transaction (None values delete)."""
+        def run(conn):
+            IndexDB.set_folder_digests(conn, digests)
+            IndexDB.set_folder_listings(conn, listings)
+        self.write(run, bump=False)
+
     def data_version(self) -> int:
         """Changes whenever another connection commits (PRAGMA data_version)."""
         return self.connection().execute("PRAGMA data_version").fetchone()[0]

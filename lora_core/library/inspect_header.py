@@ -110,7 +110,7 @@ if not (isinstance(_NOT_INPUT_FACTOR, tuple) and all(isinstance(x, str) for x in
 
 
 def _family_relevant(key: str) -> bool:
-    """Whether one key can change `detect_family`'s answer: a superset of every key the rules of
+    """Whether one key can change `family_from_header_or_names`'s answer: a superset of every key the rules of
     `formats.family.family_from_header` (and the SD1 name fallback here) look at. Every one of
     those patterns matches within a single key, so the answer for the relevant keys alone is the
     answer for the whole file."""
@@ -122,7 +122,7 @@ def _family_relevant(key: str) -> bool:
     return _SD1_NAMES.search(key.lower()) is not None
 
 
-def detect_family(header: dict, metadata: dict[str, str] | None = None) -> str:
+def family_from_header_or_names(header: dict, metadata: dict[str, str] | None = None) -> str:
     """sd1 | sd2 | sdxl | sd3 | flux | stable-cascade | transformer | unknown.
 
     The same rules `load_lora` applies to a loaded file (`lora_core.formats.family`, torch-free):
@@ -239,16 +239,13 @@ def embedded_cover(metadata: dict[str, str]) -> bytes | None:
 
 
 def _rank_from_shapes(header: dict, split=split_key) -> int | None:
-    """The most common rank (`formats.algorithms.LoRA.rank`) of the modules with a LoRA down factor."""
-    modules: dict[str, dict] = {}
+    """The most common rank (`formats.algorithms.LoRA.rank`) over the LoRA down factors."""
+    lora = _algorithms.BY_NAME["lora"]
+    ranks = Counter()
     for key, info in header.items():
         shape = info.get("shape") if isinstance(info, dict) else None
-        if isinstance(shape, list) and all(type(d) is int for d in shape):
-            module, suffix = split(key)
-            if suffix is not None:
-                modules.setdefault(module, {})[suffix] = shape
-    lora = _algorithms.BY_NAME["lora"]
-    ranks = Counter(lora.rank(shapes) for shapes in modules.values() if shapes.get("lora_down.weight"))
+        if isinstance(shape, list) and shape and type(shape[0]) is int and split(key)[1] == "lora_down.weight":
+            ranks[lora.rank({"lora_down.weight": shape})] += 1
     return ranks.most_common(1)[0][0] if ranks else None
 
 
@@ -356,7 +353,7 @@ class Summarizer:
         return family
 
     def _family_of_keys(self, keys: dict, metadata: dict[str, str], by_meta: str) -> str:
-        """detect_family of a sub-header, shared by layouts that differ only in rank: the rules
+        """family_from_header_or_names of a sub-header, shared by layouts that differ only in rank: the rules
         read the names, and a shape only as the input width (shape[1:]) of a key that is not an
         output factor or scalar (ARCHITECTURE.md, formats)."""
         try:
@@ -367,7 +364,7 @@ class Summarizer:
         except (TypeError, KeyError):   # shapes that are not lists: no sharing
             key = family = None
         if family is None:
-            family = detect_family(keys, metadata)
+            family = family_from_header_or_names(keys, metadata)
             if key is not None:
                 if len(self._families) >= self.MAX_LAYOUTS:
                     self._families.clear()

@@ -115,29 +115,29 @@ def trim_civitai(info: dict | None) -> dict | None:
     })
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Replace `path` with `data` atomically, keeping its mode (a new file: the umask's default).
-    Raises StorageError with a readable message."""
+def write_bytes(path: str, data: bytes) -> None:
+    """Replace `path` with `data` by `atomic.atomic_write` (keeps its mode; a new file gets the
+    umask's default). Raises StorageError with a readable message."""
     try:
         atomic_write(path, data, prefix=".tmp-")
     except OSError as exc:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def atomic_write_json(path: str, data: dict) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=4, ensure_ascii=False).encode("utf-8"))
+def write_json(path: str, data: dict) -> None:
+    write_bytes(path, json.dumps(data, indent=4, ensure_ascii=False).encode("utf-8"))
 
 
 def write_user_metadata(lora_path: str, updates: dict) -> dict:
     """Merge `updates` into the `.json` sidecar (keys not given are kept) and write it atomically."""
     current = _read_json(user_metadata_path(lora_path), MAX_USER_METADATA_BYTES) or {}
     current.update(updates)
-    atomic_write_json(user_metadata_path(lora_path), current)
+    write_json(user_metadata_path(lora_path), current)
     return current
 
 
 def write_civitai_info(lora_path: str, info: dict) -> None:
-    atomic_write_json(civitai_info_path(lora_path), info)
+    write_json(civitai_info_path(lora_path), info)
 
 
 def find_preview(lora_path: str, names_in_folder: set[str] | None = None) -> str | None:

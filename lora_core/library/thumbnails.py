@@ -10,7 +10,7 @@ import io
 import logging
 import os
 
-from lora_core.library.sidecars import atomic_write_bytes
+from lora_core.library.sidecars import write_bytes
 from lora_core.library.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def thumbnail(cache_dir: str, source_path: str | None = None, data: bytes | None
     target = base + ext
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        atomic_write_bytes(target, rendered)
+        write_bytes(target, rendered)
     except (StorageError, OSError) as exc:
         logger.warning("thumbnail cache not written: %s", exc)
         return None

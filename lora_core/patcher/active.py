@@ -11,9 +11,7 @@ from typing import Any
 # LoRA Block Weight layout (hako-mikan/sd-webui-lora-block-weight): BASE is the text encoder(s),
 # then LDM input_blocks 0..11, middle_block, output_blocks 0..11. `lora_core.tags` resolves an
 # `lbw=` value to a 26-tuple in exactly this order.
-BLOCK_IDS_26 = ("BASE",) + tuple(f"IN{i:02d}" for i in range(12)) + ("M00",) + tuple(
-    f"OUT{i:02d}" for i in range(12)
-)
+from lora_core.tags.block_weights import BLOCK_IDS_26  # noqa: E402  (torch-free, the one table)
 
 
 def normalize_block_weights(block_weights: Any) -> tuple[tuple[str, float], ...] | None:

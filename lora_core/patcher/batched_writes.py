@@ -1,9 +1,8 @@
 """Slot writes for accelerators (CUDA, XPU, MPS): a few large kernels instead of several per slot.
 
-On a GPU the arithmetic of a LoRA apply is nearly free (an SD1.5 rank-32 LoRA is ~0.7 GB of
-weights: well under a millisecond of memory traffic on an H100), so what an apply costs is the
-host's time to issue kernels: the per-slot path of slot_math.py launches 4 small kernels per 1M
-elements and runs ~20 lines of Python per slot. Here:
+On a GPU the arithmetic of a LoRA apply is nearly free, so what an apply costs is the host's time
+to issue kernels: the per-slot path of slot_math.py launches several small kernels and runs some
+Python per slot (numbers: docs/BENCHMARKS.md, "Patcher: measurements behind the design"). Here:
 
 * the W0 backups of every newly touched tensor are taken with ONE multi-tensor copy
   (`torch._foreach_copy_`), and slots that go back to W0 are reset with another;
@@ -21,7 +20,7 @@ to the per-slot path, in the same call.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
@@ -32,8 +31,23 @@ from lora_core.patcher.slot_math import CHUNKED_DTYPES
 BATCH_BYTES = 256 << 20
 
 
-def batch_key(live: torch.Tensor, shape: tuple, contribs: Sequence[tuple]) -> tuple | None:
-    """What slots must share to be computed in one batched matmul; None: per-slot path."""
+class BatchKey(NamedTuple):
+    """What slots must share to be computed in one batched matmul."""
+
+    device: torch.device
+    dtype: torch.dtype         # the live weight's dtype
+    rows: int                  # ΔW as a [rows, cols] matrix
+    cols: int
+    ranks: tuple[int, ...]     # rank of each low-rank contribution, in stack order
+
+    @property
+    def slot_elements(self) -> int:
+        return self.rows * self.cols
+
+
+def batch_key(live: torch.Tensor, shape: tuple, contribs: Sequence[tuple]) -> BatchKey | None:
+    """The batch a slot belongs to; None: the per-slot path (a ΔW that is not plain low-rank, or a
+    weight dtype/layout the batched writes do not handle)."""
     if not contribs or any(e.low_rank is None for e, _m, _d in contribs):
         return None
     if live.dtype not in CHUNKED_DTYPES or not live.is_contiguous():
@@ -41,12 +55,12 @@ def batch_key(live: torch.Tensor, shape: tuple, contribs: Sequence[tuple]) -> tu
     rows = int(shape[0]) if shape else 1
     cols = live.numel() // max(1, rows)
     ranks = tuple(int(e.low_rank[0].shape[1]) for e, _m, _d in contribs)
-    return (live.device, live.dtype, rows, cols, ranks)
+    return BatchKey(live.device, live.dtype, rows, cols, ranks)
 
 
 def batch_limit(device: torch.device) -> int:
-    """BATCH_BYTES, or an eighth of the device's free memory when that is less (a 4 GB card that
-    holds SD1.5 has a few hundred MB free; the product buffers must not push it over)."""
+    """BATCH_BYTES, or an eighth of the device's free memory when that is less (a small card that
+    holds the model has little free; the product buffers must not push it over)."""
     limit = BATCH_BYTES
     if device.type == "cuda":
         try:
@@ -64,14 +78,14 @@ def split_batches(items: Sequence[Any], slot_elements: int, limit_bytes: int | N
     return [list(items[i:i + per]) for i in range(0, len(items), per)]
 
 
-def stacked_delta(contribs_per_slot: Sequence[Sequence[tuple]], rows: int, cols: int,
-                  compute_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """fp32 [n, rows, cols]: Σⱼ mⱼ·sⱼ·Uⱼ@Dⱼ of every slot, by one batched matmul.
+def stacked_delta(contribs_per_slot: Sequence[Sequence[tuple]], key: BatchKey,
+                  compute_dtype: torch.dtype) -> torch.Tensor:
+    """fp32 [n, key.rows, key.cols]: Σⱼ mⱼ·sⱼ·Uⱼ@Dⱼ of every slot (all of batch `key`), by one batched matmul.
 
     Contributions of one slot are stacked along the rank (as slot_math does for one slot), so a
     stack of LoRAs is still one product per batch."""
     ups, downs = [], []
-    n_contribs = len(contribs_per_slot[0])
+    device, n_contribs = key.device, len(key.ranks)
     for j in range(n_contribs):
         up = torch.stack([c[j][0].low_rank[0] for c in contribs_per_slot])
         down = torch.stack([c[j][0].low_rank[1] for c in contribs_per_slot])
@@ -81,7 +95,8 @@ def stacked_delta(contribs_per_slot: Sequence[Sequence[tuple]], rows: int, cols:
         downs.append(down.to(device=device, dtype=compute_dtype))
     up = ups[0] if n_contribs == 1 else torch.cat(ups, dim=2)
     down = downs[0] if n_contribs == 1 else torch.cat(downs, dim=1)
-    product = torch.bmm(up.view(len(contribs_per_slot), rows, -1), down.view(len(contribs_per_slot), -1, cols))
+    n = len(contribs_per_slot)
+    product = torch.bmm(up.view(n, key.rows, -1), down.view(n, -1, key.cols))
     return product if product.dtype == torch.float32 else product.float()
 
 

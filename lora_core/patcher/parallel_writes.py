@@ -3,7 +3,8 @@
 Why not torch's own intra-op threads: every op of a slot write (a 4 MB block copy, an addmm)
 is then split across the threads and joined again, some two thousand joins for an SD1.5 LoRA,
 the per-slot Python work runs on one core while the other waits, and on a machine where another
-process keeps a core busy a descheduled thread stalls every join (measured 4-30x slower).
+process keeps a core busy a descheduled thread stalls every join (docs/BENCHMARKS.md, "Patcher:
+measurements behind the design").
 Whole slots per thread have none of that: torch ops release the GIL, so one thread's Python
 overlaps the other's kernels, and a thread that gets no CPU for a while only leaves its share
 of the queue to the others.
@@ -18,6 +19,8 @@ import threading
 from typing import Any, Callable, Sequence
 
 import torch
+
+from lora_core.cpu_threads import torch_threads
 
 
 def run_parallel(items: Sequence[Any], work: Callable[[Any, Any], None], workers: int,
@@ -58,11 +61,9 @@ def run_parallel(items: Sequence[Any], work: Callable[[Any, Any], None], workers
                 failure.append(exc)
             stop.set()
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
     helpers = [threading.Thread(target=loop, name=f"lora_core-patch-{i}", daemon=True)
                for i in range(max(0, workers - 1))]
-    try:
+    with torch_threads(1):
         for t in helpers:
             t.start()
         try:
@@ -72,8 +73,6 @@ def run_parallel(items: Sequence[Any], work: Callable[[Any, Any], None], workers
             stop.set()
         finally:
             stop_and_join(helpers, stop)
-    finally:
-        torch.set_num_threads(old)
     if failure:
         raise failure[0]
 

@@ -14,22 +14,23 @@ Every apply is all-or-nothing: if any write fails, the slots already rewritten a
 from W0 with their previous contributions (the same deterministic formula that wrote them) and
 the call raises PatchError.
 
-Large applies write whole slots on torch.get_num_threads() worker threads with one intra-op thread
-each (parallel_writes.py); small ones stay on the calling thread. A slot's value does not depend on
-which thread wrote it.
+Threads (CPU tensors): large applies write whole slots on torch.get_num_threads() worker threads
+with one intra-op thread each (parallel_writes.py); smaller ones stay on the calling thread, small
+slots with one intra-op thread and large slots with `Patcher.large_slot_threads`. Every change of
+torch's thread setting goes through `lora_core.cpu_threads.torch_threads`. A slot's value does not
+depend on which thread wrote it. Accelerator tensors take batched_writes.py (one thread).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable, Iterable
 
 import torch
 
+from lora_core import cpu_threads
 from lora_core.patcher import batched_writes
 from lora_core.patcher.active import ActiveLora
 from lora_core.patcher.errors import AdapterFailure, PatchError
@@ -42,66 +43,13 @@ log = logging.getLogger(__name__)
 
 
 # Applies below PARALLEL_MIN_ELEMENTS are written on the calling thread, and there slots smaller
-# than this use one intra-op thread: for them the cost of waking and joining a second thread exceeds
-# the work it takes over, and on a loaded machine a descheduled worker stalls every op.
+# than SMALL_SLOT_ELEMENTS use one intra-op thread: waking and joining a second thread costs more
+# than the work it takes over. An apply of at least PARALLEL_MIN_ELEMENTS spreads whole slots over
+# torch.get_num_threads() worker threads (parallel_writes.py). Why these sizes: docs/BENCHMARKS.md.
 SMALL_SLOT_ELEMENTS = 1 << 18
-# An apply that rewrites at least this many elements (8 MB of fp16, about 10 ms of work on one core)
-# spreads whole slots over torch.get_num_threads() worker threads (see parallel_writes.py).
 PARALLEL_MIN_ELEMENTS = 1 << 22
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int | None):
-    """torch's intra-op thread count set to `n` for the block (None: leave it). Process-wide, so
-    only held for the duration of slot writes, which hosts never run concurrently with sampling."""
-    old = torch.get_num_threads()
-    if n is None or n >= old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _threads_for_large_slots() -> int | None:
-    """Intra-op threads for the large slots: torch's setting, or fewer when other processes keep
-    CPUs busy right now (a thread that gets no CPU stalls every parallel op: at full size, SD1.5 on
-    2 cores with one kept busy by another process, a 2-thread apply took 4-30x as long as a
-    1-thread one; on idle cores both policies measured the same). None: keep torch's setting."""
-    elsewhere = _runnable_elsewhere()
-    if elsewhere is None:
-        return None
-    free = _usable_cpus() - elsewhere
-    return max(1, free) if free < torch.get_num_threads() else None
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # a process pinned to 2 of 16 CPUs has 2
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _runnable_elsewhere() -> int | None:
-    """Threads of other processes runnable at this moment (Linux: /proc/loadavg's running count
-    minus this process's running threads); None where that cannot be read."""
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            running = int(f.read().split()[3].split("/")[0])
-        ours = 0
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as f:
-                    stat = f.read()
-            except OSError:  # the thread ended meanwhile
-                continue
-            if stat[stat.rindex(")") + 2:].startswith("R"):
-                ours += 1
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0, running - ours)
+# Patcher.large_slot_threads: "free" (default), "torch" or a thread count; see the Patcher docstring.
+LARGE_SLOT_THREADS = ("free", "torch")
 
 
 def _parallel_workers(slots: list) -> int:
@@ -113,7 +61,7 @@ def _parallel_workers(slots: list) -> int:
         return 1
     if any(ref.tensor.device.type != "cpu" for _key, ref in slots):
         return 1
-    return max(1, min(torch.get_num_threads(), _usable_cpus(), len(tensors)))
+    return max(1, min(torch.get_num_threads(), cpu_threads.usable_cpus(), len(tensors)))
 
 
 def _by_tensor(slots: list) -> list[list]:
@@ -161,14 +109,26 @@ class Patcher:
     `batched`: write slots in batches (batched_writes.py: few large kernels, for accelerators)
     or one by one (slot_math.py: cache-sized row blocks, for CPUs). None: batched exactly when
     every slot of the call lives on a device other than the CPU.
+
+    `large_slot_threads`: torch's intra-op threads for slots of at least SMALL_SLOT_ELEMENTS in an
+    apply written on the calling thread (below PARALLEL_MIN_ELEMENTS, or one tensor only).
+    "free" (default): torch's setting, lowered to the CPUs other processes leave free at that
+    moment (Linux /proc/loadavg; elsewhere torch's setting); "torch": torch's setting; a number:
+    that many. On a busy machine a thread that gets no CPU stalls every op it shares
+    (docs/BENCHMARKS.md, "Patcher: measurements behind the design").
     """
 
     def __init__(self, binding: Any, compute_dtype: torch.dtype = torch.float32, keep_originals: bool = True,
-                 batched: bool | None = None):
+                 batched: bool | None = None, large_slot_threads: int | str = "free"):
+        if large_slot_threads not in LARGE_SLOT_THREADS and not (
+                isinstance(large_slot_threads, int) and large_slot_threads >= 1):
+            raise ValueError(f"large_slot_threads must be 'free', 'torch' or a positive number, "
+                             f"not {large_slot_threads!r}")
         self.binding = binding
         self.compute_dtype = compute_dtype
         self.keep_originals = keep_originals
         self.batched = batched
+        self.large_slot_threads = large_slot_threads
         self._lock = threading.RLock()
         self._stack: tuple[ActiveLora, ...] = ()
         self._plans: dict[tuple, LoraPlan] = {}
@@ -206,7 +166,7 @@ class Patcher:
             if not self.keep_originals and (self._baked or self._contribs):
                 raise RuntimeError("this Patcher was created without backups and has already applied a stack")
             report = PatchReport()
-            with _intra_op_threads(1):  # factor conversions: many tiny ops (see SMALL_SLOT_ELEMENTS)
+            with cpu_threads.torch_threads(1):  # factor conversions: many tiny ops (see SMALL_SLOT_ELEMENTS)
                 plans, accepted = self._plan_stack(stack, report)
             desired, refs = self._desired_state(accepted)
             # stack order, then slots that leave: deterministic, and close to memory order
@@ -418,13 +378,12 @@ class Patcher:
             batches = []
             limits = {}
             for bkey, members in groups.items():
-                if bkey[0] not in limits:
-                    limits[bkey[0]] = batched_writes.batch_limit(bkey[0])
-                for run in batched_writes.split_batches(members, bkey[2] * bkey[3], limits[bkey[0]]):
+                if bkey.device not in limits:
+                    limits[bkey.device] = batched_writes.batch_limit(bkey.device)
+                for run in batched_writes.split_batches(members, bkey.slot_elements, limits[bkey.device]):
                     batches.append((bkey, run))
             for bkey, run in batches:
-                delta = batched_writes.stacked_delta([c for _k, _l, _w, c in run], bkey[2], bkey[3],
-                                                     self.compute_dtype, bkey[0])
+                delta = batched_writes.stacked_delta([c for _k, _l, _w, c in run], bkey, self.compute_dtype)
                 written.extend(k for k, _l, _w, _c in run)  # before the first write: rolled back on failure
                 batched_writes.write_batch([l for _k, l, _w, _c in run], [w for _k, _l, w, _c in run], delta)
                 del delta
@@ -440,11 +399,11 @@ class Patcher:
         small, big = [], []
         for key, ref in slots:
             (small if _numel(ref.shape) < SMALL_SLOT_ELEMENTS else big).append((key, ref))
-        big_threads = _threads_for_large_slots() if big else None
+        big_threads = self._large_slot_threads() if big else None
         scratch = Scratch()  # one fp32 row-block buffer for all of this call's slot writes
         used = 1
         for group, threads in ((small, 1), (big, big_threads)):
-            with _intra_op_threads(threads):
+            with cpu_threads.torch_threads(threads):
                 if group:
                     used = max(used, torch.get_num_threads())
                 for key, ref in group:
@@ -454,11 +413,19 @@ class Patcher:
                         progress(len(written), len(slots))
         return used
 
+    def _large_slot_threads(self) -> int | None:
+        """Intra-op threads for the large slots of a write on the calling thread; None: torch's."""
+        if self.large_slot_threads == "free":
+            return cpu_threads.free_cpu_threads()
+        if self.large_slot_threads == "torch":
+            return None
+        return int(self.large_slot_threads)
+
     def _write_parallel(self, slots: list, desired: dict, written: list, progress, workers: int) -> None:
         items = _by_tensor(slots)
         # New backups are allocated here, on the calling thread: glibc serves it from the main arena,
         # which recycles the memory earlier backups gave back, while a worker thread's arena returns
-        # freed memory to the OS and faults every page in again (measured: ~40k faults per SD1.5 apply).
+        # freed memory to the OS and faults every page in again (docs/BENCHMARKS.md).
         memory = {}
         if self.keep_originals:
             for item in items:

@@ -52,7 +52,7 @@ def make_slot_ref(slot: Any) -> SlotRef:
 
 
 @dataclass(eq=False)
-class Entry:
+class Contribution:
     """One adapter's contribution to one slot (its weight or its bias)."""
 
     slot: SlotRef
@@ -71,7 +71,7 @@ class Entry:
 class LoraPlan:
     lora: Any
     dyn: int | None
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[Contribution] = field(default_factory=list)
     report: LoraReport | None = None
 
 
@@ -98,7 +98,7 @@ def build_plan(
                 report.unmatched_keys.append(str(key))
             continue
         ref = make_slot_ref(slot)
-        entry = Entry(ref, adapter, "weight", lora=lora)
+        entry = Contribution(ref, adapter, "weight", lora=lora)
         low_rank = adapter.low_rank(dyn) if hasattr(adapter, "low_rank") else None
         if low_rank is not None:
             entry.low_rank = _prepare_low_rank(low_rank, ref, name, key, compute_dtype)
@@ -119,7 +119,7 @@ def build_plan(
                     log.warning("%s: bias delta of %s has %d values, the model's bias %d; ignored",
                                 name, key, db.numel(), _numel(bref.shape))
                 else:
-                    plan.entries.append(Entry(bref, adapter, "bias", bias_delta=db, lora=lora))
+                    plan.entries.append(Contribution(bref, adapter, "bias", bias_delta=db, lora=lora))
     _upload_factors(plan.entries, compute_dtype)
     report.unmatched += len(unclaimed)
     for k in unclaimed[: max(0, _MAX_EXAMPLES - len(report.unmatched_keys))]:
@@ -153,9 +153,9 @@ def _prepare_low_rank(low_rank, ref: SlotRef, name: str, key, compute_dtype) -> 
 
 def _upload_factors(entries: list, compute_dtype: torch.dtype) -> None:
     """Move the low-rank factors that are not yet on their weight's device there: one host-to-device
-    copy per (device, dtype) instead of two per module (an SD1.5 LoRA has ~260 modules; each small
-    copy from pageable memory waits for the device, some 10-20 µs)."""
-    by_device: dict[torch.device, list[Entry]] = {}
+    copy per (device, dtype) instead of two per module (each small copy from pageable memory waits
+    for the device; see docs/BENCHMARKS.md)."""
+    by_device: dict[torch.device, list[Contribution]] = {}
     for e in entries:
         if e.low_rank is not None and e.low_rank[0].device != e.slot.tensor.device:
             by_device.setdefault(e.slot.tensor.device, []).append(e)

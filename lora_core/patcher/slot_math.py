@@ -59,7 +59,7 @@ def write_slot(
     """Overwrite `live` (a view of the model's tensor) with W0 + Σ m·ΔW.
 
     `w0` is the slot's original value (same shape as `live`); `contributions` is a list of
-    (Entry, multiplier, dyn) in stack order. With no contributions the slot is reset to W0.
+    (Contribution, multiplier, dyn) in stack order. With no contributions the slot is reset to W0.
     With `fill`, `w0` is `fill.tensor`, not yet written: it is filled from `live` on the way.
     `scratch` (optional) lends the fp32 row-block buffer, so a run of slot writes reuses one.
     """
@@ -116,7 +116,7 @@ def _chunkable(live: torch.Tensor, w0: torch.Tensor) -> bool:
 
 class Scratch:
     """One fp32 row-block buffer lent to consecutive slot writes (a fresh 4 MB buffer per slot
-    is fresh memory each time: about a thousand page faults per slot)."""
+    is fresh memory, page-faulted in each time; see docs/BENCHMARKS.md)."""
 
     def __init__(self):
         self._buf: torch.Tensor | None = None

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import math
 
-BLOCK_IDS_26 = (
-    ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
-)
-BLOCK_IDS_26 = tuple(BLOCK_IDS_26)
+# The one table of lbw block ids (targets.naming and patcher.active import it from here).
+BLOCK_IDS_26 = ("BASE",) + tuple(f"IN{i:02d}" for i in range(12)) + ("M00",) + tuple(f"OUT{i:02d}" for i in range(12))
 
 # Which blocks a vector of a given length lists, in order (lengths the extension accepts).
 LAYOUTS: dict[int, tuple[str, ...]] = {

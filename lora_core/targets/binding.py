@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from . import naming
-from .layout import detect_family, layout_from_diffusers, layout_from_ldm
+from .layout import family_from_unet_shapes, layout_from_diffusers, layout_from_ldm
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Binding:
         te_tensors = [(f"te{i + 1}", *_live_parameters(te)) for i, te in enumerate(text_encoders or ())
                       if te is not None]
         shapes = {n: t.shape for n, t in unet_tensors.items()}
-        detected = detect_family(shapes, "diffusers", {c: "hf" for c, _, _ in te_tensors})
+        detected = family_from_unet_shapes(shapes, "diffusers", {c: "hf" for c, _, _ in te_tensors})
         binding = cls(family or detected)
         if unet_tensors:
             binding._add_unet(unet_tensors, unet_names, "diffusers")
@@ -208,7 +208,7 @@ class Binding:
             tes.setdefault(component, (namespace, {}))[1][name] = tensor
             source_names[f"{component}:{name}"] = given[0] if given else f"{component}.{name}"
         shapes = {n: t.shape for n, t in unet.items()}
-        detected = detect_family(shapes, "ldm", {c: ns for c, (ns, _) in tes.items()})
+        detected = family_from_unet_shapes(shapes, "ldm", {c: ns for c, (ns, _) in tes.items()})
         binding = cls(family or detected)
         if unet:
             binding._add_unet(unet, {n: unet_prefix + n for n in unet}, "ldm")

@@ -112,7 +112,7 @@ def layout_from_ldm(shapes: Shapes) -> UNetLayout | None:
 _CONTEXT_DIM_FAMILY = MappingProxyType({768: "sd1", 1024: "sd2", 2048: "sdxl"})
 
 
-def detect_family(
+def family_from_unet_shapes(
     unet_shapes: Shapes,
     namespace: str,
     text_encoders: Mapping[str, str] | None = None,

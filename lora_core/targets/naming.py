@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from lora_core.tags.block_weights import BLOCK_IDS_26, LAYOUTS
+
 FAMILIES = ("sd1", "sd2", "sdxl")
 
 # ---------------------------------------------------------------------------------------------
@@ -295,16 +297,10 @@ def flat(path: str) -> str:
 # lbw block weights
 # ---------------------------------------------------------------------------------------------
 
-LBW_BLOCK_IDS_26 = ("BASE",) + tuple(f"IN{i:02d}" for i in range(12)) + ("M00",) + tuple(
-    f"OUT{i:02d}" for i in range(12))
-# The block lists of each vector length the extension accepts (its BLOCKID12/17/20/26).
-LBW_BLOCK_IDS = MappingProxyType({
-    26: LBW_BLOCK_IDS_26,
-    17: ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",
-         "OUT03", "OUT04", "OUT05", "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11"),
-    12: ("BASE", "IN04", "IN05", "IN07", "IN08", "M00", "OUT00", "OUT01", "OUT02", "OUT03", "OUT04", "OUT05"),
-    20: ("BASE",) + tuple(f"IN{i:02d}" for i in range(9)) + ("M00",) + tuple(f"OUT{i:02d}" for i in range(9)),
-})
+# The block lists of each vector length the extension accepts (its BLOCKID12/17/20/26): the tables
+# of lora_core.tags.block_weights, which resolves lbw= values (one table for both).
+LBW_BLOCK_IDS_26 = BLOCK_IDS_26
+LBW_BLOCK_IDS = MappingProxyType(LAYOUTS)
 # Vector lengths that are native to a family (others still work, as in the extension).
 LBW_LENGTHS = MappingProxyType({"sd1": (17, 26), "sd2": (17, 26), "sdxl": (12, 20)})
 

@@ -43,9 +43,9 @@ RECIPES = (
     # trigger word last. They replace the rank-1 conv_out LoRAs once calibrated against the model by
     # a pinv solve, whose Jacobian is near zero on scene prompts (warm washed a scene yellow, cool
     # moved a blue star by 3 levels of 255): measured in docs/DEMO_MODEL.md.
-    DemoLoraRecipe("demo_warm", "colour", WARM, "locon", 4, 4.0, 400),
+    DemoLoraRecipe("demo_warm", "colour", WARM, "locon", 4, 4.0, 800),
     DemoLoraRecipe("demo_cool", "colour", COOL, "locon", 4, 4.0, 400),
-    DemoLoraRecipe("demo_green", "colour", GREEN, "locon", 4, 4.0, 400),
+    DemoLoraRecipe("demo_green", "colour", GREEN, "locon", 4, 4.0, 800),
 )
 
 

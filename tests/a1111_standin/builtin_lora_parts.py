@@ -59,3 +59,18 @@ class BuiltinLora:
 
     def unload(self):
         self.calls.append(("unload",))
+
+
+def add_builtin_options(parser):
+    """The built-ins' preload (identical in A1111 and Forge): the two options, defined
+    unconditionally; the webui runs it after the user extensions' preloads, even when disabled."""
+    import os
+
+    from modules import paths
+    from modules.paths_internal import normalized_filepath
+
+    parser.add_argument("--lora-dir", type=normalized_filepath, default=os.path.join(paths.models_path, "Lora"),
+                        help="Path to directory with Lora networks.")
+    parser.add_argument("--lyco-dir-backcompat", type=normalized_filepath,
+                        default=os.path.join(paths.models_path, "LyCORIS"),
+                        help="Path to directory with LyCORIS networks (also --lyco-dir).")
