@@ -1,13 +1,15 @@
 """Client half of tools/host_compare.sh: one fixed sequence of txt2img requests against a running
 AUTOMATIC1111 or Forge server, timed from the client; the images and times go to OUT_DIR.
 
-    python tools/host_compare.py run URL OUT_DIR --loras L1,L2 [--label NAME]
+    python tools/host_compare.py run URL OUT_DIR --loras L1,L2 [--label NAME] [--pid SERVER_PID]
     python tools/host_compare.py compare DIR_A DIR_B [--tolerance 1] [--markdown FILE]
 
 The sequence covers what a user does with LoRAs between generations: a first apply, the same tag
 again, a new weight, a switch, a stack of two, the same stack again, different text-encoder and
-UNet weights, then no LoRA. Base requests (no tag) before, between and after give the base time
-that each request's extra time is measured against. Runs with the webui's own Python (stdlib,
+UNet weights, then no LoRA. Base requests (no tag) before and after give the base time that each
+request's extra time is measured against: wall-clock seconds seen by the client and, with
+--pid, CPU seconds the server process spent (user + system, all threads), which stay comparable
+when other jobs share the machine. Runs with the webui's own Python (stdlib,
 numpy and Pillow only), so it needs nothing from this project.
 """
 from __future__ import annotations
@@ -42,6 +44,15 @@ def sequence(l1: str, l2: str) -> list[tuple[str, str]]:
     ]
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process `pid` and its threads so far (Linux /proc)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def txt2img(url: str, prompt: str) -> tuple[float, bytes, str]:
     payload = {"prompt": prompt, "negative_prompt": "", "width": 64, "height": 64, "steps": 2,
                "sampler_name": "Euler", "scheduler": "Automatic", "seed": 1, "cfg_scale": 7,
@@ -57,20 +68,25 @@ def txt2img(url: str, prompt: str) -> tuple[float, bytes, str]:
     return seconds, base64.b64decode(reply["images"][0]), infotext
 
 
-def run(url: str, out_dir: str, l1: str, l2: str, label: str) -> dict:
+def run(url: str, out_dir: str, l1: str, l2: str, label: str, pid: int | None = None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     steps = []
     for name, prompt in sequence(l1, l2):
+        cpu0 = cpu_seconds(pid)
         seconds, png, infotext = txt2img(url, prompt)
+        cpu = cpu_seconds(pid) - cpu0
         with open(os.path.join(out_dir, f"{name}.png"), "wb") as f:
             f.write(png)
-        steps.append({"step": name, "prompt": prompt, "seconds": round(seconds, 3), "infotext": infotext})
-        print(f"{label:>10} {name:>16} {seconds:7.2f} s", flush=True)
-    bases = [s["seconds"] for s in steps if s["step"].startswith("base_") and s["step"] != "base_warmup"]
-    base = statistics.median(bases)
+        steps.append({"step": name, "prompt": prompt, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+                      "infotext": infotext})
+        print(f"{label:>10} {name:>16} {seconds:7.2f} s  cpu {cpu:7.2f} s", flush=True)
+    bases = [s for s in steps if s["step"].startswith("base_") and s["step"] != "base_warmup"]
+    base = statistics.median(s["seconds"] for s in bases)
+    base_cpu = statistics.median(s["cpu_seconds"] for s in bases)
     for s in steps:
         s["extra_seconds"] = round(s["seconds"] - base, 3)
-    result = {"label": label, "url": url, "base_seconds": base, "steps": steps}
+        s["extra_cpu_seconds"] = round(s["cpu_seconds"] - base_cpu, 3)
+    result = {"label": label, "url": url, "base_seconds": base, "base_cpu_seconds": base_cpu, "steps": steps}
     with open(os.path.join(out_dir, "times.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -96,19 +112,26 @@ def compare(dir_a: str, dir_b: str, tolerance: int) -> tuple[bool, list[dict]]:
         diff = int(abs(pa - pb).max())
         effect = float(abs(pa - base_a).mean())
         ok &= diff <= tolerance
-        ratio = (sa["extra_seconds"] / sb["extra_seconds"]) if sb["extra_seconds"] > 0.05 else None
+        cpu_a, cpu_b = sa.get("extra_cpu_seconds"), sb.get("extra_cpu_seconds")
+        cpu_ratio = (cpu_a / cpu_b) if cpu_a is not None and cpu_b is not None and cpu_b > 0.05 else None
         rows.append({"step": sa["step"], "max_diff": diff, "lora_effect_a": round(effect, 2),
-                     "extra_a": sa["extra_seconds"], "extra_b": sb["extra_seconds"], "ratio": ratio})
+                     "extra_a": sa["extra_seconds"], "extra_b": sb["extra_seconds"],
+                     "cpu_a": cpu_a, "cpu_b": cpu_b, "cpu_ratio": cpu_ratio})
     return ok, rows
 
 
 def markdown(rows: list[dict], label_a: str, label_b: str) -> str:
-    lines = [f"| request | max pixel diff (1/255) | mean change vs base | {label_a} extra s | {label_b} extra s | ratio |",
+    """Extra = the request's time minus the median of the base requests (no LoRA), wall clock and
+    server CPU; the ratio is of the CPU extras (the wall clock also carries other jobs' noise)."""
+    lines = [f"| request | max pixel diff (1/255) | mean change vs base | {label_a} extra s (wall / cpu) | "
+             f"{label_b} extra s (wall / cpu) | cpu ratio |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        ratio = f"{r['ratio']:.0f}x" if r["ratio"] else "(under 0.05 s)"
-        lines.append(f"| {r['step']} | {r['max_diff']} | {r['lora_effect_a']} | {r['extra_a']:+.2f} | "
-                     f"{r['extra_b']:+.2f} | {ratio} |")
+        ratio = f"{r['cpu_ratio']:.0f}x" if r["cpu_ratio"] else "(under 0.05 s)"
+        cpu_a = "" if r["cpu_a"] is None else f" / {r['cpu_a']:+.2f}"
+        cpu_b = "" if r["cpu_b"] is None else f" / {r['cpu_b']:+.2f}"
+        lines.append(f"| {r['step']} | {r['max_diff']} | {r['lora_effect_a']} | {r['extra_a']:+.2f}{cpu_a} | "
+                     f"{r['extra_b']:+.2f}{cpu_b} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -120,6 +143,7 @@ def main(argv=None) -> int:
     r.add_argument("out_dir")
     r.add_argument("--loras", required=True, help="two LoRA names, L1,L2")
     r.add_argument("--label", default="run")
+    r.add_argument("--pid", type=int, help="server process id: also count its CPU seconds")
     c = sub.add_parser("compare")
     c.add_argument("dir_a")
     c.add_argument("dir_b")
@@ -128,7 +152,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         l1, l2 = args.loras.split(",")
-        run(args.url, args.out_dir, l1, l2, args.label)
+        run(args.url, args.out_dir, l1, l2, args.label, args.pid)
         return 0
     ok, rows = compare(args.dir_a, args.dir_b, args.tolerance)
     label_a = json.load(open(os.path.join(args.dir_a, "times.json")))["label"]

@@ -11,7 +11,8 @@
 #   both     both enabled, the state after a user installs us: lora_core must handle the tags
 # then compares the images (within 1/255) and the extra seconds per request. Each run's start-up
 # and request log must be free of tracebacks. Output: $OUT (default /tmp/host-compare/HOST).
-# Env: RIGS (default ../shared/rigs beside the checkout), OUT, LORAS (default test_lora,test_lora2).
+# Env: RIGS (default ../shared/rigs beside the checkout), OUT, LORAS (default test_lora,test_lora2),
+# VARIANTS (default "builtin ours both").
 set -uo pipefail
 HOST=${1:?usage: host_compare.sh a1111|forge}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +37,7 @@ tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=__pycache__ --exclud
 ( cd "$DIR" && PYTHONPATH="$DIR" "$PY" "$DEST/install.py" ) > "$OUT/install.log" 2>&1 || { echo "install.py failed"; cat "$OUT/install.log"; exit 1; }
 
 fails=()
-for variant in builtin ours both; do
+for variant in ${VARIANTS:-builtin ours both}; do
   case $variant in builtin) disabled=$EXT ;; ours) disabled=$BUILTIN ;; both) disabled= ;; esac
   cfg=$OUT/$variant-config.json
   "$PY" - "$DIR/config.json" "$cfg" "$disabled" <<'PY'
@@ -52,7 +53,7 @@ PY
     fails+=("$variant: server did not start"); cat "$OUT/$variant-start.out"; continue
   fi
   start_errors=$(grep -c -E "Traceback \(most recent call last\)|^\*\*\* Error" "$LOG")
-  "$PY" "$ROOT/tools/host_compare.py" run "http://127.0.0.1:$PORT" "$OUT/$variant" --loras "$LORAS" --label "$variant" \
+  "$PY" "$ROOT/tools/host_compare.py" run "http://127.0.0.1:$PORT" "$OUT/$variant" --loras "$LORAS" --label "$variant" --pid "$(cat "$PIDFILE")" \
     || fails+=("$variant: requests failed")
   if [[ $variant == ours ]]; then  # the cards page and lora_core's tab inside the host
     "$PY" "$ROOT/tools/host_screenshot.py" "http://127.0.0.1:$PORT/" "$OUT/$HOST" || fails+=("ours: screenshots failed")
