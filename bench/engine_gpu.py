@@ -4,10 +4,16 @@
     python -m bench.engine_gpu --device cpu --quick  # the same plumbing on the CPU, in seconds
 
 Issue 2's GPU goal: apply within 1.5x of the memory floor (one read+write of the weights the LoRA
-touches, measured here as a device copy of them). The models, LoRA files and scenarios are those of
-`bench.engine` (same builders); every timing is bracketed by device synchronisation, and the
-weights are checked bit for bit after each side's restore. Output: one markdown table on stdout
-(paste it into docs/BENCHMARKS.md with the command, date and device).
+touches, measured here as a device copy of them). The models, LoRA files, scenarios and the two
+sides' flows are those of `bench.engine` (`SCENARIOS`, `OursSide`, `DiffusersSide`, `run_round`), so
+the fairness rules are the same: every round starts with nothing loaded on either side, both keep
+what they read (lora_core's cache, diffusers' loaded adapters; column "files read"), "same stack
+again" is shown without a ratio, and "held after" sums the tensors each side keeps beyond the model.
+Timing, the same for every side: `--warmup` untimed rounds of each side first (CUDA context,
+cuBLAS handles, kernel caches, imports: no side pays them in a timed round), then `--repeat` rounds,
+interleaved side by side, best of N per scenario. Every timing is bracketed by device
+synchronisation; the weights are checked bit for bit after each lora_core round's restore.
+Output: one markdown table on stdout (paste it into docs/BENCHMARKS.md with the command, date and device).
 """
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ import time
 
 import torch
 
-from bench.engine import PLAN, build_models, diff_count, fingerprints, fmt_s, make_lora_file
+from bench.engine import (ORDER, PLAN, SAME_AGAIN, SAME_AGAIN_CALLS, DiffusersSide, OursSide, Timer,
+                          build_models, diff_count, fingerprints, fmt_b, fmt_reads, fmt_s, make_lora_file,
+                          quiet_diffusers_logs, run_round, summarize)
 
 
 def _sync(device: torch.device) -> None:
@@ -41,67 +49,6 @@ def timed(device, fn, repeat: int = 1) -> float:
     return best
 
 
-def ours(unet, te, files, device, repeat, batched=None):
-    """lora_core's timings; `batched` None: the engine's own choice (batched writes off the CPU),
-    False: the per-slot path, for comparison."""
-    from lora_core.engine import Engine
-    from lora_core.request import ApplyRequest
-    from lora_core.targets import Binding
-
-    engine = Engine(Binding.from_diffusers(unet, [te]), cache_size=8)
-    engine.patcher.batched = batched
-    f, t = files, {}
-    for _ in range(repeat):  # the first round also parses the files and warms the kernels
-        t["load+apply one"] = min(t.get("load+apply one", 1e9),
-                                  timed(device, lambda: engine.apply([ApplyRequest(f["L1"], 1.0, 1.0)])))
-        touched = [ref.tensor for ref in engine.patcher._slots.values()]
-        t["switch"] = min(t.get("switch", 1e9), timed(device, lambda: engine.apply([ApplyRequest(f["L2"], 1.0, 1.0)])))
-        t["stack 2"] = min(t.get("stack 2", 1e9),
-                           timed(device, lambda: engine.apply([ApplyRequest(f["L1"], 0.8, 0.8), ApplyRequest(f["L2"], 0.6, 0.6)])))
-        t["change one weight"] = min(t.get("change one weight", 1e9),
-                                     timed(device, lambda: engine.apply([ApplyRequest(f["L1"], 0.8, 0.8), ApplyRequest(f["L2"], 0.6, 0.3)])))
-        t["restore"] = min(t.get("restore", 1e9), timed(device, engine.restore))
-    return t, touched
-
-
-def theirs(unet, te, files, device):
-    from bench.engine import diffusers_host
-
-    for name in ("diffusers", "transformers", "peft"):
-        __import__("logging").getLogger(name).setLevel(40)
-    pipe, f, t = diffusers_host(unet, te), files, {}
-
-    def first():
-        pipe.load_lora_weights(f["L1"], adapter_name="L1")
-        pipe.set_adapters(["L1"], [1.0])
-        pipe.fuse_lora(adapter_names=["L1"])
-
-    def switch():
-        pipe.unfuse_lora()
-        pipe.delete_adapters("L1")
-        pipe.load_lora_weights(f["L2"], adapter_name="L2")
-        pipe.set_adapters(["L2"], [1.0])
-        pipe.fuse_lora(adapter_names=["L2"])
-
-    def stack(weights):
-        pipe.unfuse_lora()
-        if "L1" not in pipe.get_list_adapters().get("unet", []):
-            pipe.load_lora_weights(f["L1"], adapter_name="L1")
-        pipe.set_adapters(["L1", "L2"], weights)
-        pipe.fuse_lora(adapter_names=["L1", "L2"])
-
-    def restore():
-        pipe.unfuse_lora()
-        pipe.unload_lora_weights()
-
-    t["load+apply one"] = timed(device, first)
-    t["switch"] = timed(device, switch)
-    t["stack 2"] = timed(device, lambda: stack([0.8, 0.6]))
-    t["change one weight"] = timed(device, lambda: stack([0.8, 0.3]))
-    t["restore"] = timed(device, restore)
-    return t
-
-
 def memory_floor(weights, device) -> float:
     """One read + one write of every touched weight: a device copy into memory already allocated."""
     scratch = [torch.empty_like(w) for w in weights]
@@ -111,50 +58,120 @@ def memory_floor(weights, device) -> float:
         return timed(device, lambda: [s.copy_(w) for s, w in zip(scratch, weights)], repeat=5)
 
 
+def run_rounds(unet, te, files, device, repeat, warmup, with_diffusers):
+    """Interleaved rounds of every side (lora_core batched, lora_core per-slot, diffusers): `warmup`
+    untimed ones, then `repeat` timed ones. Returns ({side: [round, ...]}, touched weights,
+    {side: restore check})."""
+    sides = {"lora_core": lambda: OursSide(unet, te, files, batched=None),
+             "per-slot": lambda: OursSide(unet, te, files, batched=False)}
+    if with_diffusers:
+        quiet_diffusers_logs()
+        sides["diffusers"] = lambda: DiffusersSide(unet, te, files)
+    snapshot = fingerprints(unet, te)
+    rounds = {name: [] for name in sides}
+    exact = {name: "not measured" for name in sides}
+    touched: list = []
+    for r in range(warmup + repeat):
+        timed_round = r >= warmup
+        for name, make in sides.items():
+            side = make()
+
+            def hook(label, _result, side=side):
+                if label == "load+apply one" and isinstance(side, OursSide) and not touched:
+                    touched.extend({id(ref.tensor): ref.tensor
+                                    for ref in side.engine.patcher._slots.values()}.values())
+
+            tag = name if timed_round else f"{name} (warm-up)"
+            rnd = run_round(side, Timer(tag, lambda: _sync(device)), hook)
+            if timed_round:
+                rounds[name].append(rnd)
+            state = diff_count(unet, te, snapshot)
+            if isinstance(side, OursSide):
+                if state != "bit for bit":
+                    raise SystemExit(f"{name} restore is not bit-exact: {state}")
+                exact[name] = state
+            else:
+                exact[name] = state if exact[name] in ("not measured", "bit for bit") else exact[name]
+                if state != "bit for bit":  # the next rounds are checked against these weights
+                    snapshot = fingerprints(unet, te)
+            del side
+            gc.collect()
+    return rounds, touched, exact
+
+
+def table(mine, per_slot, other, floor) -> list[str]:
+    lines = ["| scenario | lora_core | x mem floor | lora_core, per-slot path | diffusers+PEFT | x mem floor "
+             "| diffusers / lora_core | files read (lora_core / diffusers) | held after: lora_core (W0 backups) "
+             "| held after: diffusers+PEFT |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for k in ORDER:
+        v = mine["times"][k]
+        o = other["times"][k] if other else None
+        if o is None:
+            theirs = "- | - | -"
+        elif k == SAME_AGAIN:  # lora_core's no-op check vs diffusers' re-fuse: no ratio
+            theirs = f"{fmt_s(o)} (re-fuse) | {o / floor:.2f} | no ratio"
+        else:
+            theirs = f"{fmt_s(o)} | {o / floor:.2f} | {o / v:.1f}x"
+        m = mine["memory"][k]
+        held = f"{fmt_b(m['total'])} ({fmt_b(m['W0 backups'])}) | " + (
+            fmt_b(other["memory"][k]["total"]) if other else "-")
+        lines.append(f"| {k} | {fmt_s(v)} | {v / floor:.2f} | {fmt_s(per_slot['times'][k])} | {theirs} | "
+                     f"{fmt_reads(mine['reads'], other and other['reads'], k)} | {held} |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny models (plumbing check)")
-    ap.add_argument("--repeat", type=int, default=3, help="lora_core rounds (best of N)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed rounds per side, interleaved (best of N)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per side before the timed ones")
     ap.add_argument("--no-diffusers", action="store_true")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: torch sees no CUDA device here (use --device cpu for a plumbing check)")
         return 2
+    if args.repeat < 1 or args.warmup < 0:
+        print("error: --repeat must be at least 1 and --warmup at least 0")
+        return 2
     rank = 4 if args.quick else 32
     unet, te = build_models(args.quick)
     unet.to(device)
     te.to(device)
-    snapshot = fingerprints(unet, te)
     with tempfile.TemporaryDirectory() as d:
         files = {n: make_lora_file(d, unet, te, n, rank, seed=i + 1) for i, n in enumerate(PLAN)}
-        mine, touched = ours(unet, te, files, device, args.repeat)
-        exact_ours = diff_count(unet, te, snapshot)
-        per_slot, _ = ours(unet, te, files, device, args.repeat, batched=False)
-        exact_per_slot = diff_count(unet, te, snapshot)
+        rounds, touched, exact = run_rounds(unet, te, files, device, args.repeat, args.warmup,
+                                            not args.no_diffusers)
         floor = memory_floor(touched, device)
-        other = None if args.no_diffusers else theirs(unet, te, files, device)
-        exact_theirs = None if other is None else diff_count(unet, te, snapshot)
+    mine, per_slot = summarize(rounds["lora_core"]), summarize(rounds["per-slot"])
+    other = summarize(rounds["diffusers"]) if "diffusers" in rounds else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     mb = sum(w.numel() * w.element_size() for w in touched) / 1e6
-    lines = [f"Command: `python -m bench.engine_gpu{' --quick' if args.quick else ''} --device {args.device}`  ",
+    command = (f"python -m bench.engine_gpu{' --quick' if args.quick else ''} --device {args.device}"
+               f" --repeat {args.repeat} --warmup {args.warmup}{' --no-diffusers' if args.no_diffusers else ''}")
+    lines = [f"Command: `{command}`  ",
              f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; device: {name}; "
              f"torch {torch.__version__}; rank {rank}; touched by L1: {len(touched)} tensors, {mb:.0f} MB; "
-             f"memory floor (device copy of them) {fmt_s(floor)}  ", "",
-             "| scenario | lora_core | x mem floor | lora_core, per-slot path | diffusers+PEFT | x mem floor "
-             "| diffusers / lora_core |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for k, v in mine.items():
-        o = other.get(k) if other else None
-        lines.append(f"| {k} | {fmt_s(v)} | {v / floor:.2f} | {fmt_s(per_slot[k])} | {fmt_s(o) if o else '-'} | "
-                     f"{(o / floor) if o else 0:.2f} | {(o / v) if o else 0:.1f}x |")
+             f"memory floor (device copy of them) {fmt_s(floor)}  ", ""]
+    lines += table(mine, per_slot, other, floor)
     lines.append("")
     lines.append("lora_core: batched writes (the engine's choice off the CPU); per-slot path: "
                  "`Patcher(batched=False)`, the CPU path, for comparison.  ")
-    lines.append(f"Restore: lora_core leaves {exact_ours} (per-slot path: {exact_per_slot}); diffusers unfuse+unload leaves {exact_theirs}.")
-    lines.append(f"Goal: apply within 1.5x of the memory floor: load+apply one {mine['load+apply one'] / floor:.2f}x, "
-                 f"switch {mine['switch'] / floor:.2f}x (lora_core best of {args.repeat} rounds).")
+    lines.append(f"Every side: {args.warmup} untimed warm-up round(s), then best of {args.repeat} interleaved "
+                 f"rounds, each starting with nothing loaded; same stack again is the median of "
+                 f"{SAME_AGAIN_CALLS['lora_core']} calls (lora_core) / {SAME_AGAIN_CALLS['diffusers']} "
+                 f"(diffusers: unfuse + set_adapters + fuse, its cheapest equivalent; not a ratio).  ")
+    lines.append("Both sides keep what they read (lora_core's cache of parsed files, diffusers' loaded adapters), "
+                 "so each reads every file once per round. Held after: W0 backups and factor copies are in "
+                 "device memory, lora_core's parsed files in host memory (memory-mapped); diffusers' adapters "
+                 "in device memory.  ")
+    lines.append(f"Restore: lora_core leaves {exact['lora_core']} (per-slot path: {exact['per-slot']}); "
+                 f"diffusers unfuse+unload leaves {exact.get('diffusers')}.")
+    lines.append(f"Goal: apply within 1.5x of the memory floor: load+apply one "
+                 f"{mine['times']['load+apply one'] / floor:.2f}x, switch {mine['times']['switch'] / floor:.2f}x "
+                 f"(best of {args.repeat} rounds).")
     print("\n".join(lines))
     return 0
 

@@ -128,7 +128,7 @@ def rss_mb() -> float:
 
 def bench_one(n: int, cache_dir: str) -> dict:
     from lora_core.library import Library
-    from lora_core.library.safetensors_header import read_header
+    from lora_core.formats.header import read_header
 
     root = os.path.join(cache_dir, f"loras_{n}")
     generate(root, n)

@@ -8,7 +8,7 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 
-from lora_core.app.api import register_routes  # noqa: E402
+from lora_core.ui.api import register_routes  # noqa: E402
 
 
 class FakeLibrary:

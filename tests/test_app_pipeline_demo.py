@@ -69,26 +69,29 @@ def test_every_sampler_runs_deterministically(session, sampler):
 
 
 def test_demo_loras_written_with_metadata_sidecar_and_preview(session):
+    """The trained pack's LoRAs (the colour casts included) land in Lora/demo as ordinary kohya files."""
     from safetensors import safe_open
 
+    from lora_core.app.demo_pack import read_pack
     from lora_core.formats import load_lora
 
     folder = session.lora_dir / "demo"
-    for spec in demo.DEMO_LORAS:
-        path = folder / f"{spec.name}.safetensors"
+    assets = read_pack().loras
+    assert {"demo_warm", "demo_cool", "demo_green"} <= {a.name for a in assets}
+    for asset in assets:
+        path = folder / f"{asset.name}.safetensors"
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata()
-            keys = set(fh.keys())
-        assert meta["ss_network_module"] == "networks.lora" and meta["ss_output_name"] == spec.name
-        assert {"lora_unet_conv_out.lora_down.weight", "lora_unet_conv_out.lora_up.weight"} <= keys
-        sidecar = json.loads((folder / f"{spec.name}.json").read_text())
-        assert sidecar["activation text"] == spec.activation_text
-        assert sidecar["preferred weight"] == spec.preferred_weight
-        assert (folder / f"{spec.name}.preview.png").stat().st_size > 0
+        assert meta["ss_network_module"] == "networks.lora"
+        sidecar = json.loads((folder / f"{asset.name}.json").read_text())
+        assert sidecar["activation text"] == asset.activation_text
+        assert sidecar["preferred weight"] == asset.preferred_weight
+        assert (folder / f"{asset.name}.preview.png").stat().st_size > 0
         lora = load_lora(path)  # the formats package reads it as an ordinary kohya LoRA
-        assert lora.family in ("sd1", "unknown") and len(lora.adapters) == 1
+        assert lora.family in ("sd1", "unknown") and lora.adapters
+    warm = next(a for a in assets if a.name == "demo_warm")
     entry = session.library.find("demo_warm")
-    assert entry.preferred_weight == 0.8 and entry.preview
+    assert entry.preferred_weight == warm.preferred_weight and entry.preview
 
 
 def test_demo_lora_changes_image_and_removing_it_restores_bit_for_bit(session):

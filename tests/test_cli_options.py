@@ -17,7 +17,7 @@ from libtest_files import write_lora  # noqa: E402
 
 from lora_core import cli  # noqa: E402
 from lora_core.commands import list_loras  # noqa: E402
-from lora_core.commands.options import lora_dirs, models_dir  # noqa: E402
+from lora_core.library.locations import lora_dirs, models_dir  # noqa: E402
 from lora_core.library import Library  # noqa: E402
 from lora_core.library.errors import NotFound  # noqa: E402
 

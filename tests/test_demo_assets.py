@@ -29,7 +29,7 @@ def test_committed_checkpoint_matches_its_manifest_sha256():
     assert [lo.kind for lo in pack.loras].count("colour") == 3
     assert {lo.kind for lo in pack.loras} == {"style", "concept", "locon", "colour"}
     # every demo LoRA, the colour casts included, is trained by `lora_core train` from a recipe
-    from lora_core.train.demo_loras import RECIPES
+    from lora_core.demo.loras import RECIPES
 
     recipes = {r.name: r for r in RECIPES}
     for item in pack.manifest["loras"]:
@@ -57,8 +57,8 @@ def test_package_data_ships_every_asset_file():
 @pytest.fixture(scope="module")
 def tiny_assets(tmp_path_factory):
     """A tiny (narrow) demo build with three 1-step LoRAs, installed by tools/install_demo_assets.py."""
-    from lora_core.train.demo_loras import train_demo_loras
-    from lora_core.train.demo_model import DemoArch, DemoTrainSettings, train_demo_model
+    from lora_core.demo.loras import train_demo_loras
+    from lora_core.demo.model import DemoArch, DemoTrainSettings, train_demo_model
 
     root = tmp_path_factory.mktemp("demo_build")
     arch = DemoArch(unet_channels=(32, 32, 32, 32), unet_layers_per_block=1, te_hidden=32, te_layers=1,
@@ -211,8 +211,43 @@ def test_loras_written_on_the_fallback_are_completed_once_the_trained_model_appe
     fallback = demo.load_demo_handle(data, assets=tmp_path / "nowhere")
     written = demo.ensure_demo_loras(loras, data, fallback, assets=tmp_path / "nowhere")
     assert {p.stem for p in written} == {s.name for s in demo.DEMO_LORAS}
+    _check_fallback_colour_loras(fallback, loras / demo.DEMO_LORA_FOLDER)
     assert demo.ensure_demo_loras(loras, data, fallback, assets=tmp_path / "nowhere") == []
     trained = demo.load_demo_handle(data, assets=tiny_assets["dest"])
     written = demo.ensure_demo_loras(loras, data, trained, assets=tiny_assets["dest"])
     assert {"demo_stripes", "demo_lcshape", "demo_checker"} <= {p.stem for p in written}
     assert demo.ensure_demo_loras(loras, data, trained, assets=tiny_assets["dest"]) == []
+
+
+def _check_fallback_colour_loras(handle, folder):
+    """On the fallback the colour casts are calibrated here: rank-1 conv_out kohya files, applied
+    by the Engine like any LoRA (and the model is left unpatched)."""
+    import json
+
+    import numpy as np
+    from safetensors import safe_open
+
+    from lora_core.app.pipeline import GenerationParams
+    from lora_core.engine import Engine
+    from lora_core.request import ApplyRequest
+
+    params = GenerationParams(prompt="x", steps=4, seed=3, width=64, height=64, sampler="Euler")
+    base = np.asarray(handle.generate(params)[0], dtype=np.float64)
+    engine = Engine(handle.binding)
+    for spec in demo.DEMO_LORAS:
+        path = folder / f"{spec.name}.safetensors"
+        with safe_open(str(path), framework="pt") as fh:
+            meta, keys = fh.metadata(), set(fh.keys())
+        assert meta["ss_output_name"] == spec.name
+        assert {"lora_unet_conv_out.lora_down.weight", "lora_unet_conv_out.lora_up.weight"} <= keys
+        sidecar = json.loads((folder / f"{spec.name}.json").read_text())
+        assert sidecar["activation text"] == spec.activation_text
+        assert sidecar["preferred weight"] == spec.preferred_weight
+        assert (folder / f"{spec.name}.preview.png").stat().st_size > 0
+        report = engine.apply([ApplyRequest(path)])
+        assert report.loras[0].matched == 1 and not report.loras[0].refused
+        shifted = np.asarray(handle.generate(params)[0], dtype=np.float64)
+        engine.restore()
+        shift = (shifted - base).reshape(-1, 3).mean(0)
+        assert shift @ np.asarray(spec.rgb_shift) > 0, (spec.name, shift)
+    assert np.array_equal(np.asarray(handle.generate(params)[0], dtype=np.float64), base)

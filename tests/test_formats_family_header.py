@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from lora_core.formats import load_lora
 from lora_core.formats.family import family_from_header
-from lora_core.library.safetensors_header import read_header
+from lora_core.formats.header import read_header
 from lora_core.library.inspect_header import family_from_header_or_names as library_family
 
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from lora_core.library.safetensors_header import MAX_HEADER_BYTES, HeaderError, read_header
+from lora_core.formats.header import MAX_HEADER_BYTES, HeaderError, read_header
 
 
 def raw_file(path, header_obj, data=b"", header_bytes=None):

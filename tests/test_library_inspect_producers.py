@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
 from lora_core.library.inspect_header import detect_algorithm, family_from_header_or_names  # noqa: E402
-from lora_core.library.safetensors_header import read_header  # noqa: E402
+from lora_core.formats.header import read_header  # noqa: E402
 
 
 class Tiny(torch.nn.Module):

@@ -23,7 +23,7 @@ from libtest_files import write_lora  # noqa: E402
 
 from lora_core.formats import LoraFormatError, load_lora  # noqa: E402
 from lora_core.library import AmbiguousName, Library, NotFound  # noqa: E402
-from lora_core.library.safetensors_header import HeaderError, read_header  # noqa: E402
+from lora_core.formats.header import HeaderError, read_header  # noqa: E402
 from lora_core.tags import parse_prompt  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Names and paths from users and HTTP clients never reach outside the configured LoRA folders:
 `<lora:../../secret:1>`, absolute paths, `..` in API parameters, symbolic links (LoRA files,
 folders and sidecars) that leave the folder. Checked through the library API, the Engine, the UI
-controller's save action and the HTTP routes (`lora_core.app.api.register_routes`, which the
+controller's save action and the HTTP routes (`lora_core.ui.api.register_routes`, which the
 standalone server and the A1111 adapter both mount).
 
 The proof of "nothing outside is read or written": a tree outside the library holds a secret LoRA,
@@ -186,7 +186,7 @@ def client(world):
     fastapi = pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from lora_core.app.api import register_routes
+    from lora_core.ui.api import register_routes
 
     lib, root, outside = world
     app = fastapi.FastAPI()

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from lora_core.demo_data import BASE
-from lora_core.train.demo_model import DemoArch, build_models, write_configs
+from lora_core.demo.data import BASE
+from lora_core.demo.model import DemoArch, build_models, write_configs
 from lora_core.train.ldm_export import sd1_state_dict
 from lora_core.train.safetensors_io import write_safetensors
 from train.tiny_parts import one_torch_thread

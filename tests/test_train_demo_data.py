@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from lora_core.demo_data import (BASE, CONCEPT, DEMO_LORA_DATASETS, HELD_OUT_PAIRS, LOCON, STYLE, Scene,
+from lora_core.demo.data import (BASE, CONCEPT, DEMO_LORA_DATASETS, HELD_OUT_PAIRS, LOCON, STYLE, Scene,
                                  background_colour, describe, dominant_colour, fill_ratio, held_out_prompts,
                                  held_out_scenes, is_held_out, nearest_colour, object_mask, render,
                                  render_many, stripe_score, texture_score)
-from lora_core.demo_data.measure import erode, label
-from lora_core.demo_data.scenes import COLOURS
+from lora_core.demo.data.measure import erode, label
+from lora_core.demo.data.scenes import COLOURS
 from lora_core.train.dataset import scan_folder
 
 
@@ -165,7 +165,7 @@ def test_written_kohya_folder_reads_back(tmp_path):
 def test_check_scene_accepts_ground_truth_and_rejects_wrong_prompts():
     from dataclasses import replace
 
-    from lora_core.demo_data import check_scene, shape_of
+    from lora_core.demo.data import check_scene, shape_of
 
     checks = failures = 0
     for ds in (BASE, STYLE, LOCON, CONCEPT):

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lora_core.train.demo_model import DemoArch, DemoTrainSettings, build_models, train_demo_model
+from lora_core.demo.model import DemoArch, DemoTrainSettings, build_models, train_demo_model
 from lora_core.train.ldm_export import sd1_state_dict
 from train.tiny_parts import one_torch_thread
 
@@ -66,7 +66,7 @@ def test_tool_smoke_run_writes_an_ldm_checkpoint_and_manifest(tmp_path):
     ckpt = tmp_path / "lora_core-demo.safetensors"
     manifest = json.loads((tmp_path / "lora_core-demo.json").read_text())
     assert manifest["vae_steps"] == 2 and manifest["unet_steps"] == 2 and manifest["seed"] == 1234
-    from lora_core.train.demo_model import sha256_file
+    from lora_core.demo.model import sha256_file
 
     assert manifest["sha256"] == sha256_file(ckpt)
     assert ckpt.stat().st_size < 30 * 1024 * 1024
@@ -121,7 +121,7 @@ def test_tool_output_loads_through_the_app_and_its_loras_bind(tmp_path):
     from lora_core.app.checkpoints import load_checkpoint
     from lora_core.formats import load_lora
     from lora_core.targets import Binding
-    from lora_core.train.demo_loras import train_demo_loras
+    from lora_core.demo.loras import train_demo_loras
 
     manifest = train_demo_model(tmp_path, SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
     ckpt = tmp_path / manifest["file"]
@@ -138,11 +138,11 @@ def test_tool_output_loads_through_the_app_and_its_loras_bind(tmp_path):
 
 
 def test_stage_two_keeps_the_latent_space_and_refines_decoder_and_unet(tmp_path):
-    """Stage 2 (lora_core/train/demo_refine.py) trains the decoder with the encoder frozen, so the
+    """Stage 2 (lora_core/demo/refine.py) trains the decoder with the encoder frozen, so the
     latents the UNet learned stay valid; the UNet moves; the result loads like any checkpoint."""
     from lora_core.app.checkpoints import load_checkpoint
-    from lora_core.train.demo_model import sha256_file
-    from lora_core.train.demo_refine import RefineSettings, refine_demo_model
+    from lora_core.demo.model import sha256_file
+    from lora_core.demo.refine import RefineSettings, refine_demo_model
 
     stage1 = train_demo_model(tmp_path / "s1", SMALL, FEW, data_dir=tmp_path / "cache", progress=False)
     src = tmp_path / "s1" / stage1["file"]
@@ -168,7 +168,7 @@ def test_vae_recipe_options_train_on_extra_shapes_with_object_weighting(tmp_path
     object; without them the VAE trains on the base shapes with a plain loss."""
     from dataclasses import replace
 
-    from lora_core.train import demo_model
+    from lora_core.demo import model as demo_model
 
     seen = {}
     real = demo_model.train_vae
@@ -187,8 +187,8 @@ def test_vae_recipe_options_train_on_extra_shapes_with_object_weighting(tmp_path
     assert seen["masks"].shape[1:] == (1, SMALL.size, SMALL.size) and 0 < float(seen["masks"].mean()) < 0.5
     import numpy as np
 
-    from lora_core.demo_data.datasets import is_held_out
-    from lora_core.demo_data.scenes import SHAPES, render_many
+    from lora_core.demo.data.datasets import is_held_out
+    from lora_core.demo.data.scenes import SHAPES, render_many
 
     images, masks = demo_model._vae_scenes(replace(few, n_images=40), SMALL.size)
     drawn = list(render_many(few.seed, 40, SMALL.size, shapes=SHAPES + ("cross",), exclude=is_held_out))
@@ -208,8 +208,8 @@ def test_vae_styled_fraction_adds_striped_and_checkered_scenes():
 
     import numpy as np
 
-    from lora_core.demo_data import stripe_score
-    from lora_core.train import demo_model
+    from lora_core.demo.data import stripe_score
+    from lora_core.demo import model as demo_model
 
     base = replace(PLAIN, n_images=40, vae_object_weight=4.0)
     plain, plain_masks = demo_model._vae_scenes(base, SMALL.size)
@@ -226,7 +226,7 @@ def test_vae_styled_fraction_adds_striped_and_checkered_scenes():
 
 
 def test_partial_captions_name_a_subset_of_the_scene():
-    from lora_core.demo_data.scenes import Scene
+    from lora_core.demo.data.scenes import Scene
 
     one = Scene("square", "white", "large", "left", "black")
     parts = one.partial_captions()
@@ -243,7 +243,7 @@ def test_partial_caption_rate_trains_on_partial_captions(tmp_path):
     from dataclasses import replace
 
     from lora_core.app import clip_tokenizer
-    from lora_core.train import demo_model
+    from lora_core.demo import model as demo_model
 
     seen = []
     real_load = clip_tokenizer.load_clip_tokenizer

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from lora_core.demo_data import BASE
+from lora_core.demo.data import BASE
 from lora_core.train import (Components, LoRANetwork, NetworkSpec, TrainConfig, build_metadata, find_targets,
                              save_lora_file, scan_folder, train_lora)
 from lora_core.train.network import merged_forward_check

@@ -10,7 +10,7 @@ from tests.ui.library_fixture import XSS, hostile_lora, plain_library, write_pre
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from lora_core.app.api import register_routes  # noqa: E402
+from lora_core.ui.api import register_routes  # noqa: E402
 
 
 @pytest.fixture()

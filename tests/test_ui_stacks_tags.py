@@ -7,7 +7,7 @@ import re
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from lora_core.app.api import register_routes
+from lora_core.ui.api import register_routes
 from lora_core.library import Library
 from lora_core.ui.controller import (ALL_FOLDERS, LoraTabController, Query, TabSettings, folder_label,
                                      folder_value)

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from lora_core.demo_data import STYLE
+    from lora_core.demo.data import STYLE
     from lora_core.formats import load_lora
     from lora_core.cli import main as cli
 

@@ -53,6 +53,13 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def lbw_sequence(l1: str) -> list[tuple[str, str]]:
+    """lora_core only (the built-in reads no lbw): block weights ALL must give the first apply's
+    image, NONE the base image, INALL something in between."""
+    return [("lbw_all", f"{PROMPT} <lora:{l1}:1:lbw=ALL>"), ("lbw_none", f"{PROMPT} <lora:{l1}:1:lbw=NONE>"),
+            ("lbw_inall", f"{PROMPT} <lora:{l1}:1:lbw=INALL>"), ("lbw_base", PROMPT)]
+
+
 def txt2img(url: str, prompt: str) -> tuple[float, bytes, str]:
     payload = {"prompt": prompt, "negative_prompt": "", "width": 64, "height": 64, "steps": 2,
                "sampler_name": "Euler", "scheduler": "Automatic", "seed": 1, "cfg_scale": 7,
@@ -68,10 +75,10 @@ def txt2img(url: str, prompt: str) -> tuple[float, bytes, str]:
     return seconds, base64.b64decode(reply["images"][0]), infotext
 
 
-def run(url: str, out_dir: str, l1: str, l2: str, label: str, pid: int | None = None) -> dict:
+def run(url: str, out_dir: str, l1: str, l2: str, label: str, pid: int | None = None, lbw: bool = False) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     steps = []
-    for name, prompt in sequence(l1, l2):
+    for name, prompt in sequence(l1, l2) + (lbw_sequence(l1) if lbw else []):
         cpu0 = cpu_seconds(pid)
         seconds, png, infotext = txt2img(url, prompt)
         cpu = cpu_seconds(pid) - cpu0
@@ -80,16 +87,29 @@ def run(url: str, out_dir: str, l1: str, l2: str, label: str, pid: int | None = 
         steps.append({"step": name, "prompt": prompt, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
                       "infotext": infotext})
         print(f"{label:>10} {name:>16} {seconds:7.2f} s  cpu {cpu:7.2f} s", flush=True)
-    bases = [s for s in steps if s["step"].startswith("base_") and s["step"] != "base_warmup"]
+    bases = [s for s in steps if s["step"] in ("base_0", "base_1", "base_2")]
     base = statistics.median(s["seconds"] for s in bases)
     base_cpu = statistics.median(s["cpu_seconds"] for s in bases)
     for s in steps:
         s["extra_seconds"] = round(s["seconds"] - base, 3)
         s["extra_cpu_seconds"] = round(s["cpu_seconds"] - base_cpu, 3)
     result = {"label": label, "url": url, "base_seconds": base, "base_cpu_seconds": base_cpu, "steps": steps}
+    if lbw:
+        result["lbw_checks"] = check_lbw(out_dir)
+        print("block weights:", result["lbw_checks"], flush=True)
     with open(os.path.join(out_dir, "times.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def check_lbw(out_dir: str) -> dict:
+    def same(a: str, b: str) -> bool:
+        return bool((_pixels(os.path.join(out_dir, a + ".png")) == _pixels(os.path.join(out_dir, b + ".png"))).all())
+
+    return {"ALL equals the plain tag": same("lbw_all", "first_apply"),
+            "NONE equals no LoRA": same("lbw_none", "base_0"),
+            "INALL differs from both": not same("lbw_inall", "first_apply") and not same("lbw_inall", "base_0"),
+            "no tag afterwards equals no LoRA": same("lbw_base", "base_0")}
 
 
 def _pixels(path: str):
@@ -107,7 +127,7 @@ def compare(dir_a: str, dir_b: str, tolerance: int) -> tuple[bool, list[dict]]:
     rows = []
     ok = True
     base_a = _pixels(os.path.join(dir_a, "base_0.png"))
-    for sa, sb in zip(a["steps"], b["steps"]):
+    for sa, sb in zip(a["steps"], b["steps"]):  # the common sequence (b may add lbw steps)
         pa, pb = _pixels(os.path.join(dir_a, sa["step"] + ".png")), _pixels(os.path.join(dir_b, sb["step"] + ".png"))
         diff = int(abs(pa - pb).max())
         effect = float(abs(pa - base_a).mean())
@@ -144,6 +164,7 @@ def main(argv=None) -> int:
     r.add_argument("--loras", required=True, help="two LoRA names, L1,L2")
     r.add_argument("--label", default="run")
     r.add_argument("--pid", type=int, help="server process id: also count its CPU seconds")
+    r.add_argument("--lbw", action="store_true", help="also check lora_core's block weights (not the built-in's)")
     c = sub.add_parser("compare")
     c.add_argument("dir_a")
     c.add_argument("dir_b")
@@ -152,8 +173,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         l1, l2 = args.loras.split(",")
-        run(args.url, args.out_dir, l1, l2, args.label, args.pid)
-        return 0
+        result = run(args.url, args.out_dir, l1, l2, args.label, args.pid, args.lbw)
+        return 0 if all(result.get("lbw_checks", {}).values()) else 1
     ok, rows = compare(args.dir_a, args.dir_b, args.tolerance)
     label_a = json.load(open(os.path.join(args.dir_a, "times.json")))["label"]
     label_b = json.load(open(os.path.join(args.dir_b, "times.json")))["label"]

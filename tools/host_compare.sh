@@ -53,7 +53,7 @@ PY
     fails+=("$variant: server did not start"); cat "$OUT/$variant-start.out"; continue
   fi
   start_errors=$(grep -c -E "Traceback \(most recent call last\)|^\*\*\* Error" "$LOG")
-  "$PY" "$ROOT/tools/host_compare.py" run "http://127.0.0.1:$PORT" "$OUT/$variant" --loras "$LORAS" --label "$variant" --pid "$(cat "$PIDFILE")" \
+  "$PY" "$ROOT/tools/host_compare.py" run "http://127.0.0.1:$PORT" "$OUT/$variant" --loras "$LORAS" --label "$variant" --pid "$(cat "$PIDFILE")" $([[ $variant == ours ]] && echo --lbw) \
     || fails+=("$variant: requests failed")
   if [[ $variant == ours ]]; then  # the cards page and lora_core's tab inside the host
     "$PY" "$ROOT/tools/host_screenshot.py" "http://127.0.0.1:$PORT/" "$OUT/$HOST" || fails+=("ours: screenshots failed")

@@ -6,11 +6,11 @@
 
 Copies <build>/lora_core-demo.safetensors, <build>/configs/sd15/*.json and the demo LoRAs of
 <build>/loras/ (all six trained by `lora_core train`: tools/train_demo_model.py --loras, recipes in
-lora_core/train/demo_loras.py) into the asset folder, writes each LoRA's A1111 sidecar (<name>.json:
+lora_core/demo/loras.py) into the asset folder, writes each LoRA's A1111 sidecar (<name>.json:
 activation text, preferred weight, description labelled as demo) and a preview made by the demo
 model itself, and (re)writes manifest.json (seed, steps, sha256 of every file, training facts; with
 --measure also the held-out quality rate, timings, and every LoRA alone and stacked with each other
-one on the example prompts: lora_core/train/demo_effects.py).
+one on the example prompts: lora_core/demo/effects.py).
 --screenshots DIR saves the README strip (no LoRA / style / concept / LoCon, same seed).
 The new folder is assembled beside the old one and swapped in at the end.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lora_core.app import demo_check  # noqa: E402  (no torch at import)
+from lora_core.demo import check as demo_check  # noqa: E402  (no torch at import)
 from lora_core.app.demo_pack import ASSETS_DIR, MANIFEST_FORMAT, MANIFEST_NAME, sha256_of  # noqa: E402
 from lora_core.request import ApplyRequest  # noqa: E402  (no torch at import)
 
@@ -58,7 +58,7 @@ def _sidecar(recipe, example: str) -> dict:
 
 def copy_build(build: Path, dest: Path) -> dict:
     """Copy the files into dest (a fresh folder) and return the manifest without measurements."""
-    from lora_core.train.demo_loras import RECIPES, example_prompt
+    from lora_core.demo.loras import RECIPES, example_prompt
 
     built = json.loads((build / BUILD_MANIFEST).read_text())
     ckpt = build / built.get("file", CHECKPOINT)
@@ -195,8 +195,8 @@ STACKING_SEEDS = (1, 2)
 
 def measure_stacking(dest: Path, manifest: dict, handle, engine, seeds=STACKING_SEEDS) -> dict:
     """Every demo LoRA alone and stacked with each other one at the preferred weights, over the
-    example prompts (lora_core.train.demo_effects): does its effect show, is the object recognisable."""
-    from lora_core.train import demo_effects
+    example prompts (lora_core.demo.effects): does its effect show, is the object recognisable."""
+    from lora_core.demo import effects as demo_effects
 
     files = {item["name"]: dest / item["file"] for item in manifest["loras"]}
     cache = {}

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lora_core.train.demo_model import DemoArch, DemoTrainSettings, train_demo_model  # noqa: E402  (no torch at import)
-from lora_core.train.demo_refine import RefineSettings, refine_demo_model  # noqa: E402
+from lora_core.demo.model import DemoArch, DemoTrainSettings, train_demo_model  # noqa: E402  (no torch at import)
+from lora_core.demo.refine import RefineSettings, refine_demo_model  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--partial-captions", type=float, default=defaults.partial_caption_rate,
                    help="share of UNet samples trained on a partial caption (\"a red circle\", ...) of their scene")
     p.add_argument("--refine", metavar="STAGE1_CKPT", default=None,
-                   help="run stage 2 (sharper decoder + longer UNet, lora_core/train/demo_refine.py) on a stage-1 "
+                   help="run stage 2 (sharper decoder + longer UNet, lora_core/demo/refine.py) on a stage-1 "
                         "checkpoint written by this script; its configs/ and .json manifest are read next to it")
     p.add_argument("--decoder-steps", type=int, default=RefineSettings.decoder_steps, help="stage 2 decoder steps")
     p.add_argument("--refine-unet-steps", type=int, default=RefineSettings.unet_steps, help="stage 2 UNet steps")
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     print(json.dumps({k: manifest[k] for k in ("file", "bytes", "sha256", "seed", "vae_steps", "unet_steps",
                                                   "timings", "seconds")}, indent=2))
     if args.loras:
-        from lora_core.train.demo_loras import train_demo_loras
+        from lora_core.demo.loras import train_demo_loras
 
         out = Path(args.out)
         written = train_demo_loras(out / manifest["file"], out / "configs", out / "loras", out / "lora_data",

@@ -61,7 +61,7 @@ def setup(webui: Webui, extension_dir: str) -> A1111Host:
         })
 
     def app_started(_demo: Any, app: Any):
-        from lora_core.app.api import register_routes
+        from lora_core.ui.api import register_routes
 
         takeover.register_network(webui.extra_networks, network)  # whoever registered after us
         takeover.replace_routes(app)

@@ -51,7 +51,7 @@ class LoadedCheckpoint:
 
 
 # A checkpoint may carry its own diffusers configs in its safetensors metadata: the demo model does
-# (lora_core/train/demo_model.py), and so does every file `merge` makes from it, which keeps the
+# (lora_core/demo/model.py), and so does every file `merge` makes from it, which keeps the
 # metadata. Such a file loads with those configs wherever it is, not with the shipped SD ones.
 EMBEDDED_CONFIGS_KEY = "lora_core_demo_configs"
 _EMBEDDED_PARTS = {"unet": "unet/config.json", "vae": "vae/config.json",
@@ -64,7 +64,7 @@ def read_metadata(path) -> dict[str, str]:
     """The safetensors metadata of a checkpoint ({} for other files or an unreadable header)."""
     if Path(path).suffix.lower() != ".safetensors":
         return {}
-    from lora_core.library.safetensors_header import HeaderError, read_header
+    from lora_core.formats.header import HeaderError, read_header
 
     try:
         return read_header(path)[1]
@@ -127,7 +127,7 @@ def list_checkpoints(folder) -> list[Path]:
 def read_shapes(path) -> dict[str, tuple]:
     """Tensor name -> shape, from the safetensors header only (no tensor data read; the library's
     one header reader, so HeaderError for a broken file)."""
-    from lora_core.library.safetensors_header import read_header
+    from lora_core.formats.header import read_header
 
     return {k: tuple(v["shape"]) for k, v in read_header(path)[0].items()}
 

@@ -11,10 +11,14 @@ style, a new shape, a LoCon texture) are copied to `Lora/demo/` on first run.
 If the shipped file is missing or fails its sha256 check, the app still runs on the old fallback:
 a model of the same kind with weights drawn from a fixed seed, whose pictures are coloured noise.
 
-The colour-cast demo LoRAs (demo_warm/cool/green) patch the UNet's conv_out with a rank-1 conv
-LoRA whose down-projection averages the incoming activations, so it acts like a bias on the
-predicted noise; its direction is calibrated against the loaded demo model (trained or not) so
-that each LoRA gives a clear colour cast.
+The colour-cast demo LoRAs (demo_warm/cool/green) ship trained with the pack (lora_core.demo.loras).
+On the random-weight fallback they are made here instead: a rank-1 conv LoRA on the UNet's conv_out
+whose down-projection averages the incoming activations, so it acts like a bias on the predicted
+noise; its direction is calibrated against the loaded model so that each gives a clear colour
+cast. Calibration probes and previews are LoRA files applied by the Engine, as every LoRA is.
+
+This module and demo_pack.py only load what tools/install_demo_assets.py built; how the demo model
+and its LoRAs are made is `lora_core.demo` (which imports the app, never the other way round).
 """
 from __future__ import annotations
 
@@ -163,6 +167,8 @@ def random_demo_handle(data_dir):
 
 
 # --------------------------------------------------------------------------------- demo LoRAs
+# Every colour-cast LoRA, the probes that calibrate it included, is an ordinary kohya LoRA file
+# applied by the Engine (the one owner of the model's patched state); nothing here writes weights.
 def _conv_out_factors(unet, up_vector):
     """kohya conv-LoRA factors for conv_out: down averages every input, up picks latent channels."""
     import torch
@@ -174,20 +180,59 @@ def _conv_out_factors(unet, up_vector):
     return down, up
 
 
-@contextmanager
-def _patched_conv_out(unet, down, up, weight: float):
-    """Temporarily add weight·(up@down) to conv_out; the original tensor is put back bit for bit."""
+def _colour_tensors(down, up) -> dict:
     import torch
 
-    param = unet.conv_out.weight
-    original = param.detach().clone()
-    with torch.no_grad():
-        param.add_((up.flatten(1) @ down.flatten(1)).reshape(param.shape) * weight)
+    return {
+        "lora_unet_conv_out.lora_down.weight": down.contiguous(),
+        "lora_unet_conv_out.lora_up.weight": up.contiguous(),
+        "lora_unet_conv_out.alpha": torch.tensor(1.0),
+    }
+
+
+@contextmanager
+def _applied(engine, path: Path, weight: float):
+    """The LoRA file at path applied by engine at weight for the block; the original weights after."""
+    from lora_core.request import ApplyRequest
+
+    report = engine.apply([ApplyRequest(path, te=weight, unet=weight)])
     try:
+        lora = report.loras[0]
+        if lora.refused or not lora.matched:
+            raise RuntimeError(f"demo colour LoRA {path.name} was not applied: {lora.refused or 'no module matched'}")
         yield
     finally:
-        with torch.no_grad():
-            param.copy_(original)
+        engine.restore()
+
+
+class _ColourCalibration:
+    """Writes colour-cast LoRA files for handle's model and measures them through engine."""
+
+    def __init__(self, handle, engine, work: Path, seed: int = 7):
+        self.handle, self.engine, self.work, self.seed = handle, engine, Path(work), seed
+        self._n = 0
+
+    def write(self, tensors: dict, metadata: dict[str, str], path: Path | None = None) -> Path:
+        from safetensors.torch import save
+
+        from lora_core.library.atomic import atomic_write
+
+        if path is None:  # a fresh name per probe: the engine's cache keys files by path, size and mtime
+            self._n += 1
+            path = self.work / f"probe_{self._n}.safetensors"
+        atomic_write(path, save(tensors, metadata=metadata))
+        return path
+
+    def mean_rgb(self, lora: Path | None = None):
+        if lora is None:
+            return _mean_rgb(self.handle, self.seed)
+        with _applied(self.engine, lora, 1.0):
+            return _mean_rgb(self.handle, self.seed)
+
+    def probe_file(self, up_vector, metadata) -> Path:
+        """A conv_out LoRA file whose up factor is up_vector (the probes and candidates)."""
+        down, up = _conv_out_factors(self.handle.pipe.unet, up_vector)
+        return self.write(_colour_tensors(down, up), metadata)
 
 
 def _mean_rgb(handle, seed: int):
@@ -201,42 +246,36 @@ def _mean_rgb(handle, seed: int):
     return np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(0) / 255.0
 
 
-def calibrate_colour_directions(handle, probe: float = 0.05, seed: int = 7):
+def calibrate_colour_directions(cal: _ColourCalibration, probe: float = 0.05):
     """3x4 matrix: mean-RGB change per unit of conv_out LoRA `up` on each latent channel."""
     import numpy as np
 
-    unet = handle.pipe.unet
-    base = _mean_rgb(handle, seed)
+    channels = cal.handle.pipe.unet.conv_out.weight.shape[0]
+    base = cal.mean_rgb()
     columns = []
-    for c in range(unet.conv_out.weight.shape[0]):
-        vec = np.zeros(unet.conv_out.weight.shape[0])
+    for c in range(channels):
+        vec = np.zeros(channels)
         vec[c] = probe
-        down, up = _conv_out_factors(unet, vec)
-        with _patched_conv_out(unet, down, up, 1.0):
-            columns.append((_mean_rgb(handle, seed) - base) / probe)
+        probe_file = cal.probe_file(vec, _probe_metadata())
+        columns.append((cal.mean_rgb(probe_file) - base) / probe)
     return np.stack(columns, axis=1), base
 
 
-def demo_lora_tensors(handle, spec: DemoLora, jacobian, base, seed: int = 7) -> dict:
+def demo_lora_tensors(cal: _ColourCalibration, spec: DemoLora, jacobian, base) -> dict:
     import numpy as np
-    import torch
 
-    unet = handle.pipe.unet
     target = np.asarray(spec.rgb_shift)
     up_vec = np.linalg.pinv(jacobian) @ target
     # one correction step: the VAE is not linear, so rescale to hit the wanted shift along target
-    down, up = _conv_out_factors(unet, up_vec)
-    with _patched_conv_out(unet, down, up, 1.0):
-        achieved = _mean_rgb(handle, seed) - base
+    achieved = cal.mean_rgb(cal.probe_file(up_vec, _probe_metadata())) - base
     ratio = float(achieved @ target / (target @ target))
     if ratio > 0.2:
         up_vec = up_vec / ratio
-    down, up = _conv_out_factors(unet, up_vec)
-    return {
-        "lora_unet_conv_out.lora_down.weight": down.contiguous(),
-        "lora_unet_conv_out.lora_up.weight": up.contiguous(),
-        "lora_unet_conv_out.alpha": torch.tensor(1.0),
-    }
+    return _colour_tensors(*_conv_out_factors(cal.handle.pipe.unet, up_vec))
+
+
+def _probe_metadata() -> dict[str, str]:
+    return {"ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1", "ss_v2": "False"}
 
 
 def _metadata(spec: DemoLora, model_hash: str | None) -> dict[str, str]:
@@ -259,7 +298,8 @@ def _metadata(spec: DemoLora, model_hash: str | None) -> dict[str, str]:
     }
 
 
-def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False, assets=None) -> list[Path]:
+def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False, assets=None,
+                      engine=None) -> list[Path]:
     """Put the demo LoRAs (+ .json sidecar + preview PNG) into lora_root/demo on first run.
 
     With the trained demo model loaded, the LoRAs of the asset folder are copied (the three trained
@@ -267,7 +307,9 @@ def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False, assets=N
     not hold (always, on the random-weight fallback) are calibrated against the loaded model here.
     A marker in data_dir remembers it was done, so LoRAs the user deleted do not come back (they
     are written again only when DEMO_VERSION changes, or once when the trained model becomes
-    available after a run on the fallback). Returns the written LoRA paths.
+    available after a run on the fallback). engine: the Engine over handle's model that applies
+    the calibration probes (default: a new one; the model is left unpatched either way).
+    Returns the written LoRA paths.
     """
     from lora_core.app.demo_pack import DemoPackError, read_pack
 
@@ -291,29 +333,32 @@ def ensure_demo_loras(lora_root, data_dir, handle, force: bool = False, assets=N
         written.extend(_copy_trained_loras(pack, folder))
     # colour casts the pack does not carry (fallback model, or an older pack) are calibrated here
     missing = [spec for spec in DEMO_LORAS if not any(p.stem == spec.name for p in written)]
-    written.extend(write_colour_loras(handle, folder, missing))
+    written.extend(write_colour_loras(handle, folder, missing, engine=engine))
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"version": DEMO_VERSION, "folder": str(folder), "trained": trained}))
     logger.info("wrote %d demo LoRAs to %s", len(written), folder)
     return written
 
 
-def write_colour_loras(handle, folder, specs=DEMO_LORAS) -> list[Path]:
-    """Calibrate the colour-cast LoRAs against handle's model and write them (+ sidecar + preview)."""
-    from safetensors.torch import save
-
-    from lora_core.library.atomic import atomic_write
+def write_colour_loras(handle, folder, specs=DEMO_LORAS, engine=None) -> list[Path]:
+    """Calibrate the colour-cast LoRAs against handle's model and write them (+ sidecar + preview);
+    every probe and preview is a LoRA file applied by engine (default: a new Engine over handle)."""
+    import tempfile
 
     folder = Path(folder)
     written: list[Path] = []
     if not specs:
         return written
-    with handle.lock:
-        jacobian, base = calibrate_colour_directions(handle)
+    if engine is None:
+        from lora_core.engine import Engine
+
+        engine = Engine(handle.binding)
+    with handle.lock, tempfile.TemporaryDirectory(prefix="lora_core-demo-") as work:
+        cal = _ColourCalibration(handle, engine, Path(work))
+        jacobian, base = calibrate_colour_directions(cal)
         for spec in specs:
-            tensors = demo_lora_tensors(handle, spec, jacobian, base)
-            path = folder / f"{spec.name}.safetensors"
-            atomic_write(path, save(tensors, metadata=_metadata(spec, handle.model_hash)))
+            tensors = demo_lora_tensors(cal, spec, jacobian, base)
+            path = cal.write(tensors, _metadata(spec, handle.model_hash), folder / f"{spec.name}.safetensors")
             sidecar = {
                 "description": spec.description,
                 "activation text": spec.activation_text,
@@ -322,7 +367,7 @@ def write_colour_loras(handle, folder, specs=DEMO_LORAS) -> list[Path]:
                 "notes": "Made by lora_core for its built-in demo model; it has no effect on real checkpoints' style.",
             }
             (folder / f"{spec.name}.json").write_text(json.dumps(sidecar, indent=2))
-            _write_preview(handle, tensors, spec, folder / f"{spec.name}.preview.png")
+            _write_preview(cal, path, spec, folder / f"{spec.name}.preview.png")
             written.append(path)
     return written
 
@@ -353,15 +398,12 @@ def _atomic_copy(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def _write_preview(handle, tensors: dict, spec: DemoLora, path: Path) -> None:
+def _write_preview(cal: _ColourCalibration, lora: Path, spec: DemoLora, path: Path) -> None:
     from lora_core.app.pipeline import GenerationParams
-
-    down = tensors["lora_unet_conv_out.lora_down.weight"]
-    up = tensors["lora_unet_conv_out.lora_up.weight"]
-    params = GenerationParams(prompt=spec.activation_text, steps=20, cfg=7.0, seed=1, width=DEMO_SIZE,
-                              height=DEMO_SIZE, sampler="Euler a")
-    with _patched_conv_out(handle.pipe.unet, down, up, spec.preferred_weight):
-        image = handle.generate(params)[0]
     from lora_core.library.atomic import atomic_write
 
+    params = GenerationParams(prompt=spec.activation_text, steps=20, cfg=7.0, seed=1, width=DEMO_SIZE,
+                              height=DEMO_SIZE, sampler="Euler a")
+    with _applied(cal.engine, lora, spec.preferred_weight):
+        image = cal.handle.generate(params)[0]
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

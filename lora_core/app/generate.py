@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint file or name under models/Stable-diffusion ('demo' for the built-in demo "
                              "model; default: the first checkpoint found, else the demo model)")
-    from lora_core.commands.options import add_location_arguments
+    from lora_core.library.locations import add_location_arguments
 
     add_location_arguments(parser)
     parser.add_argument("--data-dir", default="data", help="index, caches (default: data)")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lora_core.app.infotext import PNG_KEY, png_info
     from lora_core.app.session import CheckpointLoadError, Session
-    from lora_core.commands.options import lora_dirs, models_dir
+    from lora_core.library.locations import lora_dirs, models_dir
 
     try:
         # an explicit --checkpoint must load: no silent fall-back to the demo model

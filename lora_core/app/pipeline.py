@@ -71,7 +71,8 @@ class _Cancelled(Exception):
 
 
 class PipelineHandle:
-    """A loaded model. Build with `PipelineHandle.load(checkpoint_or_None, data_dir=...)`."""
+    """A loaded model. Build with `PipelineHandle.load(checkpoint, data_dir=...)`
+    (or `demo.load_demo_handle(data_dir)` for the embedded demo model)."""
 
     def __init__(self, pipe, *, family: str, is_demo: bool, label: str, checkpoint_path: Path | None,
                  model_name: str, model_hash: str | None, base_scheduler_config: dict,
@@ -95,12 +96,11 @@ class PipelineHandle:
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def load(cls, checkpoint=None, *, data_dir, config_root=None, dtype=None) -> "PipelineHandle":
-        """A real single-file checkpoint, or the embedded demo model when checkpoint is None."""
+    def load(cls, checkpoint, *, data_dir, config_root=None, dtype=None) -> "PipelineHandle":
+        """A single-file checkpoint (the embedded demo model: `demo.load_demo_handle`, which loads
+        its shipped file through here)."""
         if checkpoint is None:
-            from lora_core.app import demo
-
-            return demo.load_demo_handle(data_dir)
+            raise TypeError("PipelineHandle.load needs a checkpoint file; the demo model is demo.load_demo_handle")
         from lora_core.app.checkpoints import load_checkpoint, file_sha256
 
         path = Path(checkpoint)

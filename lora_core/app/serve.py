@@ -1,6 +1,6 @@
 """`python -m lora_core serve`: the standalone web UI (txt2img + the LoRA tab) and the REST API.
 
-The page is a gradio app mounted on a FastAPI app that also carries `lora_core.app.api`'s routes;
+The page is a gradio app mounted on a FastAPI app that also carries `lora_core.ui.api`'s routes;
 `javascript/lora_core.js` and `style.css` are the same files A1111 loads from the extension.
 Binds 127.0.0.1 unless --host says otherwise. Heavy imports (torch, diffusers, gradio) happen in
 `run()` / `build_*()` only, so `python -m lora_core --help` stays fast.
@@ -31,7 +31,7 @@ NEGATIVE_ELEM_ID = "txt2img_neg_prompt"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    from lora_core.commands.options import add_location_arguments
+    from lora_core.library.locations import add_location_arguments
 
     add_location_arguments(parser)
     parser.add_argument("--data-dir", default=None, help="index, thumbnails and caches (default: data)")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lora_core.app.session import CheckpointLoadError, Session
-    from lora_core.commands.options import lora_dirs
+    from lora_core.library.locations import lora_dirs
 
     models_dir = Path(args.models_dir)
     data_dir = Path(args.data_dir) if args.data_dir else Path("data")
@@ -362,7 +362,7 @@ def build_app(session: Session, models_dir: str | os.PathLike | None = None, civ
     import gradio as gr
     from fastapi import FastAPI
 
-    from lora_core.app.api import register_routes
+    from lora_core.ui.api import register_routes
 
     app = FastAPI(title="lora_core")
     civitai_settings = civitai if civitai is not None else settings_from_env()

@@ -95,14 +95,13 @@ class Session:
         """Load another checkpoint (or the demo model). On failure the current model stays loaded
         (or the demo model is loaded if there is none) and the reason is returned as a message;
         strict=True raises CheckpointLoadError instead."""
-        from lora_core.app.pipeline import PipelineHandle
         from lora_core.engine import Engine
 
         notes: list[str] = []
         with self._lock:
             try:
                 path = self._checkpoint_path(name)
-                handle = PipelineHandle.load(path, data_dir=self.data_dir, config_root=self.config_root)
+                handle = self._load(path)
             except Exception as exc:  # unreadable/unsupported file: keep the app usable
                 if strict:
                     raise CheckpointLoadError(f"Could not load checkpoint {name}: {exc}") from exc
@@ -111,7 +110,7 @@ class Session:
                 if self.pipeline is not None:
                     self.messages = notes
                     return notes
-                handle = PipelineHandle.load(None, data_dir=self.data_dir)
+                handle = self._load(None)
             if self.engine is not None:
                 self.engine.restore()
             self.pipeline = handle
@@ -129,11 +128,21 @@ class Session:
             self.messages = notes
             return notes
 
+    def _load(self, path: Path | None):
+        """The checkpoint at path, or the embedded demo model for None."""
+        if path is None:
+            from lora_core.app.demo import load_demo_handle
+
+            return load_demo_handle(self.data_dir)
+        from lora_core.app.pipeline import PipelineHandle
+
+        return PipelineHandle.load(path, data_dir=self.data_dir, config_root=self.config_root)
+
     def _write_demo_loras(self, handle) -> list[str]:
         from lora_core.app.demo import ensure_demo_loras
 
         try:
-            written = ensure_demo_loras(self.lora_dir, self.data_dir, handle)
+            written = ensure_demo_loras(self.lora_dir, self.data_dir, handle, engine=self.engine)
         except OSError as exc:
             return [f"Could not write the demo LoRAs to {self.lora_dir}: {exc}"]
         if written:

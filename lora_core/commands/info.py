@@ -40,7 +40,7 @@ _TOP_TAGS = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lora_core.commands.options import add_data_dir_argument, add_location_arguments
+    from lora_core.library.locations import add_data_dir_argument, add_location_arguments
 
     parser.add_argument("path", help="a LoRA file (.safetensors, or .pt/.ckpt read without pickle code), or a name "
                                      "as in <lora:NAME> looked up in the LoRA folders")
@@ -142,7 +142,7 @@ def format_text(info: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from lora_core.formats import LoraFormatError
 
-    from lora_core.commands.options import looks_like_path, resolve_lora
+    from lora_core.library.locations import looks_like_path, resolve_lora
 
     if not looks_like_path(args.path):
         try:

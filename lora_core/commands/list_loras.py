@@ -9,7 +9,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
-    from lora_core.commands.options import add_data_dir_argument, add_location_arguments
+    from lora_core.library.locations import add_data_dir_argument, add_location_arguments
 
     add_location_arguments(parser, lora_aliases=("--dir",))  # --dir: the old spelling of --lora-dir
     add_data_dir_argument(parser)
@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from lora_core.library import Library
 
-    from lora_core.commands.options import lora_dirs
+    from lora_core.library.locations import lora_dirs
 
     dirs = lora_dirs(args)
     with Library(dirs, args.data_dir) as lib:

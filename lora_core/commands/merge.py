@@ -28,7 +28,7 @@ EXIT_INCOMPATIBLE = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from lora_core.commands.options import add_data_dir_argument, add_location_arguments
+    from lora_core.library.locations import add_data_dir_argument, add_location_arguments
 
     parser.add_argument("checkpoint", help="single-file checkpoint (.safetensors; .ckpt/.pt read without pickle code), "
                                            "a path or a name under MODELS_DIR/Stable-diffusion")
@@ -175,7 +175,7 @@ def _unshared(state: dict) -> dict:
 
 def resolve_loras(loras: list[ApplyRequest], args: argparse.Namespace) -> list[ApplyRequest]:
     """Names -> files, as prompt tags resolve them (paths pass through). Raises MergeError."""
-    from lora_core.commands.options import looks_like_path, lora_dirs
+    from lora_core.library.locations import looks_like_path, lora_dirs
 
     if all(looks_like_path(req.path) for req in loras):
         return loras
@@ -200,7 +200,7 @@ def resolve_loras(loras: list[ApplyRequest], args: argparse.Namespace) -> list[A
 
 def resolve_checkpoint(spec: str, args: argparse.Namespace) -> str:
     """A checkpoint path as given, else a name under MODELS_DIR/Stable-diffusion."""
-    from lora_core.commands.options import checkpoint_dir
+    from lora_core.library.locations import checkpoint_dir
 
     if os.path.isfile(spec):
         return spec

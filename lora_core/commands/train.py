@@ -19,7 +19,7 @@ EXIT_INTERRUPTED = 130
 
 
 def add_arguments(parser) -> None:
-    from lora_core.commands.options import add_location_arguments
+    from lora_core.library.locations import add_location_arguments
 
     parser.add_argument("--checkpoint", required=True,
                         help="base model: A1111/LDM single-file checkpoint (.safetensors), a path or a name under "
@@ -107,7 +107,7 @@ def run(args) -> int:
                                  save_lora_file, scan_folder, train_lora)
 
     from lora_core.commands.merge import resolve_checkpoint
-    from lora_core.commands.options import lora_dirs
+    from lora_core.library.locations import lora_dirs
 
     args.checkpoint = resolve_checkpoint(args.checkpoint, args)
     if args.out:

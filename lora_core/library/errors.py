@@ -1,7 +1,7 @@
 """Exceptions of the library package."""
 from __future__ import annotations
 
-from lora_core.library.safetensors_header import HeaderError
+from lora_core.formats.header import HeaderError
 
 
 class LibraryError(Exception):

@@ -24,7 +24,7 @@ from lora_core.library.hashing import HashWorker
 from lora_core.library.index_db import IndexDB
 from lora_core.library.indexer import Indexer
 from lora_core.library.inspect_header import embedded_cover
-from lora_core.library.safetensors_header import HeaderError, read_header
+from lora_core.formats.header import HeaderError, read_header
 from lora_core.library.scanner import is_within, real_roots
 from lora_core.library.search import Search
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from lora_core.library import inspect_header, sidecars
-from lora_core.library.safetensors_header import HeaderError, read_header
+from lora_core.formats.header import HeaderError, read_header
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The LoRA tab's behaviour without gradio: queries, paging, details, favorites, sidecar edits.
 
-`lora_core.ui.tab` wires these methods to gradio events; the JSON routes in `lora_core.app.api`
+`lora_core.ui.tab` wires these methods to gradio events; the JSON routes in `lora_core.ui.api`
 reuse them. Keeping them here lets tests drive the tab's logic with a real `Library` and no browser.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ class TabSettings:
 
     current_family: returns the loaded checkpoint's family ("sd1", "sd2", "sdxl") or None; read at
         every query, so a checkpoint switch changes the default filter without rebuilding the tab.
-    api_prefix: where `lora_core.app.api.register_routes` mounted the JSON routes (thumbnails).
+    api_prefix: where `lora_core.ui.api.register_routes` mounted the JSON routes (thumbnails).
     rescan: the host's rescan (e.g. one that also queues hashing); default `library.scan()`.
     civitai: the host's `CivitaiSync` ("Fetch from Civitai", "Fetch missing", NSFW threshold).
     match_counts: (path) -> (matched, unmatched) | None against the loaded model; details only.

@@ -10,7 +10,7 @@ Hosts call one of:
 `library_provider` is a zero-argument callable returning the `lora_core.library.Library` to browse;
 it is called on every event, so a host may replace the library (e.g. after changing folders).
 `settings` is a `TabSettings` (page size, a callable giving the loaded checkpoint's family for the
-default family filter, and the URL prefix where `lora_core.app.api.register_routes` put the JSON
+default family filter, and the URL prefix where `lora_core.ui.api.register_routes` put the JSON
 routes that serve thumbnails). The page also needs `javascript/lora_core.js` (A1111 injects it;
 the standalone adds it to the page head) and `style.css` (A1111 loads it; the standalone passes it
 as css): the JS inserts tags into the prompt on card clicks and relays the card's ☆/ⓘ buttons to

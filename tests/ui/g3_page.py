@@ -13,7 +13,7 @@ import time
 
 import gradio as gr
 
-from lora_core.app.api import register_routes
+from lora_core.ui.api import register_routes
 from lora_core.library import Library
 from lora_core.ui import TabSettings, build_lora_tab
 

@@ -1,7 +1,7 @@
 """Measure what the embedded demo model and its trained LoRAs draw, from pixels.
 
 Used by tools/install_demo_assets.py (numbers written into the asset manifest, previews, README
-strip) and by the quality tests. The checks themselves are lora_core.demo_data's pixel readers
+strip) and by the quality tests. The checks themselves are lora_core.demo.data's pixel readers
 (background/object colour, shape by fill ratio, stripe and texture scores).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ STEPS = 20
 CFG = 7.0
 SAMPLER = "Euler a"
 
-# the recipes' names (lora_core.train.demo_loras.RECIPES) -> what kind of demo each is
+# the recipes' names (lora_core.demo.loras.RECIPES) -> what kind of demo each is
 LORA_KINDS = {"demo_stripes": "style", "demo_lcshape": "concept", "demo_checker": "locon"}
 
 
@@ -55,7 +55,7 @@ def held_out_quality(handle, n: int = 16, seed: int = 1000, steps: int = STEPS) 
     """Generate the n held-out prompts (shape/colour pairs no training set had) and read each
     picture back. A sample passes when both the requested colour and shape are there.
     Returns {"n", "pass_rate", "rates": {attribute: rate}, "samples": [...], "s_per_image"}."""
-    from lora_core.demo_data import check_scene, held_out_scenes
+    from lora_core.demo.data import check_scene, held_out_scenes
 
     scenes = held_out_scenes(n)
     samples, totals = [], {}
@@ -79,8 +79,8 @@ def held_out_quality(handle, n: int = 16, seed: int = 1000, steps: int = STEPS) 
 
 def object_shape(image, colour: str, background: str) -> str | None:
     """The shape of the largest object of `colour` on a plain `background` (None: no object)."""
-    from lora_core.demo_data import components, object_mask, shape_of
-    from lora_core.demo_data.measure import as_array, object_mask_by_colour
+    from lora_core.demo.data import components, object_mask, shape_of
+    from lora_core.demo.data.measure import as_array, object_mask_by_colour
 
     arr = as_array(image)
     parts = components(object_mask(arr, background) & object_mask_by_colour(arr, colour))
@@ -91,7 +91,7 @@ def object_shape(image, colour: str, background: str) -> str | None:
 
 def stripes(image) -> float:
     """Stripe score of the image's border frame (high for striped backgrounds)."""
-    from lora_core.demo_data import stripe_score
+    from lora_core.demo.data import stripe_score
 
     return stripe_score(image)
 
@@ -101,9 +101,9 @@ def checker(image, colour: str = "red", background: str = "white") -> float:
     both the background and its stripe shade, so a striped background does not count as texture."""
     import numpy as np
 
-    from lora_core.demo_data import components, object_mask, texture_score
-    from lora_core.demo_data.measure import as_array
-    from lora_core.demo_data.scenes import stripe_colour
+    from lora_core.demo.data import components, object_mask, texture_score
+    from lora_core.demo.data.measure import as_array
+    from lora_core.demo.data.scenes import stripe_colour
 
     arr = as_array(image)
     mask = object_mask(arr, background) & object_mask(arr, stripe_colour(background, colour))

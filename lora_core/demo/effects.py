@@ -23,10 +23,10 @@ from itertools import combinations
 
 import numpy as np
 
-from lora_core.demo_data import Scene
-from lora_core.demo_data.measure import (_NAMES, as_array, border_mask, colour_names, components, erode,
+from lora_core.demo.data import Scene
+from lora_core.demo.data.measure import (_NAMES, as_array, border_mask, colour_names, components, erode,
                                          position_of, shape_of, size_of, stripe_score, texture_score)
-from lora_core.demo_data.scenes import COLOURS, stripe_colour
+from lora_core.demo.data.scenes import COLOURS, stripe_colour
 
 # Prompts the demo model draws reliably (docs/DEMO_MODEL.md, "LoRAs alone and stacked"), covering
 # the four shapes, three colours, two backgrounds and two positions; the README's examples and the tests use them.

@@ -1,6 +1,6 @@
 """The demo LoRAs, trained by `python -m lora_core train` itself on the demo base model.
 
-Each recipe pairs a synthetic data set (lora_core.demo_data) with training settings; the LoRA is
+Each recipe pairs a synthetic data set (lora_core.demo.data) with training settings; the LoRA is
 written as `<out>/<name>.safetensors` with an A1111-style `<name>.json` sidecar (activation text,
 preferred weight, description) and, when the pipeline is available, `<name>.preview.png`.
 """
@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_core.demo_data import CONCEPT, COOL, GREEN, LOCON, STYLE, WARM, DemoDataset
+from lora_core.demo.data import CONCEPT, COOL, GREEN, LOCON, STYLE, WARM, DemoDataset
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +38,14 @@ class DemoLoraRecipe:
 RECIPES = (
     DemoLoraRecipe("demo_stripes", "style", STYLE, "attn_ff", 4, 4.0, 800),
     DemoLoraRecipe("demo_lcshape", "concept", CONCEPT, "attn_ff", 8, 8.0, 1000),
-    DemoLoraRecipe("demo_checker", "locon", LOCON, "locon", 4, 4.0, 800),
-    # The colour casts: the base scenes under a colour grade (lora_core.demo_data.WARM/COOL/GREEN),
+    # 0.6: at 1 its blotchy fill hid the object's shape in half the example prompts (0.6: effect in
+    # 3 of 4, shape in 4 of 4; docs/DEMO_MODEL.md)
+    DemoLoraRecipe("demo_checker", "locon", LOCON, "locon", 4, 4.0, 800, preferred_weight=0.6),
+    # The colour casts: the base scenes under a colour grade (lora_core.demo.data.WARM/COOL/GREEN),
     # trigger word last. They replace the rank-1 conv_out LoRAs once calibrated against the model by
     # a pinv solve, whose Jacobian is near zero on scene prompts (warm washed a scene yellow, cool
     # moved a blue star by 3 levels of 255): measured in docs/DEMO_MODEL.md.
-    DemoLoraRecipe("demo_warm", "colour", WARM, "locon", 4, 4.0, 800),
+    DemoLoraRecipe("demo_warm", "colour", WARM, "locon", 4, 4.0, 800, preferred_weight=1.2),
     DemoLoraRecipe("demo_cool", "colour", COOL, "locon", 4, 4.0, 400),
     DemoLoraRecipe("demo_green", "colour", GREEN, "locon", 4, 4.0, 800),
 )
@@ -51,7 +53,7 @@ RECIPES = (
 
 def example_prompt(recipe: DemoLoraRecipe) -> str:
     """The prompt a preview, the sidecar and the README show for a recipe (trigger word included)."""
-    from lora_core.train.demo_effects import EXAMPLE_SCENES, DemoLoraInfo, prompt_for
+    from lora_core.demo.effects import EXAMPLE_SCENES, DemoLoraInfo, prompt_for
 
     scene = EXAMPLE_SCENES[{"style": 0, "concept": 0, "locon": 0}.get(recipe.kind, 1)]
     return prompt_for(scene, [DemoLoraInfo(recipe.name, recipe.kind, recipe.activation_text,

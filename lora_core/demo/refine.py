@@ -55,7 +55,7 @@ def _scenes(settings: RefineSettings, size: int):
     import numpy as np
     import torch
 
-    from lora_core.demo_data import BASE
+    from lora_core.demo.data import BASE
 
     arrays, captions, masks = [], [], []
     for image, caption, rendered in BASE.items(settings.seed, settings.n_images, size):
@@ -71,7 +71,7 @@ def train_decoder(vae, images, masks, means, stds, settings: RefineSettings, gen
     so the edges count too) by settings.object_weight."""
     import torch
 
-    from lora_core.train.demo_model import (_bar, _lr_at, _to_pixels, near_object_masks, object_weighted_loss,
+    from lora_core.demo.model import (_bar, _lr_at, _to_pixels, near_object_masks, object_weighted_loss,
                                             optimizer_step)
 
     near_object = near_object_masks(masks)
@@ -104,7 +104,7 @@ def _job(kind: str, src: str, config_root: str, data_dir: str, settings: RefineS
     import torch
     from safetensors.torch import save_file
 
-    from lora_core.train.demo_model import DemoTrainSettings, encode_all, train_unet
+    from lora_core.demo.model import DemoTrainSettings, encode_all, train_unet
 
     torch.set_num_threads(max(1, settings.threads))
     t0 = time.perf_counter()
@@ -143,7 +143,7 @@ def refine_demo_model(src, config_root, out_dir, settings: RefineSettings = Refi
 
     from safetensors import safe_open
 
-    from lora_core.train.demo_model import checkpoint_metadata, demo_configs_from_metadata, sha256_file
+    from lora_core.demo.model import checkpoint_metadata, demo_configs_from_metadata, sha256_file
     from lora_core.train.ldm_export import sd1_state_dict
     from lora_core.train.safetensors_io import write_safetensors
 

@@ -1,7 +1,7 @@
 """Synthetic captioned scenes for the demo model and demo LoRAs, and pixel measurements to check
 pictures against captions. numpy + Pillow only (no torch).
 
-    from lora_core.demo_data import BASE, STYLE, CONCEPT, LOCON, held_out_prompts, describe
+    from lora_core.demo.data import BASE, STYLE, CONCEPT, LOCON, held_out_prompts, describe
     for image, caption, truth in BASE.items(seed=0, n=100): ...
     BASE.write("data/", seed=0, n=2000, repeats=1)      # data/1_scenes/0000.png + 0000.txt
     check_scene(generated_image, scene)                  # {"background": True, "shape": False, ...}

@@ -138,7 +138,7 @@ def _images_tensor(seed: int, n: int, size: int):
     import numpy as np
     import torch
 
-    from lora_core.demo_data import BASE
+    from lora_core.demo.data import BASE
 
     arrays, captions, scenes = [], [], []
     for image, caption, rendered in BASE.items(seed, n, size):
@@ -154,8 +154,8 @@ def _vae_scenes(settings: DemoTrainSettings, size: int):
     import numpy as np
     import torch
 
-    from lora_core.demo_data.datasets import is_held_out
-    from lora_core.demo_data.scenes import SHAPES, render_many
+    from lora_core.demo.data.datasets import is_held_out
+    from lora_core.demo.data.scenes import SHAPES, render_many
 
     shapes = tuple(SHAPES) + tuple(s for s in settings.vae_extra_shapes if s not in SHAPES)
     styled = int(round(settings.n_images * settings.vae_styled_fraction))
