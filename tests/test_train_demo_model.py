@@ -94,7 +94,9 @@ def test_tool_smoke_run_writes_an_ldm_checkpoint_and_manifest(tmp_path):
     from lora_core.formats import load_lora
 
     loras = {p.stem: load_lora(p) for p in sorted((tmp_path / "loras").glob("*.safetensors"))}
-    assert set(loras) == {"demo_stripes", "demo_lcshape", "demo_checker"}
+    from lora_core.demo.loras import RECIPES
+
+    assert set(loras) == {r.name for r in RECIPES} >= {"demo_stripes", "demo_lcshape", "demo_checker", "demo_warm"}
     assert all(lf.family == "sd1" and lf.metadata["ss_steps"] == "2" for lf in loras.values())
     assert loras["demo_checker"].algorithms()["locon"] > 0
     assert "locon" not in loras["demo_stripes"].algorithms()

@@ -256,8 +256,7 @@ def calibrate_colour_directions(cal: _ColourCalibration, probe: float = 0.05):
     for c in range(channels):
         vec = np.zeros(channels)
         vec[c] = probe
-        probe_file = cal.probe_file(vec, _probe_metadata())
-        columns.append((cal.mean_rgb(probe_file) - base) / probe)
+        columns.append((cal.mean_rgb(cal.probe_file(vec, _probe_metadata())) - base) / probe)
     return np.stack(columns, axis=1), base
 
 
