@@ -27,6 +27,7 @@ case $HOST in
 esac
 [[ -d $RIGS/$HOST && -x $VENV/bin/python ]] || { echo "no rig: set up $RIGS/$HOST first"; exit 2; }
 PY=$VENV/bin/python
+export SD_WEBUI_LOG_LEVEL=${SD_WEBUI_LOG_LEVEL:-INFO}  # shows lora_core's own time per request
 export PORT PIDFILE=/tmp/host-compare-$HOST.pid LOG
 rm -rf "$OUT"; mkdir -p "$OUT"
 DEST=$DIR/extensions/$EXT
@@ -61,7 +62,7 @@ PY
   all_errors=$(grep -c -E "Traceback \(most recent call last\)|^\*\*\* Error" "$LOG")
   echo "$variant: $start_errors error report(s) at start-up, $((all_errors - start_errors)) during the requests"
   (( all_errors > 0 )) && { fails+=("$variant: $all_errors error report(s) in $LOG"); grep -n -A8 -E "Traceback|^\*\*\* Error" "$LOG" | head -40; }
-  grep -i "lora_core" "$LOG" | head -5
+  grep -i "lora_core" "$LOG" | grep -v "^DEBUG" | tail -30
   "$PY" - "$VENV" "$PIDFILE" <<'PY' || true
 import sys
 pid = open(sys.argv[2]).read().strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from lora_core.a1111 import infotext
@@ -186,6 +187,7 @@ class A1111Host:
             host_merged = model_access.forge_lora_merged(sd_model)
             if not text and not self._patched and not host_merged:
                 return  # nothing merged, nothing asked: no engine work (and no torch import)
+            started = time.perf_counter()
             try:
                 engine = self._engine_for(sd_model, release_host_lora=True)
                 library = self.library() if text else self._library
@@ -198,6 +200,8 @@ class A1111Host:
             self._patched = bool(text)
         self._report(p, resolved.advice, report)
         self._write_infotext(p, resolved.requests, report)
+        # What a request costs on our side (docs/HOSTS.md measures it; SD_WEBUI_LOG_LEVEL=INFO shows it)
+        log.info("lora_core: %s in %.1f ms", text or "no LoRA (restored)", (time.perf_counter() - started) * 1000)
 
     def _host_problem(self, exc: Exception) -> str:
         """Logs a failure to reach the webui's model once per distinct message (with the

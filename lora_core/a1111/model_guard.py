@@ -38,6 +38,8 @@ class ModelGuard:
         @functools.wraps(original)
         def guarded(*args, **kwargs):
             try:
+                if name == "reload_model_weights" and _reload_is_noop(self.sd_models, args, kwargs):
+                    return original(*args, **kwargs)
                 self.before_change()
             except Exception:  # noqa: BLE001 - a failed restore must not block loading a model
                 log.exception("lora_core: restoring weights before %s failed", name)
@@ -52,3 +54,18 @@ class ModelGuard:
             if getattr(current, _MARK, None) is original:
                 setattr(self.sd_models, name, original)
         self.originals.clear()
+
+
+def _reload_is_noop(sd_models: Any, args: tuple, kwargs: dict) -> bool:
+    """AUTOMATIC1111 calls `reload_model_weights()` at the start of every generation; it returns at
+    once when the requested checkpoint is the loaded one (same file, not forced). Restoring then
+    would make every request re-apply its LoRAs. Any doubt counts as a change (restore first): an
+    in-place reload we did not foresee is still caught by `on_model_loaded`, which drops the backups."""
+    try:
+        sd_model = kwargs.get("sd_model", args[0] if args else None) or sd_models.model_data.sd_model
+        info = kwargs.get("info", args[1] if len(args) > 1 else None) or sd_models.select_checkpoint()
+        forced = kwargs.get("forced_reload", args[2] if len(args) > 2 else False)
+        loaded = getattr(sd_model, "sd_model_checkpoint", None)
+        return not forced and loaded is not None and loaded == getattr(info, "filename", None)
+    except Exception:  # noqa: BLE001 - a webui we do not know: restore, as before
+        return False

@@ -41,6 +41,8 @@ def process_images(p, sample=lambda p: None):
     """Runs the batches; `sample(p)` stands for the sampler (it sees the patched model). Returns
     the list of `sample` results."""
     results = []
+    if not getattr(sd_models, "is_forge", False) and sd_models.checkpoints_list:
+        sd_models.reload_model_weights()  # A1111: every generation (a no-op for the loaded checkpoint)
     for n in range(p.n_iter):
         p.iteration = n
         if getattr(sd_models, "is_forge", False):

@@ -22,6 +22,7 @@ class CheckpointInfo:
     def __init__(self, title, state_dict_fn, arch="sd1"):
         self.title = title
         self.name = title
+        self.filename = f"/models/Stable-diffusion/{title}.safetensors"
         self.state_dict_fn = state_dict_fn
         self.arch = arch
         checkpoints_list[title] = self
@@ -59,20 +60,33 @@ def load_model(checkpoint_info=None, already_loaded_state_dict=None):
     model = model_builders[info.arch]()
     model.load_state_dict(already_loaded_state_dict or info.state_dict_fn())
     model.sd_checkpoint_info = info
+    model.sd_model_checkpoint = info.filename
+    shared.opts.data["sd_model_checkpoint"] = info.title  # as the webui: the loaded one is selected
     _flags(model, info.arch)
     model_data.set_sd_model(model)
     script_callbacks.model_loaded_callback(model)
     return model
 
 
+def select_checkpoint():
+    """The checkpoint the settings name (`shared.opts.sd_model_checkpoint`), else the first."""
+    wanted = getattr(shared.opts, "sd_model_checkpoint", None)
+    return checkpoints_list.get(wanted) or next(iter(checkpoints_list.values()), None)
+
+
 def reload_model_weights(sd_model=None, info=None, forced_reload=False):
+    """As the webui: called with no arguments at the start of every generation, and then a no-op
+    when the selected checkpoint is the loaded one."""
+    info = info or select_checkpoint()
     sd_model = sd_model or model_data.sd_model
+    if sd_model is not None and sd_model.sd_model_checkpoint == info.filename and not forced_reload:
+        return sd_model
     if sd_model is None or info.arch != sd_model.sd_checkpoint_info.arch:
         return load_model(info)
-    if sd_model.sd_checkpoint_info is info and not forced_reload:
-        return sd_model
     sd_model.load_state_dict(info.state_dict_fn())  # copies into the live parameters
     sd_model.sd_checkpoint_info = info
+    sd_model.sd_model_checkpoint = info.filename
+    shared.opts.data["sd_model_checkpoint"] = info.title
     script_callbacks.model_loaded_callback(sd_model)
     return sd_model
 
