@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, binding: Any, cache_size: int | None = 8, cache_mb: float | None = None,
-                 compute_dtype: torch.dtype = torch.float32, cache: LoraCache | None = None):
+                 compute_dtype: torch.dtype = torch.float32, cache: LoraCache | None = None,
+                 w0_source: Any = None):
+        """`w0_source`: read original weights back from the model's checkpoint instead of keeping
+        copies (`lora_core.patcher.checkpoint_w0.for_checkpoint(path)`; see Patcher)."""
         self.binding = binding
-        self.patcher = Patcher(binding, compute_dtype=compute_dtype)
+        self.patcher = Patcher(binding, compute_dtype=compute_dtype, w0_source=w0_source)
         self.cache = cache if cache is not None else LoraCache(max_count=cache_size, max_mb=cache_mb)
         self._lock = threading.RLock()
 

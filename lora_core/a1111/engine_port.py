@@ -34,18 +34,41 @@ def set_cache_limits(cache: Any, cache_count: int | None, cache_mb: int | None) 
     cache.max_bytes = None if cache_mb is None else int(cache_mb * 1024 * 1024)
 
 
-def create_engine(tensors: Any, family: str | None, cache: Any) -> Any:
+def create_engine(tensors: Any, family: str | None, cache: Any, w0_source: Any = None) -> Any:
     """An Engine bound to the model tensors `model_access.model_tensors` found: A1111's LDM model
     (UNet `model.diffusion_model`, SD1 `cond_stage_model.transformer`, SD2 OpenCLIP
     `cond_stage_model.model` with its fused in_proj, SDXL `conditioner.embedders.0/1`) or Forge's
     `forge_objects` (UNet and CLIP apart, CLIP in the HF namespace). The binding holds the live
     parameters, so it stays valid when the webui moves the model between devices; a webui that
-    swaps Parameter objects changes the tensors' fingerprint and the host binds again."""
+    swaps Parameter objects changes the tensors' fingerprint and the host binds again.
+    `w0_source`: see `checkpoint_w0`."""
     from lora_core.engine import Engine
     from lora_core.targets import Binding
 
-    binding = Binding.from_parts(tensors.unet, tensors.text, family=family)
-    return Engine(binding, cache=cache)
+    text = [(c, ns, n, t, tensors.text_names.get((c, n), f"{c}.{n}")) for c, ns, n, t in tensors.text]
+    binding = Binding.from_parts(tensors.unet, text, family=family, unet_prefix=tensors.unet_prefix)
+    return Engine(binding, cache=cache, w0_source=w0_source)
+
+
+# "auto" reads W0 back from the checkpoint for models this large (Flux, SD3.5 Large): below it,
+# copies cost little memory and restore without touching the file.
+AUTO_CHECKPOINT_BYTES = 8 << 30
+
+
+def checkpoint_w0(sd_model: Any, tensors: Any, mode: str) -> Any:
+    """The source of original weights for `create_engine`, by the setting `mode` ("auto",
+    "always", "never"): the safetensors file the webui loaded the model from, or None (copies)."""
+    if mode not in ("auto", "always"):
+        return None
+    if mode == "auto":
+        size = sum(t.numel() * t.element_size() for _n, t in tensors.unet)
+        size += sum(t.numel() * t.element_size() for *_r, t in tensors.text)
+        if size < AUTO_CHECKPOINT_BYTES:
+            return None
+    from lora_core.patcher.checkpoint_w0 import for_checkpoint
+
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    return for_checkpoint(getattr(info, "filename", None))
 
 
 def holds_inference_tensors(tensors: Any) -> bool:

@@ -150,7 +150,8 @@ class A1111Host:
         if self._cache is None:
             self._cache = engine_port.create_cache(*self.settings.cache_limits())
         family = engine_port.family_of(sd_model)
-        self._engine = engine_port.create_engine(tensors, family, self._cache)
+        w0_source = engine_port.checkpoint_w0(sd_model, tensors, self.settings.get("lora_core_restore_from_checkpoint"))
+        self._engine = engine_port.create_engine(tensors, family, self._cache, w0_source)
         self._inference = engine_port.holds_inference_tensors(tensors)
         self._bound_model = sd_model
         self._fingerprint = fingerprint

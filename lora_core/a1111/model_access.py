@@ -15,7 +15,7 @@ Everything that reads webui model internals is here, so a webui that changed sho
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class ModelTensors:
     kind: str                       # "a1111" or "forge"
     unet: list[tuple[str, Any]]     # (name without the UNet prefix, tensor)
     text: list[tuple[str, str, str, Any]]  # (component, namespace, name within the encoder, tensor)
+    unet_prefix: str = ""           # what the UNet names lost: with it they are the checkpoint's keys
+    text_names: dict = field(default_factory=dict)  # (component, name) -> the model's own name
 
     def fingerprint(self) -> tuple[int, ...]:
         """Identity of every tensor object: it changes when the webui swaps Parameter objects
@@ -90,9 +92,11 @@ def model_tensors(sd_model: Any) -> ModelTensors:
                         break
         if not unet:
             raise HostModelError("Forge's UNet has no parameters named diffusion_model.*")
-        return ModelTensors("forge", unet, text)
+        # Forge's UNet is the checkpoint's `model.diffusion_model.*`; its CLIP names are its own
+        return ModelTensors("forge", unet, text, unet_prefix="model." + FORGE_UNET_PREFIX)
     unet = []
     text = []
+    text_names = {}
     for name, tensor in _named_parameters(sd_model, "shared.sd_model"):
         if name.startswith(naming.LDM_UNET_PREFIX):
             unet.append((name[len(naming.LDM_UNET_PREFIX):], tensor))
@@ -103,8 +107,9 @@ def model_tensors(sd_model: Any) -> ModelTensors:
         for prefix, component, namespace in naming.LDM_TEXT_PREFIXES:
             if plain.startswith(prefix):
                 text.append((component, namespace, plain[len(prefix):], tensor))
+                text_names[(component, plain[len(prefix):])] = name
                 break
-    return ModelTensors("a1111", unet, text)
+    return ModelTensors("a1111", unet, text, unet_prefix=naming.LDM_UNET_PREFIX, text_names=text_names)
 
 
 def moved_tensors(old: ModelTensors, new: ModelTensors) -> list[tuple[Any, Any]]:

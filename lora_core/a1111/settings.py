@@ -35,6 +35,11 @@ OPTIONS = [
            info="faster when the next generation uses the same LoRAs; off restores the model after every generation"),
     Option("lora_core_show_all_families", False, "Show LoRAs made for other model families", "bool",
            info="otherwise the Lora cards and tab show only LoRAs that fit the loaded checkpoint"),
+    Option("lora_core_restore_from_checkpoint", "auto",
+           "Exact restore: read original weights back from the checkpoint file instead of keeping copies",
+           "str", "Radio", {"choices": ["auto", "always", "never"]},
+           "auto: for models of 8 GB and more (Flux, SD3.5 Large); saves the memory of every weight a LoRA "
+           "touches; a weight that differs from the file (edited after loading) keeps a copy"),
     Option("lora_core_add_hashes_to_infotext", True, "Add Lora hashes to infotext", "bool"),
     Option("lora_core_rewrite_pasted_names", True, "Resolve pasted Lora names by hash", "bool",
            info="when parameters are pasted, tags whose file was renamed point to the local file with the same hash"),

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from lora_core.patcher.slot_math import CHUNKED_DTYPES
+from lora_core.patcher.slot_math import CHUNKED_DTYPES, add_into
 
 # fp32 ΔW of one batched matmul at most (a batch is never split below one slot). Bounded so that
 # an apply on a small GPU does not need more free memory than the largest few slots in fp32.
@@ -103,7 +103,7 @@ def stacked_delta(contribs_per_slot: Sequence[Sequence[tuple]], key: BatchKey,
 def write_batch(lives: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor], delta: torch.Tensor) -> None:
     """live = W0 + ΔW, computed in fp32 (at least) and rounded once into each live tensor."""
     for i, (live, w0) in enumerate(zip(lives, w0s)):
-        torch.add(w0, delta[i].view(w0.shape), out=live)
+        add_into(live, w0, delta[i].view(w0.shape))
 
 
 @contextlib.contextmanager

@@ -8,6 +8,9 @@ State kept between calls (all per Patcher, nothing global):
 * one W0 backup per touched tensor (a fused q/k/v in_proj is one tensor), taken before its
   first write and released as soon as no slot of it is patched. Slots are always recomputed
   from W0, never by subtracting, so values never drift and restore is bit for bit.
+  With a `w0_source` (the checkpoint file the model was loaded from, checkpoint_w0.py), a tensor
+  whose live value equals the file's (checked at its first write) keeps no copy: W0 is read back
+  from the file whenever it is needed, so an exact restore holds no memory (Flux: 24 GB less).
 * the plans (resolved adapters) of the LoRAs in the stack.
 
 Every apply is all-or-nothing: if any write fails, the slots already rewritten are recomputed
@@ -116,10 +119,15 @@ class Patcher:
     moment (Linux /proc/loadavg; elsewhere torch's setting); "torch": torch's setting; a number:
     that many. On a busy machine a thread that gets no CPU stalls every op it shares
     (docs/BENCHMARKS.md, "Patcher: measurements behind the design").
+
+    `w0_source(name)`: the tensor `name` (a Slot's name) as the checkpoint file holds it, or None
+    (checkpoint_w0.CheckpointW0). Tensors whose live value equals it keep no backup copy. Writes
+    then go slot by slot (no batched path): the file is read one tensor at a time.
     """
 
     def __init__(self, binding: Any, compute_dtype: torch.dtype = torch.float32, keep_originals: bool = True,
-                 batched: bool | None = None, large_slot_threads: int | str = "free"):
+                 batched: bool | None = None, large_slot_threads: int | str = "free",
+                 w0_source: Callable[[str], torch.Tensor | None] | None = None):
         if large_slot_threads not in LARGE_SLOT_THREADS and not (
                 isinstance(large_slot_threads, int) and large_slot_threads >= 1):
             raise ValueError(f"large_slot_threads must be 'free', 'torch' or a positive number, "
@@ -135,6 +143,8 @@ class Patcher:
         self._contribs: dict[tuple, list] = {}
         self._slots: dict[tuple, SlotRef] = {}
         self._backups: dict[tuple, torch.Tensor] = {}
+        self.w0_source = w0_source
+        self._file_w0: set[tuple] = set()  # groups whose W0 is read back from w0_source
         self._last_report = PatchReport()
         self._baked = False
         self.slot_writes = 0  # total slot writes since creation (instrumentation for tests/bench)
@@ -147,7 +157,12 @@ class Patcher:
 
     @property
     def backup_bytes(self) -> int:
+        """Bytes held for exact restore (copies; W0 read back from the checkpoint holds none)."""
         return sum(t.numel() * t.element_size() for t in self._backups.values())
+
+    @property
+    def file_backed_tensors(self) -> int:
+        return len(self._file_w0)
 
     def apply(self, stack: Iterable[ActiveLora], progress: Callable[[int, int], Any] | None = None) -> PatchReport:
         """Make the model's weights W0 + Σ m·ΔW for `stack`; return what was done.
@@ -182,7 +197,7 @@ class Patcher:
             self._release_unused_backups()
             report.slots_recomputed = len(changed)
             report.write_threads = threads
-            report.backed_up_tensors = len(self._backups)
+            report.backed_up_tensors = len(self._backups) + len(self._file_w0)
             report.backup_bytes = self.backup_bytes
             report.seconds = time.perf_counter() - t0
             self._last_report = report
@@ -197,10 +212,12 @@ class Patcher:
             slots = [(key, self._slots[key]) for key in self._contribs]
 
             def reset(item, _state=None):
-                for _key, ref in item:
-                    write_slot(self._live(ref), ref.view(self._backups[ref.group]), [], self.compute_dtype)
+                for group in _by_tensor(item):  # a W0 read back from the checkpoint: once per tensor
+                    w0 = self._w0(group[0][1])
+                    for _key, ref in group:
+                        write_slot(self._live(ref), ref.view(w0), [], self.compute_dtype)
                     with self._count_lock:
-                        self.slot_writes += 1
+                        self.slot_writes += len(group)
 
             workers = _parallel_workers(slots)
             if self._batched_for(slots):  # one multi-tensor copy
@@ -217,6 +234,7 @@ class Patcher:
             self._plans = {}
             self._stack = ()
             self._backups.clear()
+            self._file_w0.clear()
             self._last_report = PatchReport()
 
     # ------------------------------------------------------------------ planning
@@ -266,8 +284,41 @@ class Patcher:
         return desired, refs
 
     def _original(self, ref: SlotRef) -> torch.Tensor:
-        backup = self._backups.get(ref.group)
+        backup = self._w0(ref)
         return ref.view(backup if backup is not None else ref.tensor.detach())
+
+    def _w0(self, ref: SlotRef) -> torch.Tensor | None:
+        """The whole tensor's W0 (a copy, or read back from the checkpoint); None if untouched."""
+        backup = self._backups.get(ref.group)
+        if backup is None and ref.group in self._file_w0:
+            backup = self._read_w0(ref)
+            if backup is None:
+                raise RuntimeError(f"the checkpoint no longer holds {ref.name!r}; its original weight is lost")
+        return backup
+
+    def _read_w0(self, ref: SlotRef) -> torch.Tensor | None:
+        """W0 from the checkpoint in the live tensor's dtype and device, or None if the file has no
+        tensor of that name and shape."""
+        if self.w0_source is None or not ref.name:
+            return None
+        stored = self.w0_source(ref.name)
+        live = ref.tensor.detach()
+        if stored is None or tuple(stored.shape) != tuple(live.shape):
+            return None
+        return stored.to(device=live.device, dtype=live.dtype)
+
+    def _checkpoint_w0(self, ref: SlotRef) -> torch.Tensor | None:
+        """At a tensor's first write: W0 from the checkpoint if it equals the live value (the host
+        may have changed weights after loading; then the caller takes a copy)."""
+        try:
+            w0 = self._read_w0(ref)
+        except Exception as exc:  # an unreadable checkpoint: keep a copy, as without a source
+            log.warning("cannot read %s back from the checkpoint (%s); keeping a copy", ref.name, exc)
+            return None
+        if w0 is None or not torch.equal(w0.view(torch.uint8), ref.tensor.detach().view(torch.uint8)):
+            return None
+        self._file_w0.add(ref.group)
+        return w0
 
     # ------------------------------------------------------------------ writing
     @staticmethod
@@ -277,13 +328,15 @@ class Patcher:
     def _write(self, ref: SlotRef, contribs: list, scratch: Scratch | None = None,
                memory: torch.Tensor | None = None) -> None:
         """`memory`: an empty tensor like ref.tensor to take the W0 backup, if one is needed."""
-        backup = self._backups.get(ref.group)
+        backup = self._w0(ref)
         fill = None
         if backup is None:
             if not contribs:
                 return  # never written since the last release: already W0
             if not self.keep_originals:
                 backup = ref.tensor.detach()  # one-shot bake: W0 is the live value itself
+            elif self.w0_source is not None and (read := self._checkpoint_w0(ref)) is not None:
+                backup = read  # held only for this write
             elif ref.rows is None:
                 # the slot is the whole tensor: back it up block by block as it is written
                 # (one read of W0 instead of two); BackupFill keeps it complete on any exit
@@ -292,7 +345,7 @@ class Patcher:
             else:  # a q/k/v part of a fused tensor: back up all of it now
                 backup = memory if memory is not None else torch.empty_like(ref.tensor.detach())
                 backup.copy_(ref.tensor.detach())
-            if self.keep_originals:
+            if self.keep_originals and ref.group not in self._file_w0:
                 self._backups[ref.group] = backup
         live = self._live(ref)
         try:
@@ -329,6 +382,8 @@ class Patcher:
                              lora=lora, module=module) from cause
 
     def _batched_for(self, slots: list) -> bool:
+        if self.w0_source is not None:
+            return False  # W0 comes from the file one tensor at a time (see the class docstring)
         if self.batched is not None:
             return self.batched
         return bool(slots) and all(ref.tensor.device.type != "cpu" for _key, ref in slots)
@@ -430,7 +485,8 @@ class Patcher:
         if self.keep_originals:
             for item in items:
                 ref = item[0][1]
-                if self._backups.get(ref.group) is None and any(desired.get(k) for k, _r in item):
+                if (self._backups.get(ref.group) is None and ref.group not in self._file_w0
+                        and self.w0_source is None and any(desired.get(k) for k, _r in item)):
                     memory[ref.group] = torch.empty_like(ref.tensor.detach())
         lock = threading.Lock()
         done = [0]
@@ -468,7 +524,7 @@ class Patcher:
                 self._write(ref, old)
             except Exception:  # cannot rebuild the old value: fall back to W0 for this slot
                 log.exception("rollback of %s failed; slot reset to its original weight", key)
-                backup = self._backups.get(ref.group)
+                backup = self._w0(ref)
                 if backup is not None:
                     write_slot(self._live(ref), ref.view(backup), [], self.compute_dtype)
                 self._contribs.pop(key, None)
@@ -479,3 +535,4 @@ class Patcher:
         used = {self._slots[k].group for k in self._contribs}
         for group in [g for g in self._backups if g not in used]:
             del self._backups[group]
+        self._file_w0 &= used

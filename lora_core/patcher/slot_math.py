@@ -5,6 +5,9 @@
 * Other adapters (LoHa, LoKr, OFT, …) give their fp32 ΔW through `Adapter.delta(W0)`.
 * The sum is added to W0 and rounded to the weight's dtype exactly once (`torch.add(..., out=)`
   computes in the promoted dtype, fp32 at least, and casts on store).
+* fp8 weights (`float8_e4m3fn`/`float8_e5m2`) are dequantised to fp32, merged there and rounded
+  back to nearest, saturating at the format's largest finite value (torch promotes no arithmetic
+  with fp8 operands). Why nearest and not stochastic rounding: docs/BENCHMARKS.md, "fp8 merges".
 * The result depends only on (W0, contributions), which is why recomputing a slot from its
   backup never drifts and a rollback reproduces the previous state.
 """
@@ -81,7 +84,8 @@ def write_slot(
             if entry.low_rank is not None:
                 continue
             try:
-                d = _full_delta(entry, w0, dyn).reshape(w0.shape)
+                # ΔW math needs a dtype torch computes in (fp8 W0: widened, once per adapter)
+                d = _full_delta(entry, w0.float() if is_fp8(w0.dtype) else w0, dyn).reshape(w0.shape)
             except Exception as exc:
                 raise AdapterFailure(entry) from exc
             if full is None:
@@ -97,7 +101,31 @@ def write_slot(
                 full = product.view(w0.shape)
             else:
                 full.view(product.shape).add_(product.to(torch.float32))
-        torch.add(w0, full, out=live)
+        add_into(live, w0, full)
+
+
+def add_into(live: torch.Tensor, w0: torch.Tensor, delta: torch.Tensor) -> None:
+    """live ← W0 + ΔW, computed in fp32 (at least) and rounded once to live's dtype."""
+    if is_fp8(live.dtype):
+        store(live, w0.float() + delta)
+    else:
+        torch.add(w0, delta, out=live)
+
+
+FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+
+def is_fp8(dtype: torch.dtype) -> bool:
+    return dtype in FP8_DTYPES
+
+
+def store(dst: torch.Tensor, value: torch.Tensor) -> None:
+    """dst ← value (fp32 or wider), rounded to nearest in dst's dtype; fp8 saturates at its
+    largest finite value instead of becoming NaN."""
+    if is_fp8(dst.dtype):
+        limit = torch.finfo(dst.dtype).max
+        value = value.clamp(-limit, limit)
+    dst.copy_(value)
 
 
 # Rows are computed in blocks of about this many elements (4 MB in fp32) in one reused fp32
@@ -106,7 +134,7 @@ def write_slot(
 # read of W0 and one write of W besides the product, and never a full-size fp32 ΔW.
 CHUNK_ELEMENTS = 1 << 20
 # weight dtypes written by the row-block and batched paths; others take the plain path
-CHUNKED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+CHUNKED_DTYPES = (torch.float16, torch.bfloat16, torch.float32) + FP8_DTYPES
 
 
 def _chunkable(live: torch.Tensor, w0: torch.Tensor) -> bool:
@@ -148,7 +176,7 @@ def _write_low_rank_chunked(live: torch.Tensor, w0: torch.Tensor, up: torch.Tens
             block.addmm_(up[i:i + n], down)
         else:  # reduced-precision product (bf16 compute): widen it, then add
             block.add_(torch.mm(up[i:i + n], down))
-        live2[i:i + n].copy_(block)
+        store(live2[i:i + n], block)
 
 
 def _stacked_factors(contributions: Sequence[tuple], compute_dtype: torch.dtype, device):
