@@ -624,3 +624,58 @@
     true
   );
 })();
+
+// The Download box's script (javascript/lora_core_downloads.js): A1111 loads every file in
+// javascript/ by itself, the standalone page only this one, so load it from here once (the file
+// guards against a second run).
+(function () {
+  "use strict";
+  if (window.__loraCoreDownloadsLoaded || document.querySelector("script[data-lora-core-downloads]")) {
+    return;
+  }
+  var base = null;
+  try {
+    var cfg = window.gradio_config;
+    if (cfg && typeof cfg.root === "string" && cfg.root) {
+      base = cfg.root.replace(/\/*$/, "/");
+    }
+  } catch (e) {
+    /* fall through */
+  }
+  var s = document.createElement("script");
+  s.setAttribute("data-lora-core-downloads", "1");
+  s.defer = true;
+  try {
+    s.src = new URL("lora_core/static/lora_core_downloads.js", base || document.baseURI || window.location.href).href;
+  } catch (e) {
+    s.src = "/lora_core/static/lora_core_downloads.js";
+  }
+  (document.head || document.documentElement).appendChild(s);
+})();
+
+// The recipe drop zone and the duplicates/updates box (javascript/lora_core_library_tools.js):
+// loaded from here for the standalone page, as the Download box's script is (A1111 loads both itself).
+(function () {
+  "use strict";
+  if (window.__loraCoreLibraryToolsLoaded || document.querySelector("script[data-lora-core-library-tools]")) {
+    return;
+  }
+  var base = null;
+  try {
+    var cfg = window.gradio_config;
+    if (cfg && typeof cfg.root === "string" && cfg.root) {
+      base = cfg.root.replace(/\/*$/, "/");
+    }
+  } catch (e) {
+    /* fall through */
+  }
+  var s = document.createElement("script");
+  s.setAttribute("data-lora-core-library-tools", "1");
+  s.defer = true;
+  try {
+    s.src = new URL("lora_core/static/lora_core_library_tools.js", base || document.baseURI || window.location.href).href;
+  } catch (e) {
+    s.src = "/lora_core/static/lora_core_library_tools.js";
+  }
+  (document.head || document.documentElement).appendChild(s);
+})();

@@ -18,6 +18,7 @@ COMMANDS = {
     "serve": ("lora_core.app.serve", "start the standalone web UI"),
     "generate": ("lora_core.app.generate", "generate an image from a prompt with <lora:...> tags"),
     "train": ("lora_core.commands.train", "train a LoRA on a folder of captioned images"),
+    "download": ("lora_core.commands.download", "download LoRAs from Civitai or Hugging Face into the LoRA folder"),
 }
 
 

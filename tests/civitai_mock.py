@@ -166,6 +166,9 @@ class CivitaiMock:
         self.images: dict[str, tuple[bytes, str]] = {}
         self.requests: list[Recorded] = []
         self._scripts: list[tuple[str, str, list[Reply]]] = []
+        self.files: dict[str, "ServedFile"] = {}  # /files/{name}: downloads
+        self.download_names: dict[int, str] = {}  # version id -> file served for /api/download/models/{id}
+        self.hf_files: dict[str, str] = {}  # "/owner/repo/resolve/rev/path" -> file name
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -193,6 +196,52 @@ class CivitaiMock:
             return sum(1 for r in self.requests
                        if (method is None or r.method == method.upper()) and r.path.startswith(path_prefix))
 
+    # ---- downloads ----
+    def add_file(self, name: str, content: bytes, **options) -> "ServedFile":
+        """Serve `content` at /files/{name}; options: see ServedFile (ranges, chunk_delay, truncate_at...)."""
+        served = ServedFile(content, **options)
+        self.files[name] = served
+        return served
+
+    def add_download(self, version_id: int, model_id: int, content: bytes, file_name: str = "test_lora.safetensors",
+                     *, images=(), trained_words=("trigger word",), model_name: str = "Test LoRA",
+                     served_sha256: str | None = None, **file_options) -> dict:
+        """A model + version whose file Civitai serves through /api/download/models/{version_id}."""
+        version = make_version(version_id, model_id, content, file_name=file_name, images=images,
+                               trained_words=trained_words, model_name=model_name)
+        url = f"{self.base_url}/api/download/models/{version_id}"
+        version["downloadUrl"] = version["files"][0]["downloadUrl"] = url
+        if served_sha256 is not None:
+            version["files"][0]["hashes"]["SHA256"] = served_sha256
+        self.add_version(version)
+        model = self.models.get(model_id)
+        versions = [version] + ([v for v in model["modelVersions"]] if model else [])
+        self.add_model(make_model(model_id, versions, name=model_name))
+        self.add_file(file_name, content, **file_options)
+        self.download_names[version_id] = file_name
+        return version
+
+    def add_hf_file(self, repo: str, path: str, content: bytes, rev: str = "main", **file_options) -> str:
+        """A Hugging Face file: /{repo}/resolve/{rev}/{path} redirects to the file with X-Linked-Etag."""
+        name = path.rsplit("/", 1)[-1]
+        self.add_file(name, content, **file_options)
+        self.hf_files[f"/{repo}/resolve/{rev}/{path}"] = name
+        return f"{self.base_url}/{repo}/blob/{rev}/{path}"
+
+    @property
+    def cdn_url(self) -> str:
+        """The same server under another host name (a CDN in real life)."""
+        return self.base_url.replace("127.0.0.1", "localhost")
+
+    def _serve_file(self, handler) -> bool:
+        if handler.command not in ("GET", "HEAD") or not handler.path.startswith("/files/"):
+            return False
+        served = self.files.get(handler.path[len("/files/"):].split("?")[0])
+        if served is None:
+            return False
+        served.serve(handler)
+        return True
+
     # ---- lifecycle ----
     @property
     def base_url(self) -> str:
@@ -214,7 +263,10 @@ class CivitaiMock:
                 body = self.rfile.read(length) if length else b""
                 with mock._lock:
                     mock.requests.append(Recorded(self.command, self.path, dict(self.headers.items()), body))
-                reply = mock._scripted(self.command, self.path) or mock._route(self.command, self.path, body)
+                reply = mock._scripted(self.command, self.path)
+                if reply is None and mock._serve_file(self):  # downloads: Range, slow, truncated
+                    return
+                reply = reply or mock._route(self.command, self.path, body)
                 if reply.delay:
                     time.sleep(reply.delay)
                 data, ctype = reply.encoded()
@@ -289,6 +341,26 @@ class CivitaiMock:
                 if ver is not None and ver not in found:
                     found.append(ver)
             return Reply(200, found)
+        versions = "/api/v1/model-versions/"
+        if method == "GET" and path.startswith(versions) and path[len(versions):].split("?")[0].isdigit():
+            vid = int(path[len(versions):].split("?")[0])
+            ver = next((v for v in self.versions if v.get("id") == vid), None)
+            return Reply(200, ver) if ver is not None else Reply(404, {"error": f"No model version with id {vid}"})
+        if method == "GET" and path.startswith("/api/download/models/"):
+            vid = path[len("/api/download/models/"):].split("?")[0]
+            name = self.download_names.get(int(vid)) if vid.isdigit() else None
+            if name is None:
+                return Reply(404, {"error": "Model not found"})
+            # like Civitai: a redirect to a CDN on another host (the API key must not follow)
+            return Reply(307, b"", headers={"Location": f"{self.cdn_url}/files/{name}"})
+        if method == "GET" and "/resolve/" in path:
+            name = self.hf_files.get(path.split("?")[0])
+            if name is None:
+                return Reply(404, "Entry not found", headers={"X-Error-Code": "EntryNotFound"})
+            served = self.files[name]
+            return Reply(302, b"", headers={"Location": f"{self.cdn_url}/files/{name}",
+                                            "X-Linked-Etag": f'"{hashlib.sha256(served.content).hexdigest()}"',
+                                            "X-Linked-Size": str(len(served.content))})
         if method == "GET" and path.startswith("/api/v1/models/"):
             tail = path[len("/api/v1/models/"):].split("?")[0]
             model = self.models.get(int(tail)) if tail.isdigit() else None
@@ -301,6 +373,77 @@ class CivitaiMock:
                 return Reply(404, "not found")
             return Reply(200, item[0], content_type=item[1])
         return Reply(404, {"error": "no route"})
+
+
+@dataclass
+class ServedFile:
+    """A file the mock serves for downloads, with the ways real servers misbehave."""
+    content: bytes
+    ranges: bool = True                 # False: ignore Range, always 200 with the whole file
+    chunk: int = 64 * 1024
+    chunk_delay: float = 0.0            # seconds between chunks (a slow server)
+    truncate_at: int | None = None      # close the connection after this many body bytes...
+    truncate_times: int = 1             # ...for this many answers, then serve normally
+    etag: str | None = None             # default: derived from the content (changes with it)
+    content_type: str = "application/octet-stream"
+    gate: threading.Event | None = None  # the body waits until this is set
+    served: list = field(default_factory=list)  # (range header or None, status) per answer
+
+    def current_etag(self) -> str:
+        return self.etag or '"' + hashlib.md5(self.content).hexdigest() + '"'
+
+    def serve(self, h) -> None:
+        data = self.content
+        start, status = 0, 200
+        rng = h.headers.get("Range")
+        if_range = h.headers.get("If-Range")
+        if rng and self.ranges and (if_range is None or if_range == self.current_etag()):
+            spec = rng.replace("bytes=", "").split("-")[0]
+            start = int(spec) if spec.isdigit() else 0
+            if start >= len(data):
+                self.served.append((rng, 416))
+                h.send_response(416)
+                h.send_header("Content-Range", f"bytes */{len(data)}")
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
+            status = 206
+        self.served.append((rng, status))
+        body = data[start:]
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", self.content_type)
+            h.send_header("Content-Length", str(len(body)))
+            h.send_header("ETag", self.current_etag())
+            if self.ranges:
+                h.send_header("Accept-Ranges", "bytes")
+            if status == 206:
+                h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            h.end_headers()
+            if h.command == "HEAD":
+                return
+            if self.gate is not None:
+                self.gate.wait(30)
+            limit = len(body)
+            if self.truncate_at is not None and self.truncate_times > 0:
+                self.truncate_times -= 1
+                limit = max(0, self.truncate_at - start)
+            sent = 0
+            while sent < limit:
+                piece = body[sent:min(limit, sent + self.chunk)]
+                h.wfile.write(piece)
+                sent += len(piece)
+                if self.chunk_delay:
+                    h.wfile.flush()
+                    time.sleep(self.chunk_delay)
+            if limit < len(body):
+                h.wfile.flush()
+                h.close_connection = True
+                import socket as _socket
+
+                h.connection.shutdown(_socket.SHUT_RDWR)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass  # the client paused, cancelled or timed out
 
 
 def png_bytes(size=(8, 6), color=(200, 30, 30), fmt="PNG") -> bytes:

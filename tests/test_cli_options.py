@@ -29,6 +29,7 @@ REQUIRED = {
     "serve": [],
     "generate": ["a prompt"],
     "train": ["--checkpoint", "c.safetensors", "--data", "d"],
+    "download": ["civitai:1"],
 }
 
 

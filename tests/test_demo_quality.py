@@ -202,22 +202,23 @@ def test_each_demo_lora_alone_shows_its_effect_and_keeps_the_object(generate, na
         assert r["colour_rate"] >= ALONE_MIN, detail
 
 
-@pytest.mark.xfail(reason="open: stacked with stripes or the concept, most pairs keep the object in only 1-2 "
-                          "of 4 example samples (docs/DEMO_MODEL.md)", strict=False)
-@pytest.mark.parametrize("first", ["demo_stripes", "demo_lcshape", "demo_checker", "demo_warm", "demo_cool"])
-def test_each_pair_of_demo_loras_shows_both_effects_and_keeps_the_object(generate, first):
-    """Every pair once (this LoRA with each one after it), at the preferred weights: each effect
-    shows against the other LoRA alone, and the object stays recognisable."""
-    infos = _infos()
-    names = [lo.name for lo in infos]
-    lora = infos[names.index(first)]
-    failures, rows = [], []
-    for other in infos[names.index(first) + 1:]:
-        r = demo_effects.measure_combo(generate, [lora, other], seeds=STACKED_SEEDS)
-        rows.append(r)
-        if min(r["effect_rate"].values()) < STACKED_MIN or r["recognisable_rate"] < STACKED_MIN:
-            failures.append((r["loras"], r["effect_rate"], r["recognisable_rate"],
-                             [(s["prompt"], {k: round(v, 1) for k, v in s["effects"].items()}, s["checks"])
-                              for s in r["samples"]]))
-    print("\n" + demo_effects.table(rows))
-    assert not failures, failures
+DEMO_LORAS = ("demo_stripes", "demo_lcshape", "demo_checker", "demo_warm", "demo_cool", "demo_green")
+PAIRS = [(a, b) for i, a in enumerate(DEMO_LORAS) for b in DEMO_LORAS[i + 1:]]
+# Open (issue 14 item 5): pairs measured short of the bar with the committed files (docs/DEMO_MODEL.md,
+# "Pairs"); the assertions stay, so each reports XPASS once it meets them.
+_OPEN_PAIRS = {}
+
+
+@pytest.mark.parametrize("first,second", [
+    pytest.param(a, b, marks=pytest.mark.xfail(reason=_OPEN_PAIRS[(a, b)], strict=False))
+    if (a, b) in _OPEN_PAIRS else (a, b) for a, b in PAIRS], ids=[f"{a}+{b}" for a, b in PAIRS])
+def test_each_pair_of_demo_loras_shows_both_effects_and_keeps_the_object(generate, first, second):
+    """Two demo LoRAs stacked at their preferred weights: each effect shows against the other LoRA
+    alone, and the object stays recognisable, in most example samples."""
+    infos = {lo.name: lo for lo in _infos()}
+    r = demo_effects.measure_combo(generate, [infos[first], infos[second]], seeds=STACKED_SEEDS)
+    print("\n" + demo_effects.table([r]))
+    detail = [(s["prompt"], s["seed"], {k: round(v, 1) for k, v in s["effects"].items()}, s["checks"])
+              for s in r["samples"]]
+    assert min(r["effect_rate"].values()) >= STACKED_MIN, detail
+    assert r["recognisable_rate"] >= STACKED_MIN, detail

@@ -152,7 +152,10 @@ def test_sdxl_ldm_named_kohya_keys(tmp_path):
     ({"lora_unet_double_blocks_0_img_attn_qkv": (96, 32), "lora_te1_text_model_encoder_layers_0_mlp_fc1": (64, 768)}, "flux"),
     ({"lora_unet_single_blocks_3_linear1": (96, 32)}, "flux"),
     ({"transformer.single_transformer_blocks.0.attn.to_q": (32, 32)}, "flux"),
-    ({"transformer.transformer_blocks.0.attn.add_q_proj": (32, 32)}, "sd3"),
+    # add_q_proj is in Flux and SD3 alike (issue 16): the model width decides, an unknown width says "transformer"
+    ({"transformer.transformer_blocks.0.attn.add_q_proj": (32, 32)}, "transformer"),
+    ({"transformer.transformer_blocks.0.attn.add_q_proj": (1536, 1536)}, "sd3"),
+    ({"transformer.transformer_blocks.0.attn.add_q_proj": (3072, 3072)}, "flux"),
     ({"lora_unet_joint_blocks_0_x_block_attn_qkv": (96, 32)}, "sd3"),
 ])
 def test_family_from_shapes_and_names(keys, family, tmp_path):

@@ -144,3 +144,17 @@ def test_fuzz_parser_never_raises(text):
 def test_fuzz_parser_any_unicode(text):
     parse_prompt(text)
     parse_prompt(f"<lora:{text}>", family="sdxl")
+
+
+def test_same_lora_twice_with_a_flux_vector_keeps_all_61_values():
+    """A Flux block-weight vector is 61 values (CLIP, T5, IN, D00..D18, S00..S37, OUT): merging two
+    tags of one LoRA must keep every value, with CLIP and T5 scaled like the text encoder."""
+    from lora_core.tags.block_weights import FLUX_BLOCK_IDS
+
+    vec = ",".join(["0.5", "0"] + ["1"] * 58 + ["0.25"])
+    a = parse_prompt(f"<lora:a:2:lbw={vec}> <lora:a:1>", family="flux").requests[0]
+    assert len(a.lbw) == len(FLUX_BLOCK_IDS) == 61
+    assert a.te * a.lbw[0] == pytest.approx(2 * 0.5 + 1)       # CLIP
+    assert a.te * a.lbw[1] == pytest.approx(2 * 0 + 1)         # T5
+    assert a.unet * a.lbw[30] == pytest.approx(2 * 1 + 1)      # a single block
+    assert a.unet * a.lbw[60] == pytest.approx(2 * 0.25 + 1)   # OUT

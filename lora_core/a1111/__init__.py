@@ -51,7 +51,8 @@ def setup(webui: Webui, extension_dir: str) -> A1111Host:
         from lora_core.ui.tab import build_lora_tab
 
         tab = build_lora_tab(host.library, TabSettings(current_family=host.current_family, api_prefix=API_PREFIX,
-                                                       rescan=host.refresh, civitai=civitai, match_counts=host.match_counts))
+                                                       rescan=host.refresh, civitai=civitai, match_counts=host.match_counts,
+                                                       current_base_model=host.current_base_model))
         return [(tab, TAB_TITLE, TAB_ELEM_ID)]
 
     def ui_settings():

@@ -89,6 +89,13 @@ class A1111Host:
 
         return family_of(getattr(self.webui.shared, "sd_model", None))
 
+    def current_base_model(self) -> str | None:
+        """The loaded checkpoint's base-model label from its file name ("ponyDiffusionV6XL" -> pony)."""
+        from lora_core.library import base_models
+
+        info = getattr(getattr(self.webui.shared, "sd_model", None), "sd_checkpoint_info", None)
+        return base_models.from_name(os.path.basename(str(getattr(info, "filename", "") or "")))
+
     def preferred_name(self, entry: Any) -> str:
         """The name to write into a tag for `entry`: the LoRA tab's choice (alias unless ambiguous)
         when `Library.find` resolves it to this very file, else the file name, else folder/name."""

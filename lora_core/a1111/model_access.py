@@ -20,8 +20,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Forge text encoder attribute -> (component, namespace) in our Binding.
-FORGE_TEXT_ENCODERS = (("clip_l", "te1"), ("clip_h", "te1"), ("clip_g", "te2"))
 FORGE_UNET_PREFIX = "diffusion_model."
 
 
@@ -86,9 +84,9 @@ def model_tensors(sd_model: Any) -> ModelTensors:
         if text_module is not None:
             for name, tensor in _named_parameters(text_module, "Forge's text encoder"):
                 encoder, _, rest = name.partition(".")
-                for attr, component in FORGE_TEXT_ENCODERS:
+                for attr, component, namespace in naming.FORGE_TEXT_ENCODERS:  # CLIPs and T5
                     if encoder == attr and rest.startswith("transformer."):
-                        text.append((component, "hf", rest[len("transformer."):], tensor))
+                        text.append((component, namespace, rest[len("transformer."):], tensor))
                         break
         if not unet:
             raise HostModelError("Forge's UNet has no parameters named diffusion_model.*")
@@ -101,10 +99,10 @@ def model_tensors(sd_model: Any) -> ModelTensors:
         if name.startswith(naming.LDM_UNET_PREFIX):
             unet.append((name[len(naming.LDM_UNET_PREFIX):], tensor))
             continue
-        if not name.startswith(("cond_stage_model.", "conditioner.")):
+        if not name.startswith(("cond_stage_model.", "conditioner.", "text_encoders.")):
             continue
         plain = name.replace(".wrapped.", ".")  # A1111's hijack wraps the text encoder once
-        for prefix, component, namespace in naming.LDM_TEXT_PREFIXES:
+        for prefix, component, namespace in naming.LDM_TEXT_PREFIXES + naming.DIT_TEXT_PREFIXES:  # + SD3's
             if plain.startswith(prefix):
                 text.append((component, namespace, plain[len(prefix):], tensor))
                 text_names[(component, plain[len(prefix):])] = name

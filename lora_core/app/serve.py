@@ -227,13 +227,15 @@ def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, 
     """The standalone page: checkpoint picker, demo banner, txt2img tab and the LoRA tab."""
     import gradio as gr
 
+    from lora_core.library import base_models
     from lora_core.ui import TabSettings, create_lora_panel
 
     samplers, default_sampler = _sampler_names()
     size = _default_size(session)
     settings = TabSettings(current_family=lambda: session.family, api_prefix=API_PREFIX,
                            rescan=session.rescan, civitai=civitai,
-                           match_counts=lambda path: session_match_counts(session, path))
+                           match_counts=lambda path: session_match_counts(session, path),
+                           current_base_model=lambda: base_models.from_name(session.current_checkpoint()))
 
     with gr.Blocks(title="lora_core", analytics_enabled=False) as demo:
         banner = gr.HTML(value=demo_banner_html(session, models_dir), elem_id="lora_core_banner")

@@ -1,9 +1,11 @@
 """`python -m lora_core info PATH [--json]`: what a LoRA file is.
 
-Algorithms, base-model family, rank/alpha, module counts per component, a summary of the kohya
-training metadata (ss_* keys) and the hashes sites use to identify the file:
-sha256 (Civitai "SHA256"), AutoV2 (its first 10 hex digits), the addnet hash (sha256 of the bytes
-after the safetensors header, as kohya's sd-scripts and A1111 compute it) and AutoV3 (its first 12).
+Algorithms, base-model family (and its variant where the metadata names one: flux-dev, sd3.5-large, ...),
+the key layout (who wrote the file: kohya, diffusers, comfyui, onetrainer, lycoris, xlabs), rank/alpha,
+module counts per component, a summary of the kohya training metadata (ss_* keys) and the hashes
+sites use to identify the file: sha256 (Civitai "SHA256"), AutoV2 (its first 10 hex digits), the
+addnet hash (sha256 of the bytes after the safetensors header, as kohya's sd-scripts and A1111
+compute it) and AutoV3 (its first 12).
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ def _safe(text, limit: int = _MAX_VALUE) -> str:
 def describe(path: str, with_hashes: bool = True) -> dict:
     """The facts `info` prints, as a JSON-able dict. Raises LoraFormatError for a bad file."""
     from lora_core.formats import load_lora
+    from lora_core.formats.family import family_variant
 
     lora = load_lora(path)
     adapters = list(lora.adapters.values())
@@ -72,6 +75,8 @@ def describe(path: str, with_hashes: bool = True) -> dict:
         "path": os.path.abspath(path),
         "size": os.path.getsize(path),
         "family": lora.family,
+        "variant": family_variant(lora.metadata or {}, lora.family),
+        "layout": getattr(lora, "layout", "") or None,
         "algorithms": dict(lora.algorithms()),
         "modules": dict(components),
         "unclaimed": len(lora.unclaimed),
@@ -116,7 +121,8 @@ def format_text(info: dict) -> str:
         f"{_safe(info['name'])}",
         f"  path:       {_safe(info['path'], 1000)}",
         f"  size:       {info['size'] / 1e6:.2f} MB",
-        f"  family:     {info['family']}",
+        f"  family:     {info['family']}" + (f" ({_safe(info['variant'])})" if info.get("variant") else ""),
+        f"  layout:     {info.get('layout') or '-'}",
         f"  algorithms: {_counts(info['algorithms'])}",
         f"  modules:    {_counts(info['modules'])}" + (f" (+{info['unclaimed']} not understood)" if info["unclaimed"] else ""),
         f"  rank:       {_counts(info['ranks'])}",

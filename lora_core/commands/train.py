@@ -1,10 +1,14 @@
-"""`python -m lora_core train`: train a kohya-format LoRA on a single-file SD1/SD2 checkpoint.
+"""`python -m lora_core train`: train a kohya-format LoRA on a single-file SD1/SD2/SDXL checkpoint.
 
     python -m lora_core train --checkpoint model.safetensors --data DIR --out my_lora.safetensors \\
         --rank 8 --alpha 8 --lr 1e-4 --steps 500 --trigger mychar
 
 DIR holds kohya-style `<repeats>_<name>` folders of images with `.txt` captions. Ctrl-C stops
 training and still writes the LoRA trained so far (exit status 130).
+
+The family comes from the checkpoint (lora_core.app.checkpoints). SDXL trains as kohya's
+sdxl_train_network does: both text encoders (`lora_te1_` CLIP-L, `lora_te2_` OpenCLIP bigG), UNet
+keys in kohya's LDM names, size/pooled-text conditioning; see lora_core/train/sdxl.py.
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ def add_arguments(parser) -> None:
     from lora_core.library.locations import add_location_arguments
 
     parser.add_argument("--checkpoint", required=True,
-                        help="base model: A1111/LDM single-file checkpoint (.safetensors), a path or a name under "
-                             "MODELS_DIR/Stable-diffusion")
+                        help="base model: A1111/LDM single-file SD1, SD2 or SDXL checkpoint (.safetensors), a path "
+                             "or a name under MODELS_DIR/Stable-diffusion")
     parser.add_argument("--data", required=True, help="training folder with <repeats>_<name> sub-folders")
     parser.add_argument("--out", default=None,
                         help="output LoRA file (.safetensors; default: the first LoRA folder / NAME.safetensors, "
@@ -39,7 +43,8 @@ def add_arguments(parser) -> None:
     length.add_argument("--steps", type=int, default=None, help="optimizer steps")
     length.add_argument("--epochs", type=int, default=None, help="passes over images x repeats (default 10)")
     parser.add_argument("--resolution", type=int, default=None,
-                        help="training size in pixels (default: the model's native size, e.g. 512 for SD1)")
+                        help="training size in pixels (default: the model's native size, e.g. 512 for SD1, "
+                             "1024 for SDXL)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trigger", default=None, help="word put in front of every caption")
@@ -49,13 +54,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-te", dest="train_te", action="store_true", default=True,
                         help="train the text encoder too (default)")
     parser.add_argument("--no-train-te", dest="train_te", action="store_false", help="UNet only")
+    # (SDXL: both text encoders are trained unless --no-train-te)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute precision of the frozen model")
     parser.add_argument("--name", default=None, help="ss_output_name (default: the output file's stem)")
     parser.add_argument("--data-dir", default=None,
                         help="cache folder for the tokenizer files (default: $LORA_CORE_DATA_DIR or ~/.cache/lora_core)")
     parser.add_argument("--config-root", default=None,
-                        help="folder of diffusers configs (<root>/sd15/unet/config.json, ...) for a non-standard "
-                             "checkpoint such as the demo model (default: the shipped SD1/SD2 configs)")
+                        help="folder of diffusers configs (<root>/sd15/unet/config.json, <root>/sdxl/..., ...) for a "
+                             "non-standard checkpoint such as the demo model (default: the shipped SD1/SD2/SDXL configs)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default; 1 is often faster on a busy machine)")
     parser.add_argument("--device", default="auto",
@@ -87,6 +93,18 @@ def _write_preview(family, components, prompt: str, out: Path, resolution: int, 
     except Exception as exc:  # a preview is a nicety; the LoRA is already saved
         logger.warning("no preview for %s: %s", out.name, exc)
         return None
+
+
+def _what_is_trained(family: str, spec) -> str:
+    """One line on which parts get LoRA modules and how they are named."""
+    if family == "sdxl":
+        encoders = ("both text encoders (lora_te1_: CLIP-L, lora_te2_: OpenCLIP bigG)" if spec.train_te
+                    else "no text encoder")
+        return (f"SDXL: LoRA on the UNet (lora_unet_, kohya's LDM block names) and {encoders}; "
+                "conditioned on both encoders' penultimate states, the pooled bigG embedding and each image's "
+                "original size / crop / target size; metadata ss_base_model_version=sdxl_base_v1-0")
+    encoder = " and the text encoder (lora_te_)" if spec.train_te else ""
+    return f"{family.upper()}: LoRA on the UNet (lora_unet_){encoder}"
 
 
 def _bad_numbers(args) -> str | None:
@@ -152,6 +170,7 @@ def run(args) -> int:
     print(f"training {out.name}: {len(dataset.items)} images, {dataset.num_train_images} per epoch with repeats, "
           f"{config.total_steps(dataset)} steps, {loaded.family}, targets={spec.targets}, rank={spec.rank}, "
           f"device={device}")
+    print(_what_is_trained(loaded.family, spec))
     try:
         result = train_lora(parts, dataset, config)
     except DatasetError as exc:

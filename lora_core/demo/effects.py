@@ -11,7 +11,8 @@ seed, loras)` function (loras: [(name, weight)]), e.g. the app's prompt tags or 
   style: stripe score of the background up by STRIPE_EFFECT; locon: texture score inside the
   object up by CHECKER_EFFECT; concept: the object is a cross; colour: the picture's mean colour
   moved by COLOUR_EFFECT levels (of 255) in the LoRA's direction.
-* recognisable: an object stands out from the (possibly cast or striped) background, with the
+* recognisable: an object stands out from the (possibly cast, striped or repainted: demo_green
+  paints the backdrop green) background, with the
   prompt's shape (a cross with the concept LoRA), size and position. Its colour name is counted
   apart (`colour`): a colour cast is meant to move colours, and the demo palette's blue and purple,
   or red, orange and yellow, lie close together.
@@ -41,6 +42,10 @@ EXAMPLE_PROMPTS = tuple(s.caption() for s in EXAMPLE_SCENES)
 STRIPE_EFFECT = 4.0  # stripe score gain (drawn stripes ~26, plain backgrounds < 2)
 CHECKER_EFFECT = 3.0  # texture score gain inside the object (plain generated fills ~7, checks 14+)
 COLOUR_EFFECT = 10.0  # mean colour change along the cast's direction, in levels of 255
+# a repainted backdrop: frame pixels within this distance of a palette colour, covering this share
+BACKDROP_TOLERANCE = 60.0
+BACKDROP_SHARE = 0.25
+_PALETTE_ARRAY = np.array([COLOURS[n] for n in _NAMES], dtype=np.float64)
 
 # the direction each colour cast moves (R, G, B), as a unit vector in 0..255 space
 CAST_DIRECTIONS = {
@@ -106,6 +111,15 @@ def background_references(arr: np.ndarray, scene: Scene, striped: bool) -> list[
             median = np.median(mine, axis=0)
             if np.sqrt(((median - r) ** 2).sum()) < 120:
                 moved.append(median)
+    # A LoRA may repaint the whole backdrop in another palette colour (demo_green paints it green,
+    # a colour the demo VAE draws, where it cannot draw a green tint): a palette colour covering a
+    # quarter of the frame is background too. Objects sit inside the frame, so it is never theirs.
+    names = colour_names(frame)
+    close = np.sqrt(((frame - _PALETTE_ARRAY[names]) ** 2).sum(-1)) < BACKDROP_TOLERANCE
+    for k in np.unique(names[close]):
+        mine = frame[close & (names == k)]
+        if len(mine) >= BACKDROP_SHARE * len(frame):
+            moved.append(np.median(mine, axis=0))
     return refs + moved
 
 

@@ -63,7 +63,9 @@ _SUFFIXES: dict[str, str] = {
 _MAX_SUFFIX_PARTS = max(s.count(".") for s in _SUFFIXES) + 1
 
 # PEFT keys that kept the adapter name: `x.lora_A.default.weight`, `x.lora_magnitude_vector.default`
-_PEFT_RE = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_magnitude_vector)\.(?P<adapter>[^.]+)(?:\.weight)?$")
+# (`bias` is no adapter name: BFL control LoRAs store a Δbias as `x.lora_B.bias`, not an up factor)
+_PEFT_RE = re.compile(
+    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_magnitude_vector)\.(?P<adapter>(?!bias$)[^.]+)(?:\.weight)?$")
 # Old diffusers attention processors: `...attn1.processor.to_q_lora.up.weight`
 _PROCESSOR_RE = re.compile(
     r"^(?P<module>.+?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<ud>up|down)\.weight$"
@@ -75,7 +77,7 @@ _FLAT_PREFIXES = (
     ("lora_unet_", "unet"),
     ("lora_te1_", "te1"),
     ("lora_te2_", "te2"),
-    ("lora_te3_", "te3"),  # SD3's T5; only reported, never patched
+    ("lora_te3_", "te3"),  # T5-XXL (SD3 and current kohya Flux)
     ("lora_te_", "te1"),
     ("lycoris_", "unet"),
     ("lora_transformer_", "unet"),
@@ -84,10 +86,12 @@ _FLAT_PREFIXES = (
 # Dotted prefixes (diffusers/PEFT/LDM module paths): prefix -> component
 _DOTTED_PREFIXES = (
     ("unet.", "unet"),
+    ("text_encoder_3.", "te3"),
     ("text_encoder_2.", "te2"),
     ("text_encoder.", "te1"),
     ("text_encoders.clip_l.transformer.", "te1"),
     ("text_encoders.clip_g.transformer.", "te2"),
+    ("text_encoders.t5xxl.transformer.", "te3"),
     ("transformer.", "unet"),
     ("model.diffusion_model.", "unet"),
     ("diffusion_model.", "unet"),
@@ -96,6 +100,8 @@ _DOTTED_PREFIXES = (
 _UNET_STARTS = (
     "down_blocks", "mid_block", "up_blocks", "conv_in", "conv_out", "conv_norm_out", "time_embedding",
     "add_embedding", "input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb", "out_",
+    # DiTs (PEFT on a bare FluxTransformer2DModel / SD3Transformer2DModel, BFL/LDM names without prefix)
+    "transformer_blocks.", "single_transformer_blocks.", "double_blocks.", "single_blocks.", "joint_blocks.",
 )
 
 
@@ -137,6 +143,8 @@ def _is_text_encoder_path(module: str) -> bool:
 
 # transformers >= 5 CLIP text models have no `text_model.` level; the contract's namespace has it.
 _TE_INNER_STARTS = ("encoder_layers_", "embeddings_", "final_layer_norm")
+# HF T5EncoderModel module names (`encoder.block.N.layer.M.SelfAttention.q`, ...)
+_T5_STARTS = ("encoder_block_", "encoder_final_layer_norm", "shared")
 
 
 def module_key(raw_module: str) -> ModuleKey | None:
@@ -146,6 +154,10 @@ def module_key(raw_module: str) -> ModuleKey | None:
         component, flat = key.split(":", 1)
         if component in ("te1", "te2") and flat.startswith(_TE_INNER_STARTS):
             key = f"{component}:text_model_{flat}"
+        elif component in ("te1", "te2") and flat.startswith(_T5_STARTS):
+            # a T5 under a CLIP prefix: old kohya Flux (`lora_te2_`), OneTrainer, diffusers Flux
+            # (`text_encoder_2.` is Flux's T5): the T5 is te3 whatever the file numbered it
+            key = f"te3:{flat}"
     return key
 
 
@@ -162,6 +174,8 @@ def _module_key(raw_module: str) -> ModuleKey | None:
     # Bare module paths (PEFT on a bare UNet or text encoder).
     if name.startswith(("text_model.", "encoder.layers.")):
         return f"te1:{name.replace('.', '_')}"
+    if name.startswith("encoder.block."):   # PEFT on a bare T5EncoderModel
+        return f"te3:{name.replace('.', '_')}"
     if name.startswith(_UNET_STARTS):
         return f"unet:{name.replace('.', '_')}"
     return None

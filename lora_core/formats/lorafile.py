@@ -13,15 +13,18 @@ from . import algorithms
 from .adapter import Adapter, AdapterShapeError
 from .errors import LoraFormatError
 from .family import family_from_module_shapes
-from .keys import ModuleKey, parse_key
+from .keys import ModuleKey
+from .layouts import LAYOUTS, describe_unknown
+from .layouts import parse as parse_layout
 from .reader import read_tensors
 
 logger = logging.getLogger(__name__)
 
 # diffusers' `lora_adapter_metadata` prefixes -> component
-_PEFT_META_COMPONENTS = {"unet": "unet", "text_encoder": "te1", "text_encoder_2": "te2", "transformer": "unet"}
+_PEFT_META_COMPONENTS = {"unet": "unet", "text_encoder": "te1", "text_encoder_2": "te2", "text_encoder_3": "te3",
+                         "transformer": "unet"}
 # dotted file prefixes stripped before matching PEFT alpha_pattern module names
-_DOTTED = ("base_model.model.", "unet.", "text_encoder_2.", "text_encoder.", "transformer.")
+_DOTTED = ("base_model.model.", "unet.", "text_encoder_3.", "text_encoder_2.", "text_encoder.", "transformer.")
 
 
 @dataclass
@@ -33,6 +36,7 @@ class LoraFile:
     family: str
     unclaimed: list[str] = field(default_factory=list)
     nbytes: int = 0
+    layout: str = ""   # who wrote it, by key spelling (formats.layouts: kohya, diffusers, xlabs, ...)
 
     def algorithms(self) -> Counter:
         """How many modules use each algorithm (lora, locon, dora, loha, lokr, ia3, oft, ...)."""
@@ -67,13 +71,18 @@ def load_lora(path, name: str | None = None) -> LoraFile:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     module_of: dict[str, ModuleKey | None] = {}
     unclaimed: list[str] = []
+    used = {}   # layouts that named a module, in first-seen order
     for key, tensor in tensors.items():
-        parsed = parse_key(key)
+        parsed, layout = parse_layout(key)
         if parsed is None:
             unclaimed.append(key)
             continue
         groups.setdefault(parsed.raw_module, {})[parsed.suffix] = tensor
         module_of[parsed.raw_module] = parsed.module
+        if parsed.module is not None:
+            used[layout.name] = layout
+    for layout in used.values():
+        layout.regroup(groups, module_of)
 
     adapters: dict[ModuleKey, Adapter] = {}
     for raw_module, parts in groups.items():
@@ -83,6 +92,8 @@ def load_lora(path, name: str | None = None) -> LoraFile:
             unclaimed.append(raw_module)
             continue
         component = key.split(":", 1)[0]
+        if raw_module.startswith("text_encoder_2."):
+            component = "te2"   # diffusers Flux's text_encoder_2 is its T5 (te3); its settings are text_encoder_2's
         settings = peft.get(component) or peft.get("")
         alpha = settings.for_module(_dotted_path(raw_module)) if settings else None
         try:
@@ -105,12 +116,28 @@ def load_lora(path, name: str | None = None) -> LoraFile:
                     ", ".join(sorted(unclaimed)[:5]) + (" ..." if len(unclaimed) > 5 else ""))
     if not adapters and not unclaimed:
         raise LoraFormatError(path, "the file holds no tensors")
+    layout = _file_layout(used)
+    if not adapters:
+        # nothing would be applied: say why instead of loading a LoRA that silently does nothing
+        if layout is None:
+            raise LoraFormatError(path, describe_unknown(list(tensors)))
+        raise LoraFormatError(path, f"{layout.label} layout, but no module holds a complete adapter "
+                                    f"({', '.join(sorted(unclaimed)[:3])}{' ...' if len(unclaimed) > 3 else ''})")
 
     shapes = {k: _shape_hint(a) for k, a in adapters.items()}
-    family = family_from_module_shapes(list(tensors), {k: s for k, s in shapes.items() if s}, metadata)
+    # every module counts (its component is evidence); (0, 0): no width known
+    family = family_from_module_shapes(list(tensors), {k: s or (0, 0) for k, s in shapes.items()}, metadata)
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     return LoraFile(path=path, name=name, metadata=metadata, adapters=adapters, family=family,
-                    unclaimed=sorted(unclaimed), nbytes=nbytes)
+                    unclaimed=sorted(unclaimed), nbytes=nbytes, layout=layout.name)
+
+
+def _file_layout(used: dict):
+    """The first layout in `layouts.LAYOUTS` order among those that named a module."""
+    for layout in LAYOUTS:
+        if layout.name in used:
+            return layout
+    return None
 
 
 def _shape_hint(adapter: Adapter):

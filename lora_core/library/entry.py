@@ -38,6 +38,7 @@ class Entry:
     favorite: bool = False
     user_tags: tuple[str, ...] = ()
     last_used: float | None = None
+    base_model: str = ""          # base_models label ("pony", "sdxl", ...; "" unknown), set at index time
 
     @property
     def autov2(self) -> str | None:

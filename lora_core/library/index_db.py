@@ -20,7 +20,7 @@ from lora_core.library.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6  # 6: files.base_model (library/base_models.py)
 BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS files(
     addnet TEXT,
     hashed_size INTEGER,
     hashed_mtime_ns INTEGER,
-    last_used REAL
+    last_used REAL,
+    base_model TEXT NOT NULL DEFAULT ''   -- base_models.classify at index time: a filter is an index lookup
 );
 -- the bulky per-file text lives apart, so filtering and sorting scan small rows
 CREATE TABLE IF NOT EXISTS details(
@@ -68,6 +69,7 @@ CREATE INDEX IF NOT EXISTS files_sort_date ON files(mtime_ns DESC, stem COLLATE 
 CREATE INDEX IF NOT EXISTS files_sort_size ON files(size DESC, stem COLLATE NOCASE, rel COLLATE NOCASE, root, alias);
 CREATE INDEX IF NOT EXISTS files_sort_used ON files(last_used DESC, stem COLLATE NOCASE, rel COLLATE NOCASE, root, alias);
 CREATE INDEX IF NOT EXISTS files_family ON files(family);
+CREATE INDEX IF NOT EXISTS files_base_model ON files(base_model);
 CREATE INDEX IF NOT EXISTS files_folder ON files(folder);
 CREATE INDEX IF NOT EXISTS files_root_folder ON files(root, folder);
 CREATE INDEX IF NOT EXISTS files_sha ON files(sha256);
@@ -94,7 +96,7 @@ CREATE TABLE IF NOT EXISTS stacks(name TEXT PRIMARY KEY, items TEXT NOT NULL, up
 
 FILE_COLUMNS = (
     "path", "root", "rel", "folder", "stem", "ext", "size", "mtime_ns", "sidecar_sig", "alias",
-    "family", "algorithm", "preview", "error",
+    "family", "algorithm", "preview", "error", "base_model",
 )
 DETAIL_COLUMNS = ("summary", "user_meta", "civitai", "search_text")
 
@@ -345,6 +347,8 @@ class IndexDB:
             if row is None:
                 continue
             conn.execute("UPDATE files SET sidecar_sig=?, preview=? WHERE id=?", (rec["sidecar_sig"], rec["preview"], row[0]))
+            if "base_model" in rec:  # a new .civitai.info may name the base model
+                conn.execute("UPDATE files SET base_model=? WHERE id=?", (rec["base_model"], row[0]))
             IndexDB._put_details(conn, row[0], rec, fresh=False)
 
     @staticmethod

@@ -20,8 +20,10 @@ from operator import itemgetter
 
 from lora_core.formats import algorithms as _algorithms
 from lora_core.formats import family as _family
-from lora_core.formats.family import family_from_header, family_from_metadata
+from lora_core.formats.family import family_from_header, family_from_metadata, family_variant
 from lora_core.formats.keys import split_suffix
+from lora_core.formats.layouts import detect as detect_layout
+from lora_core.formats.layouts import split as split_by_layout
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,8 @@ ALGO_PRIORITY = ["dora", "boft", "oft", "loha", "lokr", "glora", "ia3", "full", 
 
 def split_key(key: str) -> tuple[str, str | None]:
     """(module name, canonical suffix) of one tensor key, as `load_lora` splits it
-    (`formats.keys`: kohya, LyCORIS, diffusers, PEFT spellings); suffix None for unknown keys."""
-    return split_suffix(key) or (key.rsplit(".", 1)[0], None)
+    (`formats.layouts`: kohya, LyCORIS, diffusers, PEFT, XLabs, ... spellings); suffix None for unknown keys."""
+    return split_by_layout(key) or split_suffix(key) or (key.rsplit(".", 1)[0], None)
 
 
 def _is_conv_module(module: str) -> bool:
@@ -97,14 +99,12 @@ _SD1_NAMES = re.compile(
     r"down_blocks[._]0[._]attentions|input_blocks[._][12][._]1[._]|output_blocks[._](9|10|11)[._]1")
 
 
-# The patterns `formats.family` decides by (see ARCHITECTURE.md, formats). Should that module
-# stop naming them, every key counts as relevant: slower, never wrong.
-_FAMILY_PATTERNS = (getattr(_family, "_WIDTH_EVIDENCE", None), getattr(_family, "_NAME_EVIDENCE", None),
-                    *(p for p, _name in getattr(_family, "_OTHER_FAMILIES", ((None, None),))))
-_FAMILY_PREFIXES = ("transformer.", "lora_transformer_", "lora_te2_", "text_encoder_2.")
+# Which keys `formats.family` reads (see ARCHITECTURE.md, formats): its own `relevant(key)`.
+# Should that module stop offering it, every key counts as relevant: slower, never wrong.
+_FAMILY_RELEVANT = getattr(_family, "relevant", None)
 _NOT_INPUT_FACTOR = getattr(_family, "_NOT_INPUT_FACTOR", None)
-if not all(isinstance(p, re.Pattern) for p in _FAMILY_PATTERNS):
-    _FAMILY_PATTERNS = (re.compile(""),)
+if not callable(_FAMILY_RELEVANT):
+    _FAMILY_RELEVANT = lambda key: True  # noqa: E731
 if not (isinstance(_NOT_INPUT_FACTOR, tuple) and all(isinstance(x, str) for x in _NOT_INPUT_FACTOR)):
     _NOT_INPUT_FACTOR = ("\0never",)   # every key's width counts: less sharing, never wrong
 
@@ -112,14 +112,9 @@ if not (isinstance(_NOT_INPUT_FACTOR, tuple) and all(isinstance(x, str) for x in
 def _family_relevant(key: str) -> bool:
     """Whether one key can change `family_from_header_or_names`'s answer: a superset of every key the rules of
     `formats.family.family_from_header` (and the SD1 name fallback here) look at. Every one of
-    those patterns matches within a single key, so the answer for the relevant keys alone is the
-    answer for the whole file."""
-    if key.startswith(_FAMILY_PREFIXES):
-        return True
-    for pattern in _FAMILY_PATTERNS:
-        if pattern.search(key):
-            return True
-    return _SD1_NAMES.search(key.lower()) is not None
+    those rules reads single keys, so the answer for the relevant keys alone is the answer for the
+    whole file."""
+    return _FAMILY_RELEVANT(key) or _SD1_NAMES.search(key.lower()) is not None
 
 
 def family_from_header_or_names(header: dict, metadata: dict[str, str] | None = None) -> str:
@@ -278,7 +273,8 @@ class _Memo(dict):
 class _Layout:
     """What a summary takes from the tensor names and shapes alone."""
 
-    __slots__ = ("names", "shapes", "algorithm", "algorithms", "_rank", "family_keys", "families", "_split")
+    __slots__ = ("names", "shapes", "algorithm", "algorithms", "_rank", "family_keys", "families", "_split",
+                 "key_layout")
 
     def __init__(self, names, shapes, algorithm, algorithms, rank, family_keys, split=split_key):
         self.names, self.shapes, self._split = names, shapes, split
@@ -286,6 +282,8 @@ class _Layout:
         self._rank = rank   # False: worked out when a file lacks ss_network_dim (kohya files have it)
         self.family_keys = family_keys   # the sub-header family detection looks at
         self.families: dict[str, str] = {}   # family_from_metadata(...) -> family
+        found = detect_layout(names)         # who wrote it, by key spelling (formats.layouts)
+        self.key_layout = found.name if found is not None else None
 
     @property
     def rank(self) -> int | None:
@@ -379,8 +377,12 @@ class Summarizer:
         alias = (get("ss_output_name") or get("modelspec.title") or "").strip()
         dim = _int(get("ss_network_dim"))
         args = get("ss_network_args", "")
+        family = self._family(layout, metadata)
         return {
-            "family": self._family(layout, metadata),
+            "family": family,
+            # flux-dev, sd3.5-large, ... from metadata only: a finer label, never a family of its own
+            "family_variant": family_variant(metadata, family),
+            "layout": layout.key_layout,
             "algorithm": layout.algorithm,
             "algorithms": dict(layout.algorithms),
             "alias": _clip(alias)[:200] or None,

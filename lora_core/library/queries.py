@@ -66,6 +66,7 @@ def entry_from_row(row) -> Entry:
         favorite=bool(row["u_favorite"]) if "u_favorite" in keys else False,
         user_tags=tuple(t for t in tags.split(",") if t),
         last_used=row["u_last_used"] if "u_last_used" in keys else None,
+        base_model=row["base_model"] if "base_model" in keys else "",
     )
 
 
@@ -93,6 +94,36 @@ def rows_by_hash_prefix(db, roots, prefix: str) -> list:
     upper = prefix + "g"  # 'g' sorts after every hex digit: [prefix, upper) is the prefix range
     return _entry_rows(db, roots, "(f.sha256 >= ? AND f.sha256 < ?) OR (f.addnet >= ? AND f.addnet < ?)",
                        (prefix, upper, prefix, upper))
+
+
+def rows_by_civitai_version(db, roots, version_id: int) -> list:
+    """Rows whose `.civitai.info` is of this Civitai model version (a scan of the details rows)."""
+    return _entry_rows(db, roots, "json_extract(d.civitai, '$.id') = ?", (int(version_id),))
+
+
+def rows_with_civitai_model(db, roots, model_ids=None) -> list:
+    """Rows whose `.civitai.info` names a model id (any, or one of `model_ids`)."""
+    if model_ids is None:
+        return _entry_rows(db, roots, "d.civitai IS NOT NULL AND json_extract(d.civitai, '$.modelId') IS NOT NULL")
+    ids = [int(m) for m in model_ids][:5000]
+    if not ids:
+        return []
+    return _entry_rows(db, roots, f"d.civitai IS NOT NULL AND json_extract(d.civitai, '$.modelId') IN ({_marks(len(ids))})",
+                       ids)
+
+
+def duplicate_sha256(db, roots) -> list[str]:
+    """The sha256 hashes (of the files' current size and mtime) that more than one row holds."""
+    if not roots:
+        return []
+    return [r[0] for r in db.query(
+        f"SELECT sha256 FROM files WHERE root IN ({_marks(len(roots))}) AND sha256 IS NOT NULL "
+        "AND hashed_size = size AND hashed_mtime_ns = mtime_ns AND error IS NULL "
+        "GROUP BY sha256 HAVING COUNT(*) > 1 ORDER BY sha256", list(roots))]
+
+
+def rows_by_sha256(db, roots, sha256: str) -> list:
+    return _entry_rows(db, roots, "f.sha256 = ?", (sha256,))
 
 
 def paths_needing_hashes(db, roots) -> list[str]:
@@ -232,6 +263,11 @@ def search_filter(roots, short_terms=(), family: str | None = None, folder: str 
     for t in short_terms:  # indexed, cheap
         like = "%" + like_escape(t) + "%"
         flt = flt.also("(f.rel LIKE ? ESCAPE '\\' OR f.alias LIKE ? ESCAPE '\\')", like, like)
+    base = base_model_labels(family)
+    if base is not None:  # "base:pony,sdxl": the base-model labels (base_models.py), not a key family
+        family = None
+        clause = f"f.base_model IN ({_marks(len(base))})"
+        flt = flt.also(f"({clause} OR f.error IS NOT NULL)" if with_problems and not problems_only else clause, *base)
     if problems_only:
         flt = flt.also("f.error IS NOT NULL")
     elif family and with_problems:
@@ -245,6 +281,16 @@ def search_filter(roots, short_terms=(), family: str | None = None, folder: str 
     if favorites_only:
         flt = flt.also("f.id IN (SELECT g.id FROM user_data u JOIN files g ON g.path = u.path WHERE u.favorite = 1)")
     return flt
+
+
+BASE_PREFIX = "base:"
+
+
+def base_model_labels(family: str | None) -> tuple[str, ...] | None:
+    """The labels of a family filter spelled "base:a,b" (None for a plain family)."""
+    if not family or not family.startswith(BASE_PREFIX):
+        return None
+    return tuple(dict.fromkeys(t.strip() for t in family[len(BASE_PREFIX):].split(",") if t.strip()))[:20] or ("",)
 
 
 def count_matching(db, flt: Filter) -> int:

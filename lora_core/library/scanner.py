@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from lora_core.library import inspect_header, sidecars
+from lora_core.library import base_models, inspect_header, sidecars
 from lora_core.formats.header import HeaderError, read_header
 
 logger = logging.getLogger(__name__)
@@ -354,4 +354,6 @@ def record(found: Found, summary: dict, error: str | None, side: dict, user_tags
         "civitai": json.dumps(side["civitai"]) if side.get("civitai") else None,
         "preview": side.get("preview"), "error": error or found.error,
         "search_text": search_text(found, alias, summary, side, user_tags),
+        # the finer base-model label, stored so its filter is an index lookup (every writer of a row gets it)
+        "base_model": "" if (error or found.error) else base_models.classify(summary, side.get("civitai"), found.rel),
     }

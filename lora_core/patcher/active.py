@@ -27,11 +27,12 @@ def normalize_block_weights(block_weights: Any) -> tuple[tuple[str, float], ...]
         items = {str(k): float(v) for k, v in block_weights.items()}
     elif isinstance(block_weights, Sequence) and not isinstance(block_weights, (str, bytes)):
         values = [float(v) for v in block_weights]
-        if len(values) != len(BLOCK_IDS_26):
-            from lora_core.tags.block_weights import spread  # torch-free; only for short vectors
+        from lora_core.tags.block_weights import layout_ids, spread  # torch-free
 
+        ids = layout_ids(len(values))  # Flux / SD3 vectors keep their own block ids
+        if ids is None and len(values) != len(BLOCK_IDS_26):
             values = list(spread(values))
-        items = dict(zip(BLOCK_IDS_26, values))
+        items = dict(zip(ids or BLOCK_IDS_26, values))
     else:
         raise TypeError(f"block_weights must be a mapping or a sequence of floats, not {type(block_weights).__name__}")
     return tuple(sorted(items.items()))
@@ -78,7 +79,7 @@ class ActiveLora:
         base = self.unet if component == "unet" else self.te
         if self._bw_map is None:
             return base
-        key = "BASE" if component != "unet" else block
+        key = block if component == "unet" else (block if block in self._bw_map else "BASE")  # DiTs: CLIP / T5
         return base * self._bw_map.get(key, 1.0) if key is not None else base
 
     @property

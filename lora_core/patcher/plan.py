@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from lora_core.patcher import split_delta
 from lora_core.patcher.report import LoraReport
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class SlotRef:
     shape: tuple        # ΔW shape, as the adapter computes it
     component: str
     block: str | None
+    name: str = ""      # the tensor's name in the model (finds W0 in the checkpoint file, messages)
 
     def view(self, full: torch.Tensor) -> torch.Tensor:
         """The part of `full` (the live tensor or its W0 backup) this slot covers."""
@@ -48,7 +50,8 @@ def make_slot_ref(slot: Any) -> SlotRef:
     group = tensor_group(t)
     key = group + ((rows.start, rows.stop) if rows is not None else (None, None),)
     shape = tuple(getattr(slot, "shape", None) or (t[rows] if rows is not None else t).shape)
-    return SlotRef(key, group, t, rows, shape, getattr(slot, "component", "unet"), getattr(slot, "block", None))
+    return SlotRef(key, group, t, rows, shape, getattr(slot, "component", "unet"), getattr(slot, "block", None),
+                   str(getattr(slot, "name", "") or ""))
 
 
 @dataclass(eq=False)
@@ -90,8 +93,19 @@ def build_plan(
     report = LoraReport(name=name, path=str(getattr(lora, "path", "")))
     plan = LoraPlan(lora=lora, dyn=dyn, report=report)
     unclaimed = list(getattr(lora, "unclaimed", []) or [])
+    resolve_parts = getattr(binding, "resolve_parts", None)
     for key, adapter in lora.adapters.items():
         slot = binding.resolve(key, "weight")
+        parts = resolve_parts(key, "weight") if slot is None and resolve_parts is not None else None
+        if parts:
+            problem = _plan_parts(plan, lora, key, adapter, parts, binding, original, compute_dtype, name)
+            if problem is None:
+                report.matched += 1
+            else:
+                report.unmatched += 1
+                if len(report.unmatched_keys) < _MAX_EXAMPLES:
+                    report.unmatched_keys.append(f"{key} ({problem})")
+            continue
         if slot is None:
             report.unmatched += 1
             if len(report.unmatched_keys) < _MAX_EXAMPLES:
@@ -125,6 +139,70 @@ def build_plan(
     for k in unclaimed[: max(0, _MAX_EXAMPLES - len(report.unmatched_keys))]:
         report.unmatched_keys.append(f"{k} (unknown algorithm)")
     return plan
+
+
+def _plan_parts(plan: LoraPlan, lora: Any, key, adapter: Any, parts: list, binding: Any,
+                original: Callable[[SlotRef], torch.Tensor], compute_dtype: torch.dtype, name: str) -> str | None:
+    """Entries for an adapter whose ΔW rows go to several slots (``Binding.resolve_parts``); all of
+    them or none. Returns why it was refused (rows that do not add up, factors that do not fit), or
+    None when planned."""
+    refs = [make_slot_ref(s) for s, _rows in parts]
+    low_rank = adapter.low_rank(plan.dyn) if hasattr(adapter, "low_rank") else None
+    total = _adapter_rows(adapter, low_rank)
+    problem = split_delta.rows_problem(parts, total) if total is not None else None
+    if problem is not None:
+        log.warning("%s: %s refused: %s", name, key, problem)
+        return f"rows: {problem}"
+    entries = []
+    if low_rank is not None:
+        for ref, piece in zip(refs, split_delta.split_low_rank(low_rank, parts)):
+            prepared = _prepare_low_rank(piece, ref, name, key, compute_dtype)
+            if prepared is None:
+                return "shape"
+            entries.append(Contribution(ref, adapter, "weight", low_rank=prepared, lora=lora))
+        # one adapter object per slot: the patcher tells contributions apart by adapter identity
+        for e, (slot, rows) in zip(entries, parts):
+            e.adapter = _SlotView(adapter, rows)
+    else:
+        for ref, pa in zip(refs, split_delta.make_split(adapter, parts, original, refs)):
+            entries.append(Contribution(ref, pa, "weight", lora=lora))
+    if hasattr(adapter, "delta_bias"):
+        bias_parts = binding.resolve_parts(key, "bias")
+        if bias_parts:
+            brefs = [make_slot_ref(s) for s, _rows in bias_parts]
+            order = sorted(range(len(bias_parts)), key=lambda i: bias_parts[i][1].start)
+            full_bias = torch.cat([original(brefs[i]).detach().reshape(-1) for i in order])
+            db = adapter.delta_bias(full_bias)
+            if db is not None and db.numel() == full_bias.numel():
+                db = db.reshape(-1).to(dtype=torch.float32)
+                for bref, (_s, rows) in zip(brefs, bias_parts):
+                    piece = db[rows].to(device=bref.tensor.device).clone()
+                    entries.append(Contribution(bref, _SlotView(adapter, rows), "bias", bias_delta=piece, lora=lora))
+            elif db is not None:
+                log.warning("%s: bias delta of %s has %d values, the model's parts %d; ignored",
+                            name, key, db.numel(), full_bias.numel())
+    plan.entries.extend(entries)
+    return None
+
+
+class _SlotView:
+    """The adapter as seen by one slot of a split: its own identity, the adapter's key."""
+
+    def __init__(self, adapter: Any, rows: slice):
+        self.adapter = adapter
+        self.rows = rows
+        self.key = getattr(adapter, "key", "?")
+
+    def delta(self, base, dyn=None):  # never called for low-rank entries; kept for completeness
+        raise RuntimeError(f"module {self.key}: a low-rank split slot has no full ΔW")
+
+
+def _adapter_rows(adapter: Any, low_rank) -> int | None:
+    """Rows of the adapter's ΔW (its output features), where its tensors tell."""
+    if low_rank is not None:
+        return int(low_rank[0].shape[0])
+    hint = adapter.shape_hint() if hasattr(adapter, "shape_hint") else None
+    return int(hint[0]) if hint else None
 
 
 def _numel(shape: tuple) -> int:

@@ -32,6 +32,38 @@ LAYOUTS: dict[int, tuple[str, ...]] = {
          "OUT00", "OUT01", "OUT02", "OUT03", "OUT04", "OUT05", "OUT06", "OUT07", "OUT08"),
 }
 
+# Transformer (DiT) families. Flux: the extension's 61-value vector (BLOCKIDFLUX): CLIP, T5, IN
+# (img_in/txt_in/time_in/vector_in/guidance_in), D00..D18 (double blocks), S00..S37 (single
+# blocks), OUT (final_layer). SD3/3.5 has no vector in the extension; lora_core uses the same
+# shape: CLIP (CLIP-L and CLIP-G), T5, IN, J00..Jnn (joint blocks), OUT: 28 values for the 24
+# joint blocks of SD3 / SD3.5 medium, 42 for the 38 of SD3.5 large. These vectors are kept at their
+# own length (they are not spread into the 26 UNet slots).
+FLUX_BLOCK_IDS = ("CLIP", "T5", "IN") + tuple(f"D{i:02d}" for i in range(19)) + tuple(f"S{i:02d}" for i in range(38)) + ("OUT",)
+
+
+def sd3_block_ids(n_joint: int) -> tuple[str, ...]:
+    return ("CLIP", "T5", "IN") + tuple(f"J{i:02d}" for i in range(n_joint)) + ("OUT",)
+
+
+DIT_LAYOUTS: dict[int, tuple[str, ...]] = {61: FLUX_BLOCK_IDS, 28: sd3_block_ids(24), 42: sd3_block_ids(38)}
+
+
+def _dit_presets(n: int) -> dict[str, str]:
+    ids = DIT_LAYOUTS[n]
+
+    def vec(on) -> str:
+        return ",".join("1" if on(b) else "0" for b in ids)
+
+    return {
+        "NONE": ",".join(["0"] * n),
+        "ALL": ",".join(["1"] * n),
+        "ALL0.5": ",".join(["0.5"] * n),
+        # text encoders + embedders + the named block kind
+        "DOUBLE": vec(lambda b: not b.startswith(("S", "J")) and b != "OUT"),
+        "SINGLE": vec(lambda b: not b.startswith(("D", "J"))),
+    }
+
+
 # Presets for SD1/SD2: the 17-value defaults the extension ships.
 _PRESETS_SD1_TEXT = {
     "NONE": "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
@@ -60,7 +92,9 @@ _PRESETS_SDXL_TEXT = {
     "OUTALL": "1,0,0,0,0,0,1,1,1,1,1,1",
     "ALL0.5": ",".join(["0.5"] * 12),
 }
-PRESET_NAMES = tuple(_PRESETS_SD1_TEXT)
+_PRESETS_FLUX_TEXT = _dit_presets(61)
+_PRESETS_SD3_TEXT = {k: v for k, v in _dit_presets(42).items() if k in ("NONE", "ALL", "ALL0.5")}
+PRESET_NAMES = tuple(_PRESETS_SD1_TEXT) + ("DOUBLE", "SINGLE")
 
 
 class BlockWeightError(ValueError):
@@ -73,6 +107,7 @@ def spread(values: list[float]) -> tuple[float, ...]:
     if layout is None:
         raise BlockWeightError(
             f"{len(values)} values; expected one of {sorted(LAYOUTS)} (17/26 for SD1/SD2, 12/20 for SDXL)"
+            f" or {sorted(DIT_LAYOUTS)} (61 for Flux, 28/42 for SD3)"
         )
     out = [0.0] * 26
     for block, value in zip(layout, values):
@@ -81,8 +116,15 @@ def spread(values: list[float]) -> tuple[float, ...]:
 
 
 def preset_table(family: str | None) -> dict[str, str]:
-    """Preset name -> comma list for a model family (SDXL has its own; everything else uses SD1's)."""
-    return _PRESETS_SDXL_TEXT if family == "sdxl" else _PRESETS_SD1_TEXT
+    """Preset name -> comma list for a model family (SDXL, Flux and SD3 have their own; everything
+    else uses SD1's)."""
+    return {"sdxl": _PRESETS_SDXL_TEXT, "flux": _PRESETS_FLUX_TEXT, "sd3": _PRESETS_SD3_TEXT}.get(
+        family, _PRESETS_SD1_TEXT)
+
+
+def layout_ids(n_values: int) -> tuple[str, ...] | None:
+    """Block ids of a vector kept at its own length (Flux 61, SD3 28/42), else None."""
+    return DIT_LAYOUTS.get(n_values)
 
 
 def _parse_value(token: str, x_value: float) -> float:
@@ -114,9 +156,10 @@ def _parse_value(token: str, x_value: float) -> float:
 
 
 def resolve(spec: str, family: str | None = None, x_value: float = 1.0) -> tuple[float, ...]:
-    """Turn a `lbw=` value (preset name or comma list) into the 26-float vector.
+    """Turn a `lbw=` value (preset name or comma list) into the 26-float vector, or for a Flux
+    (61) / SD3 (28, 42) vector into that vector as given (ids: `layout_ids`).
 
-    `family` picks the preset table ("sdxl" -> SDXL presets, anything else -> SD1/SD2 presets).
+    `family` picks the preset table ("sdxl", "flux", "sd3" -> theirs, anything else -> SD1/SD2 presets).
     Raises BlockWeightError with a message that says what is wrong.
     """
     spec = spec.strip()
@@ -130,9 +173,11 @@ def resolve(spec: str, family: str | None = None, x_value: float = 1.0) -> tuple
                 float(spec)
             except ValueError:
                 raise BlockWeightError(
-                    f"unknown preset {spec!r}; known: {', '.join(PRESET_NAMES)}"
+                    f"unknown preset {spec!r}; known: {', '.join(table)}"
                 ) from None
             raise BlockWeightError("a single value is not a block-weight vector")
         spec = preset
     values = [_parse_value(tok, x_value) for tok in spec.split(",")]
+    if len(values) in DIT_LAYOUTS:
+        return tuple(values)
     return spread(values)

@@ -178,13 +178,19 @@ def _merge(first: LoraRequest, second: LoraRequest) -> tuple[LoraRequest, list[s
         warnings.append(f"{first.name}: dyn given as {first.dyn} and {second.dyn}; using {first.dyn}")
     lbw = None
     if first.lbw is not None or second.lbw is not None:
-        ones = (1.0,) * 26
+        n = len(first.lbw if first.lbw is not None else second.lbw)
+        ones = (1.0,) * n
         a, b = first.lbw or ones, second.lbw or ones
-        eff = [first.te * a[0] + second.te * b[0]] + [
-            first.unet * a[i] + second.unet * b[i] for i in range(1, 26)
+        if len(b) != n:  # a UNet vector and a Flux/SD3 one: they cannot both describe this LoRA
+            warnings.append(f"{first.name}: block weights of {n} and {len(b)} values; using the first")
+            b = ones
+        # leading text-encoder entries: BASE of the 26-value UNet vector; CLIP and T5 of Flux/SD3's
+        n_te = 2 if block_weights.layout_ids(n) is not None else 1
+        eff = [first.te * a[i] + second.te * b[i] for i in range(n_te)] + [
+            first.unet * a[i] + second.unet * b[i] for i in range(n_te, n)
         ]
         if te != 0 and unet != 0:
-            lbw = tuple([eff[0] / te] + [v / unet for v in eff[1:]])
+            lbw = tuple([v / te for v in eff[:n_te]] + [v / unet for v in eff[n_te:]])
         else:
             te, unet, lbw = 1.0, 1.0, tuple(eff)
     source = f"{first.source} {second.source}"

@@ -19,9 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from lora_core.tags.block_weights import BLOCK_IDS_26, LAYOUTS
+from lora_core.tags.block_weights import BLOCK_IDS_26, DIT_LAYOUTS, LAYOUTS
 
 FAMILIES = ("sd1", "sd2", "sdxl")
+# Transformer families: their name maps are in naming_flux / naming_sd3 (naming_dit's relations).
+DIT_FAMILIES = ("flux", "sd3")
 
 # ---------------------------------------------------------------------------------------------
 # UNet layout
@@ -284,8 +286,19 @@ LDM_TEXT_PREFIXES = (
     ("conditioner.embedders.1.model.", "te2", "openclip"),  # SDXL: OpenCLIP bigG
     ("conditioner.embedders.0.model.", "te2", "openclip"),  # SDXL refiner: bigG only (diffusers' text_encoder_2)
 )
+# Flux / SD3 single-file checkpoints (ComfyUI's layout, read by diffusers' single-file loader too):
+# CLIP-L and CLIP-G in the HF namespace, T5 in its own.
+DIT_TEXT_PREFIXES = (
+    ("text_encoders.clip_l.transformer.", "te1", "hf"),
+    ("text_encoders.clip_g.transformer.", "te2", "hf"),
+    ("text_encoders.t5xxl.transformer.", "te3", "t5"),
+)
+# Forge keeps the text encoders of every family in `forge_objects.clip.cond_stage_model`, one
+# attribute per encoder, each wrapping the HF model as `.transformer`: attribute -> (component, namespace).
+FORGE_TEXT_ENCODERS = (("clip_l", "te1", "hf"), ("clip_h", "te1", "hf"), ("clip_g", "te2", "hf"),
+                       ("t5xxl", "te3", "t5"))
 
-COMPONENTS = ("unet", "te1", "te2")
+COMPONENTS = ("unet", "te1", "te2", "te3")
 
 
 def flat(path: str) -> str:
@@ -302,7 +315,9 @@ def flat(path: str) -> str:
 LBW_BLOCK_IDS_26 = BLOCK_IDS_26
 LBW_BLOCK_IDS = MappingProxyType(LAYOUTS)
 # Vector lengths that are native to a family (others still work, as in the extension).
-LBW_LENGTHS = MappingProxyType({"sd1": (17, 26), "sd2": (17, 26), "sdxl": (12, 20)})
+LBW_LENGTHS = MappingProxyType({"sd1": (17, 26), "sd2": (17, 26), "sdxl": (12, 20), "flux": (61,), "sd3": (28, 42)})
+# Flux / SD3 vectors (kept at their own length; ids CLIP, T5, IN, Dnn/Snn or Jnn, OUT)
+LBW_DIT_BLOCK_IDS = MappingProxyType(DIT_LAYOUTS)
 
 TEXT_ENCODER_BLOCK = "BASE"
 
@@ -310,9 +325,10 @@ TEXT_ENCODER_BLOCK = "BASE"
 def block_index(block: str | None, n_weights: int) -> int | None:
     """Index of `block` in an lbw vector of `n_weights` values, or None if that vector does not
     list it (or the module has no block). Raises ValueError for a length the extension rejects."""
-    ids = LBW_BLOCK_IDS.get(n_weights)
+    ids = LBW_BLOCK_IDS.get(n_weights) or LBW_DIT_BLOCK_IDS.get(n_weights)
     if ids is None:
-        raise ValueError(f"{n_weights} block weights; expected one of {sorted(LBW_BLOCK_IDS)}")
+        raise ValueError(f"{n_weights} block weights; expected one of {sorted(LBW_BLOCK_IDS)} "
+                         f"or {sorted(LBW_DIT_BLOCK_IDS)} (Flux, SD3)")
     if block is None:
         return None
     try:

@@ -131,6 +131,14 @@ def scan_folder(root, trigger: str | None = None) -> TrainingSet:
 
 def load_image_tensor(path: Path, resolution: int):
     """RGB in [-1, 1], shape (3, res, res): shorter side resized to res, then centre-cropped."""
+    return load_image_crop(path, resolution)[0]
+
+
+def load_image_crop(path: Path, resolution: int):
+    """(pixels as load_image_tensor gives them, (original height, width), (crop top, left)).
+
+    SDXL is conditioned on the image's size before resizing and on where the crop starts (in
+    the resized image), the `add_time_ids` that kohya and diffusers' SDXL trainers pass."""
     import numpy as np
     import torch
     from PIL import Image
@@ -148,4 +156,4 @@ def load_image_tensor(path: Path, resolution: int):
             arr = np.asarray(im, dtype=np.float32)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(path, f"cannot read image ({type(exc).__name__}: {exc})") from exc
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0, (h, w), (top, left)

@@ -9,6 +9,10 @@ their parent block: every Linear and 1x1 Conv2d inside a `Transformer2DModel` (a
 forward, proj_in/proj_out) and inside CLIP's attention and MLP; with conv LoRA (LoCon) also every
 Linear/Conv2d inside `ResnetBlock2D`, `Downsample2D` and `Upsample2D`, 3x3 convs at the conv rank.
 
+SDXL (kohya `sdxl_train_network.py`): the two text encoders are `lora_te1_` (CLIP-L) and `lora_te2_`
+(OpenCLIP bigG), and UNet names are the LDM ones kohya's own SDXL UNet has (`unet_names` maps our
+diffusers paths to them; see train/sdxl.py).
+
 A Linear gets down: Linear(in, r) and up: Linear(r, out); a conv gets down: Conv2d(in, r, the
 layer's kernel/stride/padding) and up: a 1x1 Conv2d(r, out). Forward: W0·x + up(down(x))·alpha/r.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -121,8 +126,12 @@ def _leaf_ok(child_name: str, child: nn.Module, parent_kind: str, spec: NetworkS
     return True, False
 
 
-def find_targets(root: nn.Module, prefix: str, spec: NetworkSpec) -> list[tuple[str, nn.Module, bool]]:
-    """(lora_name, layer, uses conv rank) for every layer kohya would wrap, in module order."""
+def find_targets(root: nn.Module, prefix: str, spec: NetworkSpec,
+                 rename: Mapping[str, str] | None = None) -> list[tuple[str, nn.Module, bool]]:
+    """(lora_name, layer, uses conv rank) for every layer kohya would wrap, in module order.
+
+    rename: module path -> the path kohya's model has for it (SDXL's LDM UNet names); every
+    wrapped layer must be in it (a LoRA half in one namespace would not load anywhere)."""
     root_path = ""
     if prefix == UNET_PREFIX:
         parents = {name: "attention" for name in UNET_ATTENTION_PARENTS}
@@ -143,7 +152,12 @@ def find_targets(root: nn.Module, prefix: str, spec: NetworkSpec) -> list[tuple[
                 continue
             take, conv_rank = _leaf_ok(child_name, child, kind, spec)
             if take:
-                lora_name = f"{prefix}.{root_path}{name}.{child_name}".replace(".", "_")
+                path = f"{name}.{child_name}"
+                if rename is not None:
+                    if path not in rename:
+                        raise ValueError(f"{prefix}: no kohya name for module {path}")
+                    path = rename[path]
+                lora_name = f"{prefix}.{root_path}{path}".replace(".", "_")
                 found.setdefault(lora_name, (lora_name, child, conv_rank))
     return list(found.values())
 
@@ -151,16 +165,23 @@ def find_targets(root: nn.Module, prefix: str, spec: NetworkSpec) -> list[tuple[
 class LoRANetwork(nn.Module):
     """All LoRA modules of one training run, keyed by kohya name."""
 
-    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None, spec: NetworkSpec, seed: int = 0):
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module | Sequence[nn.Module] | None, spec: NetworkSpec,
+                 seed: int = 0, unet_names: Mapping[str, str] | None = None):
+        """text_encoder: one (SD1/SD2: `lora_te_`) or a pair (SDXL: `lora_te1_`, `lora_te2_`).
+        unet_names: diffusers module path -> kohya's path (SDXL), None to keep diffusers names."""
         super().__init__()
         self.spec = spec
         generator = torch.Generator("cpu").manual_seed(int(seed))
         modules: dict[str, LoRAModule] = {}
-        roots = [(UNET_PREFIX, unet)]
-        if spec.train_te and text_encoder is not None:
-            roots.append((TE_PREFIX, text_encoder))
-        for prefix, root in roots:
-            for lora_name, layer, conv in find_targets(root, prefix, spec):
+        roots = [(UNET_PREFIX, unet, unet_names)]
+        if isinstance(text_encoder, nn.Module):
+            encoders = [(TE_PREFIX, text_encoder)]
+        else:
+            encoders = [(f"{TE_PREFIX}{i + 1}", te) for i, te in enumerate(text_encoder or ())]
+        if spec.train_te:
+            roots += [(prefix, te, None) for prefix, te in encoders if te is not None]
+        for prefix, root, rename in roots:
+            for lora_name, layer, conv in find_targets(root, prefix, spec, rename):
                 rank = (spec.conv_rank or spec.rank) if conv else spec.rank
                 alpha = (spec.conv_alpha if spec.conv_alpha is not None else spec.alpha) if conv else spec.alpha
                 modules[lora_name] = LoRAModule(lora_name, layer, rank, alpha, generator)
@@ -185,7 +206,7 @@ class LoRANetwork(nn.Module):
         return [m for n, m in self.loras.items() if n.startswith(UNET_PREFIX + "_")]
 
     def te_modules(self) -> list[LoRAModule]:
-        return [m for n, m in self.loras.items() if n.startswith(TE_PREFIX + "_")]
+        return [m for n, m in self.loras.items() if n.startswith(TE_PREFIX)]  # lora_te_, lora_te1_, lora_te2_
 
     def kohya_state_dict(self, dtype=torch.float32) -> dict[str, torch.Tensor]:
         """`<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha` for every module."""

@@ -16,8 +16,13 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2"}
-ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v"}
+# kohya's model version strings (`model_util` / `sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0`) and
+# modelspec architectures (`sai_model_spec`); for SDXL LoRAs kohya names Stability's repository as
+# the implementation, since its SDXL UNet (and so every key) is in their layout
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
+IMPLEMENTATION = {"sdxl": "https://github.com/Stability-AI/generative-models"}
+DIFFUSERS_IMPLEMENTATION = "https://github.com/huggingface/diffusers"
 
 
 def build_metadata(*, name: str, family: str, config, dataset, result, model_name: str = "",
@@ -78,7 +83,7 @@ def build_metadata(*, name: str, family: str, config, dataset, result, model_nam
         "ss_training_comment": comment or ("interrupted" if result.interrupted else ""),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{ARCHITECTURE.get(family, family)}/lora",
-        "modelspec.implementation": "https://github.com/huggingface/diffusers",
+        "modelspec.implementation": IMPLEMENTATION.get(family, DIFFUSERS_IMPLEMENTATION),
         "modelspec.title": name,
         "modelspec.resolution": f"{config.resolution}x{config.resolution}",
         "modelspec.prediction_type": "v" if v_pred else "epsilon",

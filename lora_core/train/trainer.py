@@ -1,7 +1,9 @@
-"""The LoRA training loop: frozen diffusers UNet / text encoder / VAE, trainable `LoRANetwork`,
+"""The LoRA training loop: frozen diffusers UNet / text encoder(s) / VAE, trainable `LoRANetwork`,
 the standard diffusion loss (MSE against the noise, or the velocity for v-prediction models)
-on the checkpoint's own noise schedule. Deterministic for a seed on CPU: every random draw
-(LoRA init, shuffling, noise, timesteps, latent samples) comes from explicit generators.
+on the checkpoint's own noise schedule. SD1, SD2 and SDXL (two text encoders, added size/pooled
+conditioning, kohya's SDXL names: see conditioning.py and sdxl.py). Deterministic for a seed on
+CPU: every random draw (LoRA init, shuffling, noise, timesteps, latent samples) comes from
+explicit generators.
 
 Ctrl-C (KeyboardInterrupt) ends training cleanly: the result says `interrupted` and holds the
 LoRA as trained so far, which the caller saves.
@@ -17,7 +19,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .dataset import TrainingSet, load_image_tensor
+from .conditioning import SDConditioning, SDXLConditioning, time_ids
+from .dataset import TrainingSet, load_image_crop
 from .network import LoRANetwork, NetworkSpec
 
 logger = logging.getLogger(__name__)
@@ -62,18 +65,50 @@ class TrainResult:
 
 @dataclass
 class Components:
-    """The diffusers parts a training run needs (from lora_core.app.checkpoints.load_checkpoint)."""
+    """The diffusers parts a training run needs (from lora_core.app.checkpoints.load_checkpoint).
+    SDXL adds text_encoder_2 (CLIPTextModelWithProjection) and tokenizer_2."""
     unet: torch.nn.Module
     text_encoder: torch.nn.Module
     vae: torch.nn.Module
     tokenizer: object
     scheduler: object  # any diffusers scheduler; its config gives the noise schedule
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_2: object = None
+
+    def __post_init__(self):
+        if self.text_encoder_2 is not None:
+            from .sdxl import sdxl_problem
+
+            problem = sdxl_problem(self.unet, self.text_encoder, self.text_encoder_2, self.tokenizer_2)
+            if problem:
+                raise ValueError(f"cannot train on this SDXL model: {problem}")
 
     @classmethod
     def from_dict(cls, parts: dict) -> "Components":
-        if parts.get("text_encoder_2") is not None:
-            raise ValueError("training LoRAs for SDXL is not supported yet (SD1/SD2 checkpoints only)")
-        return cls(parts["unet"], parts["text_encoder"], parts["vae"], parts["tokenizer"], parts["scheduler"])
+        return cls(parts["unet"], parts["text_encoder"], parts["vae"], parts["tokenizer"], parts["scheduler"],
+                   parts.get("text_encoder_2"), parts.get("tokenizer_2"))
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.text_encoder] + ([self.text_encoder_2] if self.is_sdxl else [])
+
+    def conditioning(self):
+        if self.is_sdxl:
+            return SDXLConditioning(self.tokenizer, self.text_encoder, self.tokenizer_2, self.text_encoder_2)
+        return SDConditioning(self.tokenizer, self.text_encoder)
+
+    def network(self, spec: NetworkSpec, seed: int) -> LoRANetwork:
+        """The LoRA modules kohya's trainer for this family would make, with its names."""
+        if self.is_sdxl:
+            from .sdxl import kohya_unet_names
+
+            return LoRANetwork(self.unet, self.text_encoders, spec, seed=seed,
+                               unet_names=kohya_unet_names(self.unet))
+        return LoRANetwork(self.unet, self.text_encoder, spec, seed=seed)
 
 
 def training_scheduler(scheduler):
@@ -89,13 +124,15 @@ def training_scheduler(scheduler):
 
 class _LatentCache:
     """Per image: the VAE's latent mean and std, computed once (the VAE is frozen); a fresh latent
-    sample is drawn from them at every step, as the VAE would."""
+    sample is drawn from them at every step, as the VAE would. Also each image's SDXL size
+    conditioning (original size, crop corner, target size)."""
 
     def __init__(self, vae, dataset: TrainingSet, resolution: int, dtype, device: torch.device):
         self.vae, self.dataset, self.resolution, self.dtype = vae, dataset, resolution, dtype
         self.device = device
         self.scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._time_ids: dict[int, torch.Tensor] = {}
 
     def prepare(self, progress: bool) -> None:
         """Encode every image up front (like kohya's cache_latents): a broken image fails before
@@ -110,10 +147,16 @@ class _LatentCache:
 
     def _encode(self, index: int) -> None:
         if index not in self._cache:
-            pixels = load_image_tensor(self.dataset.items[index].image, self.resolution)[None].to(self.device)
+            pixels, original_hw, crop_tl = load_image_crop(self.dataset.items[index].image, self.resolution)
             with torch.no_grad(), _autocast(self.dtype, self.device):
-                dist = self.vae.encode(pixels).latent_dist
+                dist = self.vae.encode(pixels[None].to(self.device)).latent_dist
             self._cache[index] = (dist.mean.float(), dist.std.float())
+            self._time_ids[index] = time_ids(original_hw, crop_tl, (self.resolution, self.resolution))
+
+    def time_ids(self, indices: list[int]) -> torch.Tensor:
+        for index in indices:
+            self._encode(index)
+        return torch.stack([self._time_ids[i] for i in indices]).to(self.device)
 
     def sample(self, index: int, generator: torch.Generator) -> torch.Tensor:
         self._encode(index)
@@ -124,12 +167,6 @@ class _LatentCache:
 
 def _autocast(dtype: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
-
-
-def encode_prompts(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    return text_encoder(ids.to(next(text_encoder.parameters()).device))[0]
 
 
 def _flush_denormals() -> bool:
@@ -155,9 +192,9 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
     """Train a LoRA. on_step(step, loss) is called after each optimizer step (a KeyboardInterrupt
     raised there, like Ctrl-C anywhere in the loop, stops training and keeps the result)."""
     started = time.time()
-    unet, te, vae = parts.unet, parts.text_encoder, parts.vae
+    unet, vae = parts.unet, parts.vae
     device = torch.device(config.device)
-    for m in (unet, te, vae):
+    for m in (unet, vae, *parts.text_encoders):
         m.to(device)
         m.requires_grad_(False)
         m.eval()  # SD has no dropout; eval keeps any that a config adds off
@@ -165,7 +202,8 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
     prediction_type = noise_sched.config.prediction_type
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"unsupported prediction type {prediction_type!r}")
-    network = LoRANetwork(unet, te, config.network, seed=config.seed).apply_to()
+    network = parts.network(config.network, config.seed).apply_to()
+    cond = parts.conditioning()
     groups = [{"params": [p for m in network.unet_modules() for p in m.parameters()], "lr": config.lr}]
     te_params = [p for m in network.te_modules() for p in m.parameters()]
     if te_params:
@@ -174,7 +212,7 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
     total = config.total_steps(dataset)
     generator = torch.Generator("cpu").manual_seed(int(config.seed))
     latents = _LatentCache(vae, dataset, config.resolution, config.dtype, device)
-    frozen_te_cache: dict[str, torch.Tensor] = {}
+    frozen_te_cache: dict[str, dict[str, torch.Tensor]] = {}
     n_timesteps = int(noise_sched.config.num_train_timesteps)
 
     bar = None
@@ -207,17 +245,20 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
                 t = torch.randint(0, n_timesteps, (x0.shape[0],), generator=generator).to(device)
                 noisy = noise_sched.add_noise(x0, noise, t)
                 target = noise if prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
+                sizes = latents.time_ids(batch) if cond.needs_time_ids else None
                 with _autocast(config.dtype, device):
                     if te_params:
-                        context = encode_prompts(parts.tokenizer, te, captions)
+                        encoded = cond.encode(captions)
                     else:
                         missing = [c for c in captions if c not in frozen_te_cache]
                         if missing:
                             with torch.no_grad():
-                                enc = encode_prompts(parts.tokenizer, te, missing)
-                            frozen_te_cache.update({c: enc[j:j + 1].float() for j, c in enumerate(missing)})
-                        context = torch.cat([frozen_te_cache[c] for c in captions])
-                    pred = unet(noisy, t, encoder_hidden_states=context).sample
+                                enc = cond.encode(missing)
+                            frozen_te_cache.update({c: {k: v[j:j + 1].float() for k, v in enc.items()}
+                                                    for j, c in enumerate(missing)})
+                        encoded = {k: torch.cat([frozen_te_cache[c][k] for c in captions])
+                                   for k in frozen_te_cache[captions[0]]}
+                    pred = unet(noisy, t, **cond.unet_kwargs(encoded, sizes)).sample
                 loss = F.mse_loss(pred.float(), target.float())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

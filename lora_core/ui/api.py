@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 STATIC_FILES = {  # the only files the static route serves
     "lora_core.js": (ROOT / "javascript" / "lora_core.js", "text/javascript; charset=utf-8"),
+    "lora_core_downloads.js": (ROOT / "javascript" / "lora_core_downloads.js", "text/javascript; charset=utf-8"),
+    "lora_core_library_tools.js": (ROOT / "javascript" / "lora_core_library_tools.js",
+                                   "text/javascript; charset=utf-8"),
     "style.css": (ROOT / "style.css", "text/css; charset=utf-8"),
 }
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -57,6 +60,7 @@ def sdapi_lora(entry: Any) -> dict:
         "path": entry.path,
         "metadata": dict(getattr(entry, "summary", {}) or {}),
         "family": getattr(entry, "family", "unknown"),
+        "base_model": getattr(entry, "base_model", ""),   # library/base_models.py label ("pony", ...)
         "error": getattr(entry, "error", None),
     }
 
@@ -69,6 +73,7 @@ def register_routes(
     sdapi: bool = True,
     rescan: Callable[[], Any] | None = None,
     civitai: Any = None,
+    downloads: Any = None,
 ) -> None:
     """Add the routes to a FastAPI `app`.
 
@@ -80,6 +85,9 @@ def register_routes(
         `POST {prefix}/civitai/fetch_all` and `POST {prefix}/civitai/fetch?path=` (the tab's JS polls
         the status while a background fetch runs).
     Always added: `GET {prefix}/stacks` (saved stacks with their prompt tags).
+    downloads: a `lora_core.library.downloads.DownloadQueue` (default with a CivitaiSync: one made
+        from its settings); adds `GET {prefix}/downloads`, `POST {prefix}/downloads` ({"url", "folder"}),
+        `POST {prefix}/downloads/{id}/pause|resume|cancel` and `POST {prefix}/downloads/clear`.
     """
     from fastapi import HTTPException, Query
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -194,6 +202,20 @@ def register_routes(
             if entry is None:
                 raise HTTPException(status_code=404, detail="not in the LoRA library")
             return JSONResponse({"message": civitai.fetch_one(entry.path)})
+
+    if downloads is None and civitai is not None:
+        from lora_core.library.downloads import queue_for_civitai
+
+        downloads = queue_for_civitai(library_provider, civitai)
+    if downloads is not None:
+        from lora_core.ui.download_routes import add_download_routes
+
+        add_download_routes(app, downloads, prefix)
+
+    # recipes from pictures, duplicates, newer versions (lora_core/ui/library_routes.py)
+    from lora_core.ui.library_routes import add_library_routes
+
+    add_library_routes(app, library_provider, prefix, civitai)
 
     @app.get("/lora_core/static/{name}")
     def static(name: str):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from lora_core.library import base_models, updates
 from lora_core.ui import render
 from lora_core.ui.entry_view import EntryView, plain_text, preview_url_for, safe_link, usable_in_tag, view_of
 
@@ -20,7 +22,13 @@ SORTS = {"name": "name", "date": "date", "size": "size", "last used": "last_used
 ALL_FOLDERS = "(all folders)"
 CHECKPOINT_FAMILY = "(loaded checkpoint)"
 PROBLEMS = "(problems)"   # only files that cannot be used, with the reason
-FAMILIES = [CHECKPOINT_FAMILY, "sd1", "sd2", "sdxl", "unknown", PROBLEMS]
+FAMILIES = [CHECKPOINT_FAMILY, "sd1", "sd2", "sdxl", "flux", "sd3", "unknown", PROBLEMS]
+# The finer base-model labels people filter by (library/base_models.py), offered in the family list;
+# a pick filters on the label the index stores ("base:<label>").
+BASE_MODEL_CHOICES = {f"{base_models.label_name(label)} ({base_models.family_of(label)})": label for label in (
+    "pony", "illustrious", "noobai", "sdxl-turbo", "sdxl-lightning", "flux-dev", "flux-schnell", "sd3.5")}
+UPDATES = "(newer version on Civitai)"   # LoRAs the last update check found a newer version of
+FAMILIES[-1:-1] = list(BASE_MODEL_CHOICES) + [UPDATES]   # before "(problems)"
 # Sidecar keys the editor writes (A1111's `name.json` user-metadata keys).
 EDITABLE_KEYS = ["description", "activation text", "preferred weight", "negative text", "notes"]
 
@@ -45,6 +53,10 @@ class TabSettings:
     civitai: Any = None
     # match_counts(path) -> (matched, unmatched) | None for the loaded checkpoint; run when details open.
     match_counts: Callable[[str], Any] | None = None
+    # current_base_model() -> a base_models label of the loaded checkpoint ("pony", ...) or None: a
+    # finer "(loaded checkpoint)" filter (its LoRAs and the plain ones of its family). Hosts may
+    # pass `lambda: base_models.from_name(checkpoint file name)`.
+    current_base_model: Callable[[], str | None] | None = None
 
 
 @dataclass
@@ -98,7 +110,50 @@ class LoraTabController:
 
                 view.nsfw_level = civitai_nsfw.level_name(level)
                 view.blurred = civitai_nsfw.is_blurred(level, self.nsfw_threshold())
+        if getattr(entry, "civitai", None):
+            newer = updates.update_of(entry, self._update_cache(lib))
+            if newer is not None:  # "a newer version exists on Civitai" badge (offline: the cached answer)
+                view.update_name = newer.latest_name or f"version {newer.latest_version_id}"
+                view.update_download = newer.download
         return view
+
+    def _updates_query(self, q: Query, page: int, size: int) -> QueryResult:
+        """The filter "(newer version on Civitai)": the update cache's list (offline), searched by
+        name and folder, a page of it as cards."""
+        try:
+            lib = self._library()
+            words = (q.search or "").lower().split()
+            folder = None if q.folder in (None, "", ALL_FOLDERS) else folder_value(q.folder).strip("/")
+            entries = []
+            for u in updates.updates_for(lib):
+                entry = lib.entry(u.path)
+                text = f"{entry.rel_name} {entry.alias or ''}".lower()
+                if all(w in text for w in words) and (not folder or (entry.folder + "/").startswith(folder + "/")):
+                    entries.append(entry)
+            total = len(entries)
+            page = min(page, render.page_count(total, size))
+            views = [self._view(lib, e) for e in entries[(page - 1) * size:page * size]]
+        except Exception as exc:  # noqa: BLE001 - show the problem in the tab, keep the app alive
+            log.exception("listing LoRAs with updates failed")
+            return QueryResult(html=f'<div class="lora-core-error-text">Search failed: {render.esc(exc)}</div>',
+                               label="", page=page, total=0, views=[])
+        note = ("LoRAs with a newer version on Civitai (from the last check; “Duplicates and updates” → "
+                "“Check Civitai for newer versions” refreshes it). Click a card's update badge to download it.")
+        return QueryResult(html=render.render_grid(views, total, page, size, note, query=q.search or ""),
+                           label=render.page_label(total, page, size), page=page, total=total, views=views)
+
+    def _update_cache(self, lib: Any) -> dict:
+        """The update check's cache file, re-read only when it changed (one stat per card)."""
+        path = updates.cache_path(lib)
+        try:
+            stamp = (path, os.stat(path).st_mtime_ns) if path else None
+        except OSError:
+            stamp = None
+        if stamp is None:
+            return {}
+        if getattr(self, "_updates_stamp", None) != stamp:
+            self._updates_stamp, self._updates = stamp, updates.read_cache(lib)
+        return self._updates
 
     def nsfw_threshold(self) -> str | None:
         sync = self.settings.civitai
@@ -113,11 +168,28 @@ class LoraTabController:
         if q.show_all_families or q.family == PROBLEMS:
             return None
         if q.family == CHECKPOINT_FAMILY:
+            finer = self._checkpoint_base_models()
+            if finer:
+                return finer
             try:
                 return self.settings.current_family() or None
             except Exception:  # noqa: BLE001 - no model loaded yet: show everything
                 return None
+        if q.family in BASE_MODEL_CHOICES:
+            return "base:" + BASE_MODEL_CHOICES[q.family]
         return q.family or None
+
+    def _checkpoint_base_models(self) -> str | None:
+        """"base:pony,sdxl" for a checkpoint of a finer base model, None for a plain one."""
+        fn = self.settings.current_base_model
+        try:
+            label = fn() if fn is not None else None
+        except Exception:  # noqa: BLE001 - no model loaded yet
+            return None
+        if not label or label in base_models.GENERIC.values():
+            return None
+        labels = base_models.compatible(label)
+        return "base:" + ",".join(labels) if labels else None
 
     def folders(self) -> list[str]:
         """Folder filter choices: "(all folders)" then every folder path ("" = the root is "all")."""
@@ -135,6 +207,8 @@ class LoraTabController:
     def query(self, q: Query) -> QueryResult:
         size = max(1, int(self.settings.page_size))
         page = max(1, int(q.page or 1))
+        if q.family == UPDATES and not q.show_all_families:
+            return self._updates_query(q, page, size)
         family = self.resolve_family(q)
         problems_only = q.family == PROBLEMS and not q.show_all_families
         note = ""
@@ -143,7 +217,10 @@ class LoraTabController:
         elif family:
             # Files that cannot be read have no family: they are shown too, so a problem is never hidden.
             whose = "the loaded checkpoint's family" if q.family == CHECKPOINT_FAMILY else "the family picked"
-            note = (f"Showing {family} LoRAs ({whose}) and files with problems. "
+            shown = family
+            if family.startswith("base:"):  # labels -> their names: "Pony, SDXL"
+                shown = ", ".join(base_models.label_name(x) or x for x in family[5:].split(","))
+            note = (f"Showing {shown} LoRAs ({whose}) and files with problems. "
                     "Tick “show all families” to see every LoRA.")
         sort_key = SORTS.get(q.sort, "name")
         folder = None if q.folder in (None, "", ALL_FOLDERS) else folder_value(q.folder)

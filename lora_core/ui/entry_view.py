@@ -61,6 +61,9 @@ class EntryView:
     civitai_description: str = ""  # plain text (Civitai sends HTML; tags are stripped, details only)
     civitai_link: str = ""         # http(s) link to the model page (details only)
     match_text: str = ""           # "12 matched, 0 unmatched" for the loaded checkpoint (details only)
+    base_model: str = ""           # base_models label ("pony", ...; "" unknown), from the index
+    update_name: str = ""          # the newer Civitai version's name, when one exists (badge)
+    update_download: str = ""      # what the download queue takes for it ("civitai:model@version")
 
     @property
     def tag_text(self) -> str:
@@ -281,6 +284,7 @@ def view_of(
         civitai=civitai_fields,
         last_used=_float(_attr(entry, "last_used", default=0), 0.0),
         user_tags=_user_tags(_attr(entry, "user_tags", default=())),
+        base_model=_text(_attr(entry, "base_model", default=""), 40),
     )
 
 

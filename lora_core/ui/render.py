@@ -79,6 +79,7 @@ def render_card(v: EntryView) -> str:
     badges = [f'<span class="lora-core-badge lora-core-family-{css_token(v.family)}">{esc(v.family)}</span>']
     if v.algorithm:
         badges.append(f'<span class="lora-core-badge lora-core-algo">{esc(v.algorithm)}</span>')
+    badges.extend(_base_model_and_update_badges(v))
     if v.ambiguous:
         badges.append(
             '<span class="lora-core-badge lora-core-ambiguous" '
@@ -108,6 +109,27 @@ def render_card(v: EntryView) -> str:
         f'<div {" ".join(attrs)}><div {thumb_attrs}>{thumb}</div>{actions}'
         f'<div class="lora-core-card-body">{"".join(body)}</div></div>'
     )
+
+
+def _base_model_name(label: str) -> str:
+    from lora_core.library import base_models
+
+    return base_models.label_name(label) or label
+
+
+def _base_model_and_update_badges(v: EntryView) -> list[str]:
+    """The finer base model (only when it says more than the family) and "newer version" badges."""
+    from lora_core.library import base_models
+
+    out = []
+    if v.base_model and v.base_model != base_models.GENERIC.get(v.family):
+        name = base_models.label_name(v.base_model) or v.base_model
+        out.append(f'<span class="lora-core-badge lora-core-base lora-core-base-{css_token(v.base_model)}" '
+                   f'title="base model">{esc(name)}</span>')
+    if v.update_name:
+        out.append(f'<span class="lora-core-badge lora-core-update" data-lora-download="{esc(v.update_download)}" '
+                   f'title="{esc("Newer on Civitai: " + v.update_name)}">update</span>')
+    return out
 
 
 def render_grid(views: Sequence[EntryView], total: int, page: int, page_size: int, note: str = "",
@@ -194,6 +216,8 @@ def render_details(v: EntryView | None, message: str = "") -> str:
         ("path", v.key),
         ("folder", v.folder),
         ("family", v.family),
+        ("base model", _base_model_name(v.base_model)),
+        ("newer version on Civitai", v.update_name),
         ("algorithm", v.algorithm),
         ("size", human_size(v.size) if v.size else ""),
         ("modified", _date(v.mtime)),

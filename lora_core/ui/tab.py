@@ -36,7 +36,7 @@ from lora_core.ui.controller import (
     Query,
     TabSettings,
 )
-from lora_core.ui import render
+from lora_core.ui import download_view, library_tools_view, render
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,13 @@ def create_lora_panel(library_provider: Callable[[], Any], settings: TabSettings
                     # {"action": "stack_save", "key": name, "prompt": text} through the bridge.
                     gr.Button("Save prompt's LoRAs", elem_id=ELEM_STACK_SAVE, size="sm", scale=1)
                 stacks = gr.HTML(value=ctl.stacks_html(), elem_id="lora_core_stacks")
+        # Below the cards, so the grid stays right under the search and filters.
+        # Download box: plain markup, driven by javascript/lora_core_downloads.js over {prefix}/downloads
+        gr.HTML(value=download_view.downloads_html(), elem_id=download_view.ELEM_DOWNLOADS)
+        # Recipe drop zone + duplicates/updates box: plain markup, driven by
+        # javascript/lora_core_library_tools.js over the routes of lora_core/ui/library_routes.py
+        gr.HTML(value=library_tools_view.recipe_html(), elem_id=library_tools_view.ELEM_RECIPE)
+        gr.HTML(value=library_tools_view.tools_html(), elem_id=library_tools_view.ELEM_TOOLS)
         # Bridge for the card buttons: JS writes {"action", "key"} JSON and clicks the button.
         action = gr.Textbox(value="", elem_id=ELEM_ACTION, elem_classes=hidden, show_label=False)
         action_btn = gr.Button("action", elem_id=ELEM_ACTION_BUTTON, elem_classes=hidden)
