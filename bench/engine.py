@@ -272,11 +272,14 @@ class OursSide:
 
     name = "lora_core"
 
-    def __init__(self, unet, te, files, compute_dtype=torch.float32, batched=None):
+    def __init__(self, unet, te, files, compute_dtype=torch.float32, batched=None, w0_source=None):
         from lora_core.engine import Engine
         from lora_core.targets import Binding
 
-        self.engine = Engine(Binding.from_diffusers(unet, [te]), cache_size=8, compute_dtype=compute_dtype)
+        # te None: a denoiser-only binding (bench/engine_flux.py's LoRAs touch the transformer only);
+        # w0_source: W0 read back from the checkpoint file instead of copies (bench/engine_flux.py)
+        self.engine = Engine(Binding.from_diffusers(unet, [te]), cache_size=8, compute_dtype=compute_dtype,
+                             w0_source=w0_source)
         self.engine.patcher.batched = batched
         self.files = files
 
@@ -317,11 +320,11 @@ class DiffusersSide:
     name = "diffusers"
 
     def __init__(self, unet, te, files):
-        self.pipe = diffusers_host(unet, te)
+        self.pipe = self.make_host(unet, te)
         self.files = files
         self.loaded: list[str] = []
         self.fused = False
-        self._models = (unet, te)
+        self._models = tuple(m for m in (unet, te) if m is not None)
         self._base = _keys(self._tensors())  # the model's own tensors, before any adapter
 
     def apply(self, stack):
@@ -334,10 +337,18 @@ class DiffusersSide:
             if n not in self.loaded:
                 pipe.load_lora_weights(self.files[n], adapter_name=n)
                 self.loaded.append(n)
-        weights = [unet if te == unet else {"unet": unet, "text_encoder": te} for _n, te, unet in stack]
-        pipe.set_adapters(names, weights)
+        pipe.set_adapters(names, [self.adapter_weight(te, unet) for _n, te, unet in stack])
         pipe.fuse_lora(adapter_names=names)
         self.fused = True
+
+    @staticmethod
+    def make_host(unet, te):
+        return diffusers_host(unet, te)
+
+    @staticmethod
+    def adapter_weight(te, unet):
+        """set_adapters' weight for one LoRA: per component when the two differ."""
+        return unet if te == unet else {"unet": unet, "text_encoder": te}
 
     def restore(self):
         if self.fused:
@@ -594,12 +605,13 @@ def report(meta, ours, ours_bf16, theirs, floor_mem, floor_comp, acc32, acc16, i
 HEADING = "## Engine: apply / switch / stack (lora_core vs diffusers+PEFT)"
 
 
-def write_doc(section: str):
-    """Replace this benchmark's section of docs/BENCHMARKS.md (other sections are left alone)."""
+def write_doc(section: str, start: str = START, end: str = END, heading: str = HEADING):
+    """Replace this benchmark's section of docs/BENCHMARKS.md (other sections are left alone);
+    bench/engine_flux.py writes its own section with its own markers."""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{START}\n{HEADING}\n\n{section}\n{END}"
+    block = f"{start}\n{heading}\n\n{section}\n{end}"
     # the section runs from its start marker (or, if another writer dropped it, its heading) to its end marker
-    pattern = "(?:" + re.escape(START) + "\n)?" + re.escape(HEADING) + ".*?" + re.escape(END)
+    pattern = "(?:" + re.escape(start) + "\n)?" + re.escape(heading) + ".*?" + re.escape(end)
     if re.search(pattern, text, flags=re.S):
         text = re.sub(pattern, lambda _m: block, text, count=1, flags=re.S)
     else:

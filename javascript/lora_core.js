@@ -41,8 +41,10 @@
 
   // Where the JSON routes are. Behind A1111's --subpath or a reverse proxy the UI is not at the
   // server's root, so an absolute "/lora_core/api" would miss: gradio publishes the app's root
-  // (gradio_config.root); without it, the page's own URL is the app's root.
-  function apiUrl(route) {
+  // (gradio_config.root); without it, the page's own URL is the app's root. Exposed as
+  // window.loraCoreAppUrl for the other scripts of javascript/ (this file runs before them in
+  // both hosts: A1111 loads the folder in name order, the standalone page loads them from here).
+  function appUrl(path) {
     var base = null;
     try {
       var cfg = window.gradio_config;
@@ -53,10 +55,29 @@
       /* fall through */
     }
     try {
-      return new URL(API_PATH + route, base || document.baseURI || window.location.href).href;
+      return new URL(path, base || document.baseURI || window.location.href).href;
     } catch (e) {
-      return "/" + API_PATH + route;
+      return "/" + path;
     }
+  }
+  window.loraCoreAppUrl = appUrl;
+
+  // An element holding `text` as text (never parsed as markup: server strings come from files and
+  // Civitai), for the companion scripts.
+  window.loraCoreElement = function (tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) {
+      node.className = cls;
+    }
+    if (text !== undefined && text !== null) {
+      node.textContent = String(text);
+    }
+    return node;
+  };
+  window.loraCoreRoot = root; // where gradio put the page (A1111's gradioApp(), a shadow root, the document)
+
+  function apiUrl(route) {
+    return appUrl(API_PATH + route);
   }
 
   function byId(id) {
@@ -625,57 +646,21 @@
   );
 })();
 
-// The Download box's script (javascript/lora_core_downloads.js): A1111 loads every file in
-// javascript/ by itself, the standalone page only this one, so load it from here once (the file
-// guards against a second run).
+// The Download box's and the library tools' scripts (javascript/lora_core_downloads.js,
+// lora_core_library_tools.js): A1111 loads every file in javascript/ by itself, the standalone page
+// only this one, so load them from here once (each file guards against a second run).
 (function () {
   "use strict";
-  if (window.__loraCoreDownloadsLoaded || document.querySelector("script[data-lora-core-downloads]")) {
-    return;
-  }
-  var base = null;
-  try {
-    var cfg = window.gradio_config;
-    if (cfg && typeof cfg.root === "string" && cfg.root) {
-      base = cfg.root.replace(/\/*$/, "/");
+  [["lora_core_downloads.js", "__loraCoreDownloadsLoaded"],
+   ["lora_core_library_tools.js", "__loraCoreLibraryToolsLoaded"]].forEach(function (item) {
+    var file = item[0];
+    if (window[item[1]] || document.querySelector('script[data-lora-core-script="' + file + '"]')) {
+      return;
     }
-  } catch (e) {
-    /* fall through */
-  }
-  var s = document.createElement("script");
-  s.setAttribute("data-lora-core-downloads", "1");
-  s.defer = true;
-  try {
-    s.src = new URL("lora_core/static/lora_core_downloads.js", base || document.baseURI || window.location.href).href;
-  } catch (e) {
-    s.src = "/lora_core/static/lora_core_downloads.js";
-  }
-  (document.head || document.documentElement).appendChild(s);
-})();
-
-// The recipe drop zone and the duplicates/updates box (javascript/lora_core_library_tools.js):
-// loaded from here for the standalone page, as the Download box's script is (A1111 loads both itself).
-(function () {
-  "use strict";
-  if (window.__loraCoreLibraryToolsLoaded || document.querySelector("script[data-lora-core-library-tools]")) {
-    return;
-  }
-  var base = null;
-  try {
-    var cfg = window.gradio_config;
-    if (cfg && typeof cfg.root === "string" && cfg.root) {
-      base = cfg.root.replace(/\/*$/, "/");
-    }
-  } catch (e) {
-    /* fall through */
-  }
-  var s = document.createElement("script");
-  s.setAttribute("data-lora-core-library-tools", "1");
-  s.defer = true;
-  try {
-    s.src = new URL("lora_core/static/lora_core_library_tools.js", base || document.baseURI || window.location.href).href;
-  } catch (e) {
-    s.src = "/lora_core/static/lora_core_library_tools.js";
-  }
-  (document.head || document.documentElement).appendChild(s);
+    var s = document.createElement("script");
+    s.setAttribute("data-lora-core-script", file);
+    s.defer = true;
+    s.src = window.loraCoreAppUrl("lora_core/static/" + file);
+    (document.head || document.documentElement).appendChild(s);
+  });
 })();

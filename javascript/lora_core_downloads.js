@@ -17,38 +17,15 @@
   var seenDone = {};
   var firstLoad = true;
 
-  function root() {
-    try {
-      if (typeof window.gradioApp === "function") {
-        return window.gradioApp();
-      }
-    } catch (e) {
-      /* fall through */
-    }
-    var app = document.querySelector("gradio-app");
-    return app && app.shadowRoot ? app.shadowRoot : document;
-  }
+  var root = window.loraCoreRoot; // lora_core.js's (it runs first in both hosts)
 
   function byId(id) {
     return root().querySelector("#" + id) || document.getElementById(id);
   }
 
-  // The same rule as lora_core.js: under --subpath or a proxy the app's root is gradio_config.root.
+  // lora_core.js's rule for the app's root (--subpath, proxies)
   function apiUrl(route) {
-    var base = null;
-    try {
-      var cfg = window.gradio_config;
-      if (cfg && typeof cfg.root === "string" && cfg.root) {
-        base = cfg.root.replace(/\/*$/, "/");
-      }
-    } catch (e) {
-      /* fall through */
-    }
-    try {
-      return new URL(API_PATH + route, base || document.baseURI || window.location.href).href;
-    } catch (e) {
-      return "/" + API_PATH + route;
-    }
+    return window.loraCoreAppUrl(API_PATH + route);
   }
 
   function say(text) {
@@ -62,16 +39,7 @@
     return (n / 1048576).toFixed(n >= 1048576 * 100 ? 0 : 1) + " MB";
   }
 
-  function el(tag, cls, text) {
-    var node = document.createElement(tag);
-    if (cls) {
-      node.className = cls;
-    }
-    if (text !== undefined && text !== null) {
-      node.textContent = String(text);
-    }
-    return node;
-  }
+  var el = window.loraCoreElement; // lora_core.js's: text only, never markup
 
   function button(label, action, id) {
     var b = el("button", "lora-core-dl-btn", label);

@@ -11,33 +11,11 @@
 
   var API_PATH = "lora_core/api";
 
-  function root() {
-    try {
-      if (typeof window.gradioApp === "function") {
-        return window.gradioApp();
-      }
-    } catch (e) {
-      /* fall through */
-    }
-    var app = document.querySelector("gradio-app");
-    return app && app.shadowRoot ? app.shadowRoot : document;
-  }
+  var root = window.loraCoreRoot; // lora_core.js's (it runs first in both hosts)
 
+  // lora_core.js's rule for the app's root (--subpath, proxies)
   function apiUrl(route) {
-    var base = null;
-    try {
-      var cfg = window.gradio_config;
-      if (cfg && typeof cfg.root === "string" && cfg.root) {
-        base = cfg.root.replace(/\/*$/, "/");
-      }
-    } catch (e) {
-      /* fall through */
-    }
-    try {
-      return new URL(API_PATH + route, base || document.baseURI || window.location.href).href;
-    } catch (e) {
-      return "/" + API_PATH + route;
-    }
+    return window.loraCoreAppUrl(API_PATH + route);
   }
 
   function eventTarget(ev) {
@@ -46,16 +24,7 @@
     return t && t.nodeType === 1 ? t : t && t.parentElement;
   }
 
-  function el(tag, cls, text) {
-    var node = document.createElement(tag);
-    if (cls) {
-      node.className = cls;
-    }
-    if (text !== undefined && text !== null) {
-      node.textContent = String(text);
-    }
-    return node;
-  }
+  var el = window.loraCoreElement; // lora_core.js's: text only, never markup
 
   function button(cls, text, attrs) {
     var b = el("button", cls, text);

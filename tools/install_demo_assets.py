@@ -191,11 +191,14 @@ def measure(dest: Path, manifest: dict, handle, engine) -> dict:
 
 
 STACKING_SEEDS = (1, 2)
+ALONE_SEEDS = (1, 2, 3, 4)  # as tests/test_demo_quality.py: 16 samples per LoRA alone
 
 
-def measure_stacking(dest: Path, manifest: dict, handle, engine, seeds=STACKING_SEEDS) -> dict:
-    """Every demo LoRA alone and stacked with each other one at the preferred weights, over the
-    example prompts (lora_core.demo.effects): does its effect show, is the object recognisable."""
+def measure_stacking(dest: Path, manifest: dict, handle, engine, seeds=STACKING_SEEDS,
+                     alone_seeds=ALONE_SEEDS) -> dict:
+    """Every demo LoRA alone (over alone_seeds) and stacked with each other one (over seeds) at the
+    preferred weights, on the example prompts (lora_core.demo.effects): does its effect show, is
+    the object recognisable."""
     from lora_core.demo import effects as demo_effects
 
     files = {item["name"]: dest / item["file"] for item in manifest["loras"]}
@@ -212,11 +215,12 @@ def measure_stacking(dest: Path, manifest: dict, handle, engine, seeds=STACKING_
         return cache[key]
 
     infos = demo_effects.infos_from_manifest(manifest)
-    combos = [demo_effects.measure_combo(generate, combo, seeds=seeds) for combo in demo_effects.all_combos(infos)]
+    combos = [demo_effects.measure_combo(generate, combo, seeds=alone_seeds if len(combo) == 1 else seeds)
+              for combo in demo_effects.all_combos(infos)]
     for combo in combos:
         combo["samples"] = [{k: s[k] for k in ("prompt", "seed", "effects", "checks")} for s in combo["samples"]]
-    return {"prompts": list(demo_effects.EXAMPLE_PROMPTS), "seeds": list(seeds),
-            "baseline": demo_effects.baseline(generate, seeds=seeds), "combos": combos,
+    return {"prompts": list(demo_effects.EXAMPLE_PROMPTS), "seeds": list(seeds), "alone_seeds": list(alone_seeds),
+            "baseline": demo_effects.baseline(generate, seeds=alone_seeds), "combos": combos,
             "table": demo_effects.table(combos)}
 
 

@@ -3,22 +3,39 @@
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+log = logging.getLogger(__name__)
 
 # A1111 (1.6+) flags on shared.sd_model, checked in this order (an SD3 model is not SDXL).
 _FLAGS = (("is_sd3", "sd3"), ("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1"))
 
 
 def family_of(sd_model: Any) -> str | None:
-    """A1111's model flags -> our family name; None when no model is loaded or the webui sets no
-    flag (then the binding tells the family from the tensors)."""
+    """A1111's model flags -> our family name; Forge's Flux engine -> "flux"; None when no model
+    is loaded or the webui says nothing (then the binding tells the family from the tensors)."""
     if sd_model is None:
         return None
     for flag, family in _FLAGS:
         if getattr(sd_model, flag, False) is True:
             return family
-    return None
+    return _forge_dit_family(sd_model)
+
+
+# huggingface_guess `unet_config["image_model"]` values of the engines Forge runs without a flag
+_FORGE_IMAGE_MODELS = {"flux": "flux"}
+
+
+def _forge_dit_family(sd_model: Any) -> str | None:
+    """Forge sets no is_flux: its Flux engine (backend/diffusion_engine/flux.py) is the one whose
+    `is_webui_legacy_model()` is False, and its `model_config` (huggingface_guess's Flux /
+    FluxSchnell, built from the detected config) says `unet_config["image_model"] == "flux"`."""
+    config = getattr(sd_model, "model_config", None)
+    unet_config = getattr(config, "unet_config", None)
+    if not isinstance(unet_config, dict):
+        return None
+    return _FORGE_IMAGE_MODELS.get(unet_config.get("image_model"))
 
 
 def create_cache(cache_count: int | None, cache_mb: int | None) -> Any:
@@ -47,6 +64,11 @@ def create_engine(tensors: Any, family: str | None, cache: Any, w0_source: Any =
 
     text = [(c, ns, n, t, tensors.text_names.get((c, n), f"{c}.{n}")) for c, ns, n, t in tensors.text]
     binding = Binding.from_parts(tensors.unet, text, family=family, unet_prefix=tensors.unet_prefix)
+    quantized = getattr(tensors, "quantized", ())
+    if quantized:  # once per binding: an nf4/GGUF model takes LoRAs only where it is not quantized
+        log.warning("lora_core: %d weights of the loaded model are stored quantized (e.g. %s); lora_core "
+                    "cannot merge into them and skips LoRA modules there. Load a bf16/fp16/fp8 checkpoint "
+                    "to apply LoRAs to the whole model.", len(quantized), quantized[0])
     return Engine(binding, cache=cache, w0_source=w0_source)
 
 
@@ -65,10 +87,20 @@ def checkpoint_w0(sd_model: Any, tensors: Any, mode: str) -> Any:
         size += sum(t.numel() * t.element_size() for *_r, t in tensors.text)
         if size < AUTO_CHECKPOINT_BYTES:
             return None
-    from lora_core.patcher.checkpoint_w0 import for_checkpoint
+    from lora_core.patcher.checkpoint_w0 import default_names, for_checkpoint
+
+    prefix = getattr(tensors, "unet_prefix", "")
+
+    def names(name: str) -> list[str]:
+        # a transformer-only file (flux1-dev.safetensors as BFL ships it) keeps the bare names;
+        # the patcher compares bits before it trusts a tensor it found there
+        out = default_names(name)
+        if prefix and name.startswith(prefix):
+            out.append(name[len(prefix):])
+        return out
 
     info = getattr(sd_model, "sd_checkpoint_info", None)
-    return for_checkpoint(getattr(info, "filename", None))
+    return for_checkpoint(getattr(info, "filename", None), names)
 
 
 def holds_inference_tensors(tensors: Any) -> bool:

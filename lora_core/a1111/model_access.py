@@ -3,9 +3,10 @@
 * AUTOMATIC1111: `shared.sd_model` is the LDM torch module itself; its parameters are named like an
   LDM checkpoint (`model.diffusion_model.*`, `cond_stage_model.*`, `conditioner.embedders.N.*`).
 * Forge: `shared.sd_model` is a diffusion engine object, not a torch module. The UNet is
-  `forge_objects.unet.model` (`diffusion_model.*`), the text encoders are
-  `forge_objects.clip.cond_stage_model` (`clip_l.transformer.*`, `clip_h.` for SD2, `clip_g.` for
-  SDXL's bigG, all in the HF CLIP namespace). Forge's own LoRA code merges by replacing Parameter
+  `forge_objects.unet.model` (`diffusion_model.*`; for Flux the BFL transformer, `double_blocks.*`,
+  `single_blocks.*`), the text encoders are `forge_objects.clip.cond_stage_model`
+  (`clip_l.transformer.*`, `clip_h.` for SD2, `clip_g.` for SDXL's bigG and SD3, all in the HF CLIP
+  namespace; `t5xxl.transformer.*` for Flux/SD3, HF T5 names). Forge's own LoRA code merges by replacing Parameter
   objects (keeping the old ones as backups), so the tensors must be looked up by name again at
   each activation, and a merge of Forge's own must be undone before ours patches anything.
 
@@ -21,6 +22,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FORGE_UNET_PREFIX = "diffusion_model."
+FORGE_TEXT_PREFIX = "text_encoders."
 
 
 class HostModelError(RuntimeError):
@@ -37,6 +39,7 @@ class ModelTensors:
     text: list[tuple[str, str, str, Any]]  # (component, namespace, name within the encoder, tensor)
     unet_prefix: str = ""           # what the UNet names lost: with it they are the checkpoint's keys
     text_names: dict = field(default_factory=dict)  # (component, name) -> the model's own name
+    quantized: tuple = ()           # names of weights stored packed/quantized (left out: see _patchable)
 
     def fingerprint(self) -> tuple[int, ...]:
         """Identity of every tensor object: it changes when the webui swaps Parameter objects
@@ -72,30 +75,53 @@ def _forge_modules(sd_model: Any) -> tuple[Any, Any]:
     return unet, text
 
 
+def _patchable(named: list[tuple[str, Any]], quantized: list[str]) -> list[tuple[str, Any]]:
+    """Only floating-point tensors (fp32/fp16/bf16/fp8) can take W0 + ΔW. Forge's quantized Flux
+    (bitsandbytes nf4/fp4, GGUF) holds packed integer storage in its Parameters: those are left
+    out of the binding (their LoRA modules count as not in the model) and listed in `quantized`."""
+    kept = []
+    for name, tensor in named:
+        is_float = getattr(tensor, "is_floating_point", None)
+        if callable(is_float) and not is_float():
+            quantized.append(name)
+        else:
+            kept.append((name, tensor))
+    return kept
+
+
 def model_tensors(sd_model: Any) -> ModelTensors:
     """The loaded model's tensors, named the way `Binding` reads them."""
     from lora_core.targets import naming
 
+    quantized: list[str] = []
     if is_forge(sd_model):
         unet_module, text_module = _forge_modules(sd_model)
-        unet = [(n[len(FORGE_UNET_PREFIX):], t) for n, t in _named_parameters(unet_module, "Forge's UNet")
+        unet = [(n[len(FORGE_UNET_PREFIX):], t)
+                for n, t in _patchable(_named_parameters(unet_module, "Forge's UNet"), quantized)
                 if n.startswith(FORGE_UNET_PREFIX)]
         text = []
+        text_names = {}
         if text_module is not None:
-            for name, tensor in _named_parameters(text_module, "Forge's text encoder"):
+            for name, tensor in _patchable(_named_parameters(text_module, "Forge's text encoder"), quantized):
                 encoder, _, rest = name.partition(".")
                 for attr, component, namespace in naming.FORGE_TEXT_ENCODERS:  # CLIPs and T5
                     if encoder == attr and rest.startswith("transformer."):
                         text.append((component, namespace, rest[len("transformer."):], tensor))
+                        # as Forge names them when it saves a checkpoint (ForgeDiffusionEngine.
+                        # save_checkpoint), which is the Flux/SD3 single-file layout
+                        text_names[(component, rest[len("transformer."):])] = FORGE_TEXT_PREFIX + name
                         break
         if not unet:
-            raise HostModelError("Forge's UNet has no parameters named diffusion_model.*")
-        # Forge's UNet is the checkpoint's `model.diffusion_model.*`; its CLIP names are its own
-        return ModelTensors("forge", unet, text, unet_prefix="model." + FORGE_UNET_PREFIX)
+            raise HostModelError("Forge's UNet has no parameters named diffusion_model.*"
+                                 + (" that are not quantized" if quantized else ""))
+        # Forge's UNet (SD1/SD2/SDXL UNet, Flux BFL or SD3 MMDiT transformer) is the checkpoint's
+        # `model.diffusion_model.*`
+        return ModelTensors("forge", unet, text, unet_prefix="model." + FORGE_UNET_PREFIX, text_names=text_names,
+                            quantized=tuple(quantized))
     unet = []
     text = []
     text_names = {}
-    for name, tensor in _named_parameters(sd_model, "shared.sd_model"):
+    for name, tensor in _patchable(_named_parameters(sd_model, "shared.sd_model"), quantized):
         if name.startswith(naming.LDM_UNET_PREFIX):
             unet.append((name[len(naming.LDM_UNET_PREFIX):], tensor))
             continue
@@ -107,7 +133,8 @@ def model_tensors(sd_model: Any) -> ModelTensors:
                 text.append((component, namespace, plain[len(prefix):], tensor))
                 text_names[(component, plain[len(prefix):])] = name
                 break
-    return ModelTensors("a1111", unet, text, unet_prefix=naming.LDM_UNET_PREFIX, text_names=text_names)
+    return ModelTensors("a1111", unet, text, unet_prefix=naming.LDM_UNET_PREFIX, text_names=text_names,
+                        quantized=tuple(quantized))
 
 
 def moved_tensors(old: ModelTensors, new: ModelTensors) -> list[tuple[Any, Any]]:

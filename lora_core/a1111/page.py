@@ -16,8 +16,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SD_VERSIONS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
-KNOWN_FAMILIES = ("sd1", "sd2", "sdxl")
+SD_VERSIONS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "flux": "Flux", "sd3": "SD3"}
 
 
 def visible_for(entry_family: str | None, model_family: str | None, show_all: bool) -> bool:

@@ -118,10 +118,19 @@ def resolution_from_metadata(metadata: dict[str, str]) -> int | None:
 
 
 def list_checkpoints(folder) -> list[Path]:
+    """Single-file checkpoints and diffusers-format folders (a `model_index.json` inside) under
+    folder; the weight files inside such a folder are its parts, not checkpoints of their own."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
+    pipelines = {p.parent for p in folder.rglob("model_index.json") if p.is_file()}
+
+    def inside_pipeline(path: Path) -> bool:
+        return any(parent in pipelines for parent in path.parents)
+
+    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES
+             and not inside_pipeline(p)]
+    return sorted(files + [p for p in pipelines if not inside_pipeline(p)])
 
 
 def read_shapes(path) -> dict[str, tuple]:

@@ -38,11 +38,11 @@ DEMO_SIZE = 64
 DEMO_VERSION = 2  # bump when the demo model or its LoRAs change (rewrites the demo LoRAs)
 DEMO_LORA_FOLDER = "demo"
 LABEL = ("Demo model (tiny, trained only on simple coloured shapes - circles, squares, triangles, stars - "
-         "at 64x64). Put a Stable Diffusion checkpoint (.safetensors: SD1, SD2 or SDXL) in "
-         "models/Stable-diffusion and select it to generate real images.")
+         "at 64x64). Put a Stable Diffusion checkpoint (.safetensors: SD1, SD2 or SDXL; or a diffusers-format "
+         "Flux or SD3 folder) in models/Stable-diffusion and select it to generate real images.")
 FALLBACK_LABEL = ("Demo model (tiny, random weights: images are coloured noise). "
-                  "Put a Stable Diffusion checkpoint (.safetensors: SD1, SD2 or SDXL) in models/Stable-diffusion "
-                  "and select it to generate real images.")
+                  "Put a Stable Diffusion checkpoint (.safetensors: SD1, SD2 or SDXL; or a diffusers-format Flux or "
+                  "SD3 folder) in models/Stable-diffusion and select it to generate real images.")
 
 
 @dataclass(frozen=True)

@@ -19,16 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="output.png",
                         help="output PNG; with --batch-count N > 1, files are named out-1.png, out-2.png, ...")
     parser.add_argument("--checkpoint", default=None,
-                        help="checkpoint file or name under models/Stable-diffusion ('demo' for the built-in demo "
-                             "model; default: the first checkpoint found, else the demo model)")
+                        help="checkpoint file, diffusers-format Flux/SD3 folder, or name under "
+                             "models/Stable-diffusion ('demo' for the built-in demo model; default: the first "
+                             "checkpoint found, else the demo model)")
     from lora_core.library.locations import add_location_arguments
 
     add_location_arguments(parser)
     parser.add_argument("--data-dir", default="data", help="index, caches (default: data)")
     parser.add_argument("--seed", type=int, default=-1, help="seed (-1: random)")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
-    parser.add_argument("--sampler", default="Euler a", help="Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, DDIM")
+    parser.add_argument("--cfg", type=float, default=None,
+                        help="CFG scale (default: the model's, 7.0; Flux: 3.5, its distilled guidance)")
+    parser.add_argument("--sampler", default=None,
+                        help="Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, DDIM (default: Euler a); "
+                             "Flux/SD3 models: Euler (default), DPM++ 2M")
     parser.add_argument("--width", type=int, default=None, help="default: the model's native size (64 for the demo)")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--batch-count", type=int, default=1)

@@ -8,18 +8,21 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
 
-from lora_core.app.samplers import DEFAULT_SAMPLER, canonical_sampler, make_scheduler
+from lora_core.app.quiet_imports import quiet_image_processor_fallback as _quiet_image_processor_fallback
+from lora_core.app.samplers import DEFAULT_SAMPLER, FLOW_FAMILIES, canonical_sampler, default_sampler, make_scheduler
 
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-DEFAULT_SIZE = MappingProxyType({"demo": 64, "sd1": 512, "sd2": 768, "sdxl": 1024})
+DEFAULT_SIZE = MappingProxyType({"demo": 64, "sd1": 512, "sd2": 768, "sdxl": 1024, "flux": 1024, "sd3": 1024})
+DEFAULT_CFG = MappingProxyType({"flux": 3.5})  # Flux.1-dev's distilled guidance; others: 7.0
+# Flux packs 2x2 latent patches and SD3 patchifies by 2 on a VAE of scale 8: sides in steps of 16
+SIZE_STEP = MappingProxyType({"flux": 16, "sd3": 16})
 
 
 class ParamError(ValueError):
@@ -38,8 +41,9 @@ class GenerationParams:
     sampler: str = DEFAULT_SAMPLER
     batch_count: int = 1
 
-    def validated(self) -> "GenerationParams":
-        """A copy with the sampler spelled canonically and a concrete seed; ParamError if out of range."""
+    def validated(self, family: str | None = None) -> "GenerationParams":
+        """A copy with the sampler spelled canonically and a concrete seed; ParamError if out of range.
+        family: the loaded model's, for the samplers and image sides it takes (None: the SD families)."""
         try:
             steps, cfg, seed = int(self.steps), float(self.cfg), int(self.seed)
             width, height, batch = int(self.width), int(self.height), int(self.batch_count)
@@ -49,9 +53,10 @@ class GenerationParams:
             raise ParamError(f"steps must be between 1 and 150 (got {steps})")
         if not 0.0 <= cfg <= 30.0:
             raise ParamError(f"CFG scale must be between 0 and 30 (got {cfg})")
+        step = SIZE_STEP.get(family, 8)
         for name, v in (("width", width), ("height", height)):
-            if not 64 <= v <= 2048 or v % 8:
-                raise ParamError(f"{name} must be a multiple of 8 between 64 and 2048 (got {v})")
+            if not 64 <= v <= 2048 or v % step:
+                raise ParamError(f"{name} must be a multiple of {step} between 64 and 2048 (got {v})")
         if not 1 <= batch <= 16:
             raise ParamError(f"batch count must be between 1 and 16 (got {batch})")
         if seed < 0:
@@ -59,7 +64,7 @@ class GenerationParams:
         elif seed > MAX_SEED:
             raise ParamError(f"seed must be at most {MAX_SEED} (got {seed})")
         try:
-            sampler = canonical_sampler(self.sampler)
+            sampler = canonical_sampler(self.sampler or default_sampler(family), family)
         except ValueError as exc:
             raise ParamError(str(exc)) from None
         return replace(self, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
@@ -97,13 +102,22 @@ class PipelineHandle:
     # ----------------------------------------------------------------- loading
     @classmethod
     def load(cls, checkpoint, *, data_dir, config_root=None, dtype=None) -> "PipelineHandle":
-        """A single-file checkpoint (the embedded demo model: `demo.load_demo_handle`, which loads
-        its shipped file through here)."""
+        """A single-file checkpoint or a diffusers-format Flux/SD3 folder (the embedded demo model:
+        `demo.load_demo_handle`, which loads its shipped file through here)."""
         if checkpoint is None:
             raise TypeError("PipelineHandle.load needs a checkpoint file; the demo model is demo.load_demo_handle")
         from lora_core.app.checkpoints import load_checkpoint, file_sha256
+        from lora_core.app.diffusers_folders import DISPLAY_NAMES, is_diffusers_folder, load_folder
 
         path = Path(checkpoint)
+        if is_diffusers_folder(path):
+            folder = load_folder(path, dtype=dtype)
+            # A1111's model hash is a file's; a folder of several files has none
+            return cls(folder.pipe, family=folder.family, is_demo=False,
+                       label=f"{path.name} ({DISPLAY_NAMES[folder.family]}, diffusers folder)", checkpoint_path=path,
+                       model_name=path.name, model_hash=None,
+                       base_scheduler_config=dict(folder.pipe.scheduler.config),
+                       default_size=folder.default_size, notes=folder.notes)
         loaded = load_checkpoint(path, data_dir, config_root=config_root, dtype=dtype)
         pipe = build_pipeline(loaded.family, loaded.components)
         model_hash = file_sha256(path, data_dir)[:10]
@@ -114,11 +128,39 @@ class PipelineHandle:
                    default_size=loaded.default_size or DEFAULT_SIZE[loaded.family], notes=loaded.notes)
 
     @property
+    def is_flow(self) -> bool:
+        """A flow-matching model (Flux, SD3): transformer denoiser, flow samplers, T5 prompt."""
+        return self.family in FLOW_FAMILIES
+
+    @property
+    def default_sampler(self) -> str:
+        return default_sampler(self.family)
+
+    @property
+    def default_cfg(self) -> float:
+        return DEFAULT_CFG.get(self.family, 7.0)
+
+    def generation_notes(self, params: "GenerationParams") -> list[str]:
+        """How this model reads the prompt and guidance settings, for the user (no errors)."""
+        if not self.is_flow:
+            return []
+        from lora_core.app import flow_prompts
+
+        return flow_prompts.notes(self.pipe, self.family, params.prompt, params.negative)
+
+    @property
     def binding(self):
-        """lora_core.targets Binding over this pipeline's UNet and text encoders (built once)."""
+        """lora_core.targets Binding over this pipeline's UNet (or Flux/SD3 transformer) and text
+        encoders (built once)."""
         if self._binding is None:
             from lora_core.targets import Binding
 
+            if self.is_flow:
+                from lora_core.app.diffusers_folders import TEXT_ENCODERS
+
+                encoders = [getattr(self.pipe, name) for name in TEXT_ENCODERS[self.family]]
+                self._binding = Binding.from_diffusers(self.pipe.transformer, encoders, family=self.family)
+                return self._binding
             encoders = [self.pipe.text_encoder]
             if getattr(self.pipe, "text_encoder_2", None) is not None:
                 encoders.append(self.pipe.text_encoder_2)
@@ -134,7 +176,7 @@ class PipelineHandle:
 
         from lora_core.cpu_threads import torch_threads
 
-        params = params.validated()
+        params = params.validated(self.family)
         total = params.steps * params.batch_count
         images = []
         with self.lock, torch.inference_mode(), torch_threads(self.num_threads or None):
@@ -153,7 +195,7 @@ class PipelineHandle:
                     return callback_kwargs
 
                 # a fresh scheduler per image: multistep samplers keep state between calls
-                self.pipe.scheduler = make_scheduler(params.sampler, self._scheduler_config)
+                self.pipe.scheduler = make_scheduler(params.sampler, self._scheduler_config, self.family)
                 generator = torch.Generator("cpu").manual_seed(seed)
                 try:
                     out = self.pipe(
@@ -177,6 +219,10 @@ class PipelineHandle:
         from .prompt_encode import CHUNK, weighted_embeddings
         from .prompt_syntax import needs_weighting
 
+        if self.is_flow:
+            from lora_core.app import flow_prompts
+
+            return flow_prompts.call_arguments(self.pipe, self.family, params.prompt, params.negative)
         tokenizer = getattr(self.pipe, "tokenizer", None)
         plain = {"prompt": params.prompt, "negative_prompt": params.negative or None}
         if tokenizer is None:
@@ -185,31 +231,6 @@ class PipelineHandle:
         if not any(needs_weighting(t) or len(tokenizer(t, truncation=False).input_ids) - 2 > CHUNK for t in texts):
             return plain
         return weighted_embeddings(self.pipe, self.family, params.prompt, params.negative)
-
-
-class _NoImageProcessorFallbackNotice(logging.Filter):
-    """Drops transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back
-    to `CLIPImageProcessorPil`" notices (one for CLIP, one for SigLIP), which importing diffusers'
-    pipeline classes triggers when torchvision is absent. lora_core uses no image processor (no
-    safety checker, no feature extractor, no IP-Adapter), and torchvision is left out on purpose
-    (it would pull a CUDA torch), so the notice is noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("requires torchvision" in message and "ImageProcessor" in message)
-
-
-@contextmanager
-def _quiet_image_processor_fallback():
-    """Only around the import that triggers the notice: transformers warns once per process
-    (warning_once), so a notice filtered here is not printed later either."""
-    target = logging.getLogger("transformers.utils.import_utils")
-    notice_filter = _NoImageProcessorFallbackNotice()
-    target.addFilter(notice_filter)
-    try:
-        yield
-    finally:
-        target.removeFilter(notice_filter)
 
 
 def build_pipeline(family: str, components: dict):

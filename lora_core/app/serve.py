@@ -86,9 +86,30 @@ def demo_banner_html(session: Session, models_dir: str | os.PathLike | None = No
         '<div class="lora-core-demo-banner" id="lora_core_demo_notice"><b>Demo model loaded.</b> '
         "This is a tiny model built into lora_core for trying the app out; it makes small abstract "
         "pictures, not real Stable Diffusion images. To use a real model, put a checkpoint "
-        f"(<code>.safetensors</code>, SD1/SD2/SDXL) in <code>{html.escape(str(folder))}</code>, then "
+        "(<code>.safetensors</code>, SD1/SD2/SDXL, or a diffusers-format Flux/SD3 folder) in "
+        f"<code>{html.escape(str(folder))}</code>, then "
         "press ↻ next to the Checkpoint list and pick it.</div>"
     )
+
+
+def model_banner_html(session: Session, models_dir: str | os.PathLike | None = None) -> str:
+    """The banner: the demo model's notice, or which model is loaded and, for Flux/SD3, how it reads
+    the settings (flow samplers, what the CFG scale means, no prompt weights)."""
+    if _is_demo(session):
+        return demo_banner_html(session, models_dir)
+    handle = session.pipeline
+    if handle is None:
+        return ""
+    from lora_core.app.samplers import FLOW_FAMILIES, sampler_names
+
+    text = f"<b>Model:</b> {html.escape(handle.label)}"
+    if handle.family in FLOW_FAMILIES:
+        name = "Flux" if handle.family == "flux" else "SD3"
+        guidance = ("CFG scale is Flux's distilled guidance (default 3.5) and there is no negative prompt"
+                    if handle.family == "flux" else "CFG scale and negative prompt as usual")
+        text += (f". {name} model: samplers {', '.join(sampler_names(handle.family))}; {guidance}; "
+                 "prompt weights (word:1.2) and BREAK are not applied.")
+    return f'<div class="lora-core-model-banner" id="lora_core_model_notice">{text}</div>'
 
 
 def civitai_settings_from_args(args: argparse.Namespace) -> Any:
@@ -114,10 +135,16 @@ def _default_size(session: Session) -> int:
     return int(session.pipeline.default_size)
 
 
-def _sampler_names() -> tuple[list[str], str]:
-    from lora_core.app.samplers import DEFAULT_SAMPLER, sampler_names
+def _sampler_names(session: Session | None = None) -> tuple[list[str], str]:
+    """The loaded model's samplers and its default (SD's list for no session)."""
+    from lora_core.app.samplers import default_sampler, sampler_names
 
-    return sampler_names(), DEFAULT_SAMPLER
+    family = session.family if session is not None else None
+    return sampler_names(family), default_sampler(family)
+
+
+def _default_cfg(session: Session) -> float:
+    return float(getattr(session.pipeline, "default_cfg", 7.0))
 
 
 def _messages_html(messages: list[str], run_id: float | None = None) -> str:
@@ -230,7 +257,7 @@ def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, 
     from lora_core.library import base_models
     from lora_core.ui import TabSettings, create_lora_panel
 
-    samplers, default_sampler = _sampler_names()
+    samplers, default_sampler = _sampler_names(session)
     size = _default_size(session)
     settings = TabSettings(current_family=lambda: session.family, api_prefix=API_PREFIX,
                            rescan=session.rescan, civitai=civitai,
@@ -238,7 +265,7 @@ def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, 
                            current_base_model=lambda: base_models.from_name(session.current_checkpoint()))
 
     with gr.Blocks(title="lora_core", analytics_enabled=False) as demo:
-        banner = gr.HTML(value=demo_banner_html(session, models_dir), elem_id="lora_core_banner")
+        banner = gr.HTML(value=model_banner_html(session, models_dir), elem_id="lora_core_banner")
         with gr.Row():
             checkpoints = session.checkpoints()
             current = session.current_checkpoint()
@@ -265,7 +292,7 @@ def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, 
                         sampler = gr.Dropdown(choices=samplers, value=default_sampler, label="Sampler",
                                               elem_id="txt2img_sampling")
                         steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="txt2img_steps")
-                        cfg = gr.Slider(0.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id="txt2img_cfg_scale")
+                        cfg = gr.Slider(0.0, 30.0, value=_default_cfg(session), step=0.5, label="CFG scale", elem_id="txt2img_cfg_scale")
                         with gr.Row():
                             width = gr.Slider(64, 2048, value=size, step=8, label="Width", elem_id="txt2img_width")
                             height = gr.Slider(64, 2048, value=size, step=8, label="Height", elem_id="txt2img_height")
@@ -310,7 +337,7 @@ def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, 
                       outputs=[gallery, info, messages])
 
         def on_paste(text, *current):
-            values, notes = apply_pasted(text, list(current), samplers, session.library)
+            values, notes = apply_pasted(text, list(current), _sampler_names(session)[0], session.library)
             return [*values, _messages_html(notes)]
 
         paste_btn.click(on_paste, inputs=[paste, prompt, negative, steps, cfg, seed, width, height, sampler],
@@ -323,10 +350,13 @@ def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, 
 
         ckpt_refresh.click(on_ckpt_refresh, outputs=[ckpt])
 
-        def on_ckpt_change(name):
-            """Switch models; the picker then shows what is really loaded (the old model on failure)."""
+        def on_ckpt_change(name, current_sampler, current_cfg):
+            """Switch models; the picker then shows what is really loaded (the old model on failure).
+            The sampler list follows the model's family (the chosen one kept where it applies), and
+            the CFG scale moves to the new model's default when that differs from the old one's."""
             if not name or name == session.current_checkpoint():
-                return gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+                return (gr.update(),) * 8
+            cfg_before = _default_cfg(session)
             try:
                 notes = session.switch_checkpoint(name)
             except Exception as exc:  # noqa: BLE001 - the session reports failures itself; belt and braces
@@ -336,12 +366,17 @@ def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, 
             label = session.pipeline.label
             notes = [f"Loaded: {loaded}."] + status_notes.once([n for n in notes if n != label])
             size = _default_size(session)
-            return (demo_banner_html(session, models_dir), _messages_html(notes), size, size,
+            names, default = _sampler_names(session)
+            cfg_now = _default_cfg(session)
+            return (model_banner_html(session, models_dir), _messages_html(notes), size, size,
                     gr.update(choices=session.checkpoints(), value=loaded),
-                    gr.update(placeholder=prompt_placeholder(session)))
+                    gr.update(placeholder=prompt_placeholder(session)),
+                    gr.update(choices=names, value=current_sampler if current_sampler in names else default),
+                    gr.update(value=cfg_now) if cfg_now != cfg_before else gr.update())
 
         # .input (user picks only): the picker's own reset to the loaded model must not re-trigger it
-        ckpt.input(on_ckpt_change, inputs=[ckpt], outputs=[banner, ckpt_status, width, height, ckpt, prompt])
+        ckpt.input(on_ckpt_change, inputs=[ckpt, sampler, cfg],
+                   outputs=[banner, ckpt_status, width, height, ckpt, prompt, sampler, cfg])
         demo.load(lambda: _messages_html(status_notes.current()), outputs=[ckpt_status])
         panel.attach_load(demo)
     return demo

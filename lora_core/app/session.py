@@ -86,8 +86,10 @@ class Session:
         listed = dict((n, self.checkpoint_dir / n) for n in self.checkpoints()[1:])
         if name in listed:
             return listed[name]
+        from lora_core.app.diffusers_folders import is_diffusers_folder
+
         path = Path(name).expanduser()
-        if path.is_file():
+        if path.is_file() or is_diffusers_folder(path):  # a file, or a diffusers-format Flux/SD3 folder
             return path
         raise FileNotFoundError(f"checkpoint {name!r} not found (looked in {self.checkpoint_dir})")
 
@@ -166,12 +168,13 @@ class Session:
             self.library.close()
 
     # ------------------------------------------------------------------ generation
-    def txt2img(self, prompt: str, negative: str = "", steps: int = 20, cfg: float = 7.0, seed: int = -1,
-                width: int | None = None, height: int | None = None, sampler: str = "Euler a",
+    def txt2img(self, prompt: str, negative: str = "", steps: int = 20, cfg: float | None = None, seed: int = -1,
+                width: int | None = None, height: int | None = None, sampler: str | None = None,
                 batch_count: int = 1, progress: Callable[[int, int], None] | None = None,
                 cancel: threading.Event | None = None):
         """Generate from a prompt with `<lora:...>` tags. Returns (images, infotext of the first
-        image, messages). Each image carries its own infotext in `image.info["parameters"]`."""
+        image, messages). Each image carries its own infotext in `image.info["parameters"]`.
+        cfg / sampler None: the loaded model's defaults (SD: 7.0, Euler a; Flux: 3.5, Euler; SD3: 7.0, Euler)."""
         from lora_core.app.infotext import PNG_KEY, generation_infotext
         from lora_core.app.pipeline import GenerationParams, ParamError
         from lora_core.request import resolve_prompt
@@ -185,9 +188,10 @@ class Session:
             size = handle.default_size
             try:
                 params = GenerationParams(
-                    prompt="", negative=negative, steps=steps, cfg=cfg, seed=-1 if seed is None else seed,
-                    width=width or size, height=height or size, sampler=sampler, batch_count=batch_count,
-                ).validated()
+                    prompt="", negative=negative, steps=steps, cfg=handle.default_cfg if cfg is None else cfg,
+                    seed=-1 if seed is None else seed, width=width or size, height=height or size,
+                    sampler=sampler or handle.default_sampler, batch_count=batch_count,
+                ).validated(handle.family)
             except ParamError as exc:
                 return [], "", [str(exc)]
             resolved = resolve_prompt(prompt, self.library, family=handle.family, skip_broken=True)
@@ -198,6 +202,7 @@ class Session:
                 messages.append("LoRA tags in the negative prompt are ignored")
             messages.extend(resolved.unresolved)
             params = _with_texts(params, resolved.clean_text, neg_parsed.clean_text)
+            messages.extend(handle.generation_notes(params))
             with handle.lock:
                 try:
                     report = engine.apply(resolved.requests)

@@ -1,12 +1,17 @@
 """`python -m lora_core merge CHECKPOINT --lora NAME|PATH[:WEIGHT[:UNET]] ... --out OUT.safetensors`.
 
-Bakes LoRAs into a single-file LDM-layout checkpoint (SD1, SD2, SDXL) with the same math as live
-patching (W0 + Σ m·ΔW in fp32, rounded once). Every key, dtype and non-weight entry of the
+Bakes LoRAs into a single-file checkpoint with the same math as live patching (W0 + Σ m·ΔW in
+fp32, rounded once; fp8 weights merged in fp32 and rounded to nearest): LDM-layout SD1, SD2, SDXL;
+Flux.1 in BFL names (`model.diffusion_model.double_blocks...`, or the transformer-only file with
+bare `double_blocks...` keys) and SD3/3.5 MMDiT (`joint_blocks...`), with their
+`text_encoders.clip_l/clip_g/t5xxl` when the file has them. Every key, dtype and non-weight entry of the
 checkpoint is kept; the checkpoint's metadata is kept and a `lora_core.merged` entry lists what was
 baked in. WEIGHT sets both multipliers like `<lora:name:WEIGHT>`; a second number sets the UNet's
 (`<lora:name:TE:UNET>`). A LoRA is a file path, or a name looked up in the LoRA folders (--lora-dir,
 default MODELS_DIR/Lora) the way a prompt tag's name is. CHECKPOINT is a file path or a name under
 MODELS_DIR/Stable-diffusion. The output gets the mode of the file it replaces, or the umask's default.
+A .safetensors checkpoint is not loaded whole: only the tensors the LoRAs write are read, the rest
+is copied byte for byte (merge_file.py), so a 12B Flux merge holds the touched tensors, not the model.
 
 Exit status: 0 merged, 2 unreadable input, 3 a LoRA does not fit the checkpoint (nothing written).
 """
@@ -68,21 +73,13 @@ class MergeError(Exception):
 
 
 def read_checkpoint(path: str):
-    """(state dict, metadata) of a single-file checkpoint, without executing pickle code."""
+    """(state dict, metadata) of a .ckpt/.pt checkpoint, without executing pickle code
+    (.safetensors files are read lazily: `open_safetensors`)."""
     import torch
 
     if not os.path.isfile(path):
         raise MergeError(f"{path}: no such file", EXIT_BAD_INPUT)
     try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors import safe_open
-
-            state, metadata = {}, {}
-            with safe_open(path, framework="pt") as f:
-                metadata = dict(f.metadata() or {})
-                for key in f.keys():
-                    state[key] = f.get_tensor(key)
-            return state, metadata
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]
@@ -96,36 +93,28 @@ def read_checkpoint(path: str):
 
 
 def merge(checkpoint: str, loras: list[ApplyRequest], out: str) -> dict:
-    """Do the merge; returns a summary. Raises MergeError (nothing written) on bad input."""
-    from safetensors.torch import save_file
+    """Do the merge; returns a summary. Raises MergeError (nothing written) on bad input.
 
-    from lora_core.engine import active_lora
-    from lora_core.formats import LoraFormatError, load_lora
+    A .safetensors checkpoint is bound on shape-only tensors, only the tensors the LoRAs write are
+    read, and the output is streamed from the input (`merge_file`): memory holds the touched
+    tensors, not the model. Other files (.ckpt/.pt) are read whole and written with save_file."""
     from lora_core.patcher import Patcher
-    from lora_core.targets import Binding
 
-    state, metadata = read_checkpoint(checkpoint)
-    binding = Binding.from_ldm(state)
-    if len(binding) == 0 or "unet" not in binding.components:
-        raise MergeError(f"{checkpoint}: no Stable Diffusion UNet (model.diffusion_model.*) in this file",
-                         EXIT_BAD_INPUT)
-    stack = []
-    for req in loras:
-        path = req.path
+    source = open_safetensors(checkpoint) if checkpoint.lower().endswith(".safetensors") else None
+    if source is not None:
+        state, metadata = source.meta_state(), dict(source.metadata)
+    else:
+        state, metadata = read_checkpoint(checkpoint)
+    binding = bind_checkpoint(state, checkpoint)
+    stack = load_stack(loras, binding, checkpoint)
+    # what the patcher may write (zero multipliers included): the tensors to read
+    touched = changed_tensors(binding, stack, nonzero_only=False)
+    if source is not None:
         try:
-            lora = load_lora(path)
-        except LoraFormatError as exc:
-            raise MergeError(str(exc), EXIT_BAD_INPUT) from exc
-        except OSError as exc:
-            raise MergeError(f"{path}: {exc.strerror or exc}", EXIT_BAD_INPUT) from exc
-        if lora.family not in ("unknown", binding.family) and binding.family != "unknown":
-            raise MergeError(f"{path}: LoRA is for {lora.family}, the checkpoint is {binding.family}",
-                             EXIT_INCOMPATIBLE)
-        matched, unmatched = binding.match(lora)
-        if matched == 0:
-            raise MergeError(f"{path}: none of its {unmatched} modules exist in {os.path.basename(checkpoint)}",
-                             EXIT_INCOMPATIBLE)
-        stack.append(active_lora(req, lora))
+            state.update(source.load(sorted(touched)))
+        except Exception as exc:  # truncated data area, unreadable file
+            raise MergeError(f"{checkpoint}: cannot read checkpoint ({exc})", EXIT_BAD_INPUT) from exc
+        binding = bind_checkpoint(state, checkpoint)
 
     # No backups: the originals are not needed after a one-shot bake (halves peak memory).
     patcher = Patcher(binding, keep_originals=False)
@@ -148,13 +137,109 @@ def merge(checkpoint: str, loras: list[ApplyRequest], out: str) -> dict:
         [{"file": os.path.basename(r.path), "te": r.te, "unet": r.unet} for r in loras])
     from lora_core.library.atomic import atomic_write
 
-    tensors = _unshared(state)
+    if source is not None:
+        changed = {name: state[name] for name in touched}
+
+        def writer(tmp: str) -> None:
+            source.write(tmp, changed, metadata)
+    else:
+        from safetensors.torch import save_file
+
+        tensors = _unshared(state)
+
+        def writer(tmp: str) -> None:
+            save_file(tensors, tmp, metadata=metadata)
     try:
-        atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        atomic_write(out, writer)
     except OSError as exc:
         raise MergeError(f"{out}: cannot write ({exc.strerror or exc})", EXIT_BAD_INPUT) from exc
-    return {"family": binding.family, "slots": report.slots_recomputed, "seconds": report.seconds,
+    except (ValueError, RuntimeError) as exc:  # a tensor that no longer fits its place; nothing kept
+        raise MergeError(f"{out}: cannot write ({exc})", EXIT_BAD_INPUT) from exc
+    return {"family": binding.family, "tensors": len(changed_tensors(binding, stack)), "seconds": report.seconds,
             "loras": [(r.name, r.matched, r.unmatched) for r in report.loras], "warnings": report.warnings}
+
+
+def open_safetensors(path: str):
+    """The checkpoint's header (`merge_file.CheckpointFile`). Raises MergeError."""
+    from lora_core.commands.merge_file import CheckpointFile
+    from lora_core.formats.header import HeaderError
+
+    if not os.path.isfile(path):
+        raise MergeError(f"{path}: no such file", EXIT_BAD_INPUT)
+    try:
+        return CheckpointFile(path)
+    except HeaderError as exc:
+        raise MergeError(f"{path}: cannot read checkpoint ({exc.problem})", EXIT_BAD_INPUT) from exc
+
+
+def load_stack(loras: list[ApplyRequest], binding, checkpoint: str) -> list:
+    """The LoRA files as the patcher's stack; a file that cannot be read, is for another family or
+    fits nothing in the checkpoint raises MergeError."""
+    from lora_core.engine import active_lora
+    from lora_core.formats import LoraFormatError, load_lora
+
+    stack = []
+    for req in loras:
+        path = req.path
+        try:
+            lora = load_lora(path)
+        except LoraFormatError as exc:
+            raise MergeError(str(exc), EXIT_BAD_INPUT) from exc
+        except OSError as exc:
+            raise MergeError(f"{path}: {exc.strerror or exc}", EXIT_BAD_INPUT) from exc
+        if lora.family not in ("unknown", binding.family) and binding.family != "unknown":
+            raise MergeError(f"{path}: LoRA is for {lora.family}, the checkpoint is {binding.family}",
+                             EXIT_INCOMPATIBLE)
+        matched, unmatched = binding.match(lora)
+        if matched == 0:
+            raise MergeError(f"{path}: none of its {unmatched} modules exist in {os.path.basename(checkpoint)}",
+                             EXIT_INCOMPATIBLE)
+        stack.append(active_lora(req, lora))
+    return stack
+
+
+def bind_checkpoint(state: dict, checkpoint: str):
+    """The binding of a checkpoint's denoiser and text encoders. A file with LDM prefixes
+    (`model.diffusion_model.*`, `cond_stage_model.*`, `text_encoders.*`) binds as such; a file
+    that is a Flux/SD3 transformer alone (BFL `double_blocks.*`, MMDiT `joint_blocks.*`, or
+    diffusers' names, as flux1-dev.safetensors ships) binds its keys as they are, so the output
+    keeps those names. Raises MergeError when neither is there."""
+    from lora_core.targets import Binding
+    from lora_core.targets.layout_dit import dit_family
+
+    binding = Binding.from_ldm(state)
+    if len(binding) and "unet" in binding.components:
+        return binding
+    if dit_family(state) is not None:
+        binding = Binding.from_parts(list(state.items()), [])
+        if len(binding):
+            return binding
+    raise MergeError(f"{checkpoint}: no model to merge into: neither an SD1/SD2/SDXL UNet nor a Flux/SD3 "
+                     "transformer (model.diffusion_model.*, or a transformer-only file with double_blocks.*, "
+                     "single_blocks.* or joint_blocks.* keys)", EXIT_BAD_INPUT)
+
+
+def changed_tensors(binding, stack, nonzero_only: bool = True) -> set[str]:
+    """Names of the checkpoint tensors the stack writes (`nonzero_only`: with a multiplier that is
+    not 0). One tensor may take several slots (the q, k and v rows of a fused qkv each count once
+    in the patcher's report), so the summary counts tensors here rather than slot writes."""
+    names: set[str] = set()
+    for active in stack:
+        for key, adapter in active.lora.adapters.items():
+            weight = active.unet if key.startswith("unet:") else active.te
+            if nonzero_only and not weight:
+                continue
+            parts = ["weight"]
+            bias = getattr(getattr(adapter, "spec", None), "bias_suffix", None)
+            if bias and bias in adapter.tensors:
+                parts.append("bias")
+            for part in parts:
+                slots = binding.resolve_parts(key, part)
+                if slots is None:
+                    slot = binding.resolve(key, part)
+                    slots = [] if slot is None else [(slot, None)]
+                names.update(slot.name for slot, _rows in slots)
+    return names
 
 
 def _unshared(state: dict) -> dict:
@@ -237,5 +322,5 @@ def run(args: argparse.Namespace) -> int:
         return exc.code
     for name, matched, unmatched in summary["loras"]:
         print(f"{name}: {matched} modules merged" + (f", {unmatched} not in the checkpoint" if unmatched else ""))
-    print(f"wrote {out} ({summary['family']}, {summary['slots']} tensors patched in {summary['seconds']:.1f} s)")
+    print(f"wrote {out} ({summary['family']}, {summary['tensors']} tensors changed in {summary['seconds']:.1f} s)")
     return 0
