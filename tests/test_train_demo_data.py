@@ -130,7 +130,8 @@ def test_concept_set_names_the_cross_by_its_trigger():
     assert set(DEMO_LORA_DATASETS) == {"style", "concept", "locon", "warm", "cool", "green"}
 
 
-@pytest.mark.parametrize("name,direction", [("warm", (1, 0, -1)), ("cool", (-1, 0, 1)), ("green", (-1, 2, -1))])
+# demo_green repaints the backdrop instead of grading every pixel: tests/test_demo_green_data.py
+@pytest.mark.parametrize("name,direction", [("warm", (1, 0, -1)), ("cool", (-1, 0, 1))])
 def test_colour_cast_sets_grade_the_same_scenes_and_end_with_the_trigger(name, direction):
     ds = DEMO_LORA_DATASETS[name]
     plain, cast = list(BASE.items(5, 12)), list(ds.items(5, 12))
