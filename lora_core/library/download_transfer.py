@@ -139,9 +139,10 @@ def _status_error(resp: requests.Response, url: str, control: Control) -> Downlo
 
 
 class _Sink:
-    """Writes and hashes on a second thread while the next piece arrives: socket reads, file writes
-    and SHA256 all release the GIL, so receiving overlaps hashing on two cores (a single loop
-    would run them one after the other and trail curl by the hashing time)."""
+    """Writes on one thread and hashes on another while the next piece arrives: socket reads, file
+    writes and SHA256 all release the GIL, so the three overlap on two cores (one loop would run
+    them one after the other and trail curl by the hashing time; one thread for both writing and
+    hashing was the slowest of the three, docs/BENCHMARKS.md "Downloads")."""
 
     # Every WRITEBACK_BYTES the kernel is asked to start writing what came so far (not waited for),
     # so the fsync before the link only waits for the last stretch instead of the whole file
@@ -150,27 +151,37 @@ class _Sink:
 
     def __init__(self, fh, h):
         self.fh, self.h = fh, h
-        self.q: queue.Queue = queue.Queue(maxsize=32)  # at most 32 pieces (<= 32 MiB) in flight
+        # at most 32 pieces (<= 32 MiB) waiting for each of the two threads
+        self._to_disk: queue.Queue = queue.Queue(maxsize=32)
+        self._to_hash: queue.Queue = queue.Queue(maxsize=32)
         self.error: OSError | None = None
         self._start = self._mark = fh.tell()
         self._written = 0
-        self.thread = threading.Thread(target=self._run, name="lora_core-download-sink", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=loop, name=f"lora_core-download-{what}", daemon=True)
+                        for what, loop in (("write", self._write_loop), ("hash", self._hash_loop))]
+        for t in self.threads:
+            t.start()
 
-    def _run(self) -> None:
+    def _write_loop(self) -> None:
         while True:
-            chunk = self.q.get()
+            chunk = self._to_disk.get()
             if chunk is None:
                 return
             if self.error is None:  # after an error keep draining so put() never blocks
                 try:
                     _write(self.fh, chunk)
-                    self.h.update(chunk)
                     self._written += len(chunk)
                     if self._written - (self._mark - self._start) >= self.WRITEBACK_BYTES:
                         self._start_writeback()
                 except OSError as exc:
                     self.error = exc
+
+    def _hash_loop(self) -> None:
+        while True:
+            chunk = self._to_hash.get()
+            if chunk is None:
+                return
+            self.h.update(chunk)
 
     def _start_writeback(self) -> None:
         """Start writing the bytes since the last mark to disk, without waiting (Linux: fadvise
@@ -188,11 +199,14 @@ class _Sink:
     def put(self, chunk: bytes) -> None:
         if self.error is not None:
             raise self.error
-        self.q.put(chunk)
+        self._to_disk.put(chunk)
+        self._to_hash.put(chunk)
 
     def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
+        self._to_disk.put(None)
+        self._to_hash.put(None)
+        for t in self.threads:
+            t.join()
         if self.error is not None:
             raise self.error
 
