@@ -70,7 +70,7 @@ def atomic_write(path: str | os.PathLike, payload: Payload, *, mode: int | None 
         os.chmod(tmp, wanted)
         os.replace(tmp, path)
         tmp = None
-        _fsync_folder(folder)
+        fsync_folder(folder)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -81,7 +81,7 @@ def atomic_write(path: str | os.PathLike, payload: Payload, *, mode: int | None 
                 pass
 
 
-def _fsync_folder(folder: str) -> None:
+def fsync_folder(folder: str) -> None:
     """Make the rename itself durable (best effort: not every system can open a folder)."""
     try:
         dfd = os.open(folder, os.O_RDONLY)

@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 from . import scanner
-from .entry import ScanReport
 from .errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -42,15 +41,9 @@ def add_file(library: Any, path: str) -> Any:
                           stem=stem, ext=ext.lower(), size=st.st_size, mtime_ns=st.st_mtime_ns,
                           sidecar_sig=sig, preview=preview)
     try:
-        write_rows = getattr(getattr(library, "_indexer", None), "_write_changed_rows", None)
-        if callable(write_rows):
-            # the scan's own path for one changed file: every column a scan stores (user tags,
-            # base-model label, ...) is filled the same way, now and after the indexer changes
-            write_rows([found], None, ScanReport(), set(), 1)
-        else:
-            summary, error = scanner.read_file_summary(real, found.ext)
-            library.db.write(library.db.upsert_files, [scanner.record(found, summary, error,
-                                                                      scanner.read_sidecars(found))])
+        # the scan's own path for one changed file: every column a scan stores (user tags,
+        # base-model label, ...) is filled the same way, now and after the indexer changes
+        library.index_found(found)
     except StorageError as exc:
         logger.error("%s", exc)
         return None

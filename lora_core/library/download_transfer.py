@@ -31,7 +31,7 @@ from typing import Callable
 import requests
 import urllib3
 
-from .atomic import current_umask
+from .atomic import current_umask, fsync_folder
 from .civitai_http import CivitaiHttpError, HttpClient, short_url
 
 logger = logging.getLogger(__name__)
@@ -401,20 +401,7 @@ def _place(part: str, final_path: str) -> None:
             remove_parts(final_path)
             raise DownloadError("exists", f"{final_path} already exists") from None
         os.rename(part, final_path)
-    _fsync_folder(os.path.dirname(final_path))
-
-
-def _fsync_folder(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_folder(os.path.dirname(final_path))
 
 
 def sha256_of(path: str) -> str:

@@ -129,6 +129,13 @@ class Indexer:
             if indexes is not None:
                 self.db.end_bulk(indexes)
 
+    def index_found(self, found) -> ScanReport:
+        """Write the row of one file a walk described (scanner.Found) exactly as a scan would,
+        without walking any folder (a finished download)."""
+        report = ScanReport()
+        self._write_changed_rows([found], None, report, set(), 1)
+        return report
+
     def _write_changed_rows(self, changed, progress, report: ScanReport, retry_folders: set,
                             batch_size: int) -> None:
         tags = queries.user_tags(self.db, [f.path for f in changed]) if changed else {}

@@ -97,6 +97,10 @@ class Library:
     def _inside(self, path: str) -> bool:
         return is_within(path, self.roots)
 
+    def index_found(self, found) -> None:
+        """Index one file described like a scan's walk describes it (see download_index.add_file)."""
+        self._indexer.index_found(found)
+
     def entry(self, path) -> Entry:
         """The entry of a file path; NotFound when it is not indexed or lies outside the library."""
         path = os.path.abspath(str(path))
