@@ -76,6 +76,8 @@ def mock():
 def env(mock, tmp_path, monkeypatch):
     monkeypatch.delenv("CIVITAI_API_KEY", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-hf-token"))  # never the developer's own token
     e = Env(mock, tmp_path)
     yield e
     e.queue.close()

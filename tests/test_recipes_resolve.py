@@ -116,3 +116,17 @@ def test_bad_pictures_are_messages(lib):
                                                           "strength_model": 1, "strength_clip": 1}}}
     result = recipe_from_image(png(prompt=json.dumps(graph)), lib)
     assert [q.name for q in parse_prompt(result.prompt).requests] == ["a_b_script__x"]
+
+
+def test_every_tag_of_a_renamed_lora_gets_the_local_name(lib):
+    """A LoRA named by two tags (the second in another prompt section, its own weight and lbw) and a
+    picture name that equals another LoRA's local name: each tag keeps its weights, every tag of a
+    renamed LoRA gets the local name, and no tag is renamed twice."""
+    style, alice = lib.find("local_style"), lib.find("alice")
+    text = ("<lora:theirStyle:0.7> a girl BREAK <LoRA:theirStyle:0.3:lbw=MIDD>, <lora:local_style:1>\n"
+            f'Steps: 20, Lora hashes: "theirStyle: {style.autov3}, local_style: {alice.autov2}"')
+    result = recipe_from_image(png(text), lib)
+    assert result.error == ""
+    assert result.prompt == ("<lora:local_style:0.7> a girl BREAK <LoRA:local_style:0.3:lbw=MIDD>, "
+                             "<lora:alice:1>")
+    assert [(r.name, r.path) for r in result.loras] == [("theirStyle", style.path), ("local_style", alice.path)]

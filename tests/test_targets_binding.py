@@ -103,8 +103,12 @@ def test_openclip_qkv_slices_patch_the_fused_tensor_in_place(pair):
         bias = ldm.resolve(key, "bias")
         assert bias.tensor is fused_bias and bias.shape == (d,)
         assert bias.name == prefix + "transformer.resblocks.1.attn.in_proj_bias"
-    whole = ldm.resolve(f"{component}:transformer_resblocks_1_attn_in_proj")
-    assert whole.tensor is fused and whole.rows is None and whole.shape == tuple(fused.shape)
+    # the whole in_proj key resolves by the same q/k/v rows (so stacked writes never overlap)
+    whole_key = f"{component}:transformer_resblocks_1_attn_in_proj"
+    assert ldm.resolve(whole_key) is None and whole_key in ldm
+    parts = ldm.resolve_parts(whole_key)
+    assert [(s.tensor is fused, s.rows, rows) for s, rows in parts] == [
+        (True, slice(i * d, (i + 1) * d), slice(i * d, (i + 1) * d)) for i in range(3)]
 
     before = fused.clone()
     slot = ldm.resolve(f"{component}:text_model_encoder_layers_1_self_attn_k_proj")

@@ -177,6 +177,7 @@ def load_stack(loras: list[ApplyRequest], binding, checkpoint: str) -> list:
     fits nothing in the checkpoint raises MergeError."""
     from lora_core.engine import active_lora
     from lora_core.formats import LoraFormatError, load_lora
+    from lora_core.formats.family import family_fits
 
     stack = []
     for req in loras:
@@ -187,7 +188,7 @@ def load_stack(loras: list[ApplyRequest], binding, checkpoint: str) -> list:
             raise MergeError(str(exc), EXIT_BAD_INPUT) from exc
         except OSError as exc:
             raise MergeError(f"{path}: {exc.strerror or exc}", EXIT_BAD_INPUT) from exc
-        if lora.family not in ("unknown", binding.family) and binding.family != "unknown":
+        if not family_fits(lora.family, binding.family):
             raise MergeError(f"{path}: LoRA is for {lora.family}, the checkpoint is {binding.family}",
                              EXIT_INCOMPATIBLE)
         matched, unmatched = binding.match(lora)

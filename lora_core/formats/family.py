@@ -218,3 +218,17 @@ def _lokr_input_width(factors: dict) -> int:
         return int(spec.shape_hint(factors)[1]) if spec.detect(factors) else 0
     except (KeyError, IndexError, TypeError, ValueError):
         return 0
+
+
+# Model families a LoRA of the generic DiT family ("transformer": diffusers transformer_blocks keys
+# whose widths and metadata name no family) may try: the binding's key and shape checks decide.
+_GENERIC_DIT_TARGETS = frozenset({"flux", "sd3"})
+
+
+def family_fits(lora_family: str | None, model_family: str | None) -> bool:
+    """Whether a LoRA of `lora_family` may be applied to (or merged into) a `model_family` model;
+    "unknown" on either side fits, the keys then decide."""
+    lora_family, model_family = lora_family or "unknown", model_family or "unknown"
+    if "unknown" in (lora_family, model_family) or lora_family == model_family:
+        return True
+    return lora_family == "transformer" and model_family in _GENERIC_DIT_TARGETS

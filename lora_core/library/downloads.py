@@ -25,6 +25,7 @@ from . import download_index, download_transfer
 from .civitai_http import CivitaiHttpError, HttpClient, HttpSettings, host_of
 from .download_sources import CivitaiRef, SourceError, parse_source, resolve
 from .download_transfer import Control, DownloadError, Interrupted
+from .hf_token import hf_token as hf_token_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ CIVITAI_KEY_ADVICE = ("Create a key at civitai.com/user/account (API Keys) and s
                       "(lora_core) -> Civitai API key, with --civitai-key, or in the CIVITAI_API_KEY "
                       "environment variable.")
 HF_TOKEN_ADVICE = ("Accept the model's terms on huggingface.co and set a token (huggingface.co/settings/tokens) "
-                   "in the HF_TOKEN environment variable.")
+                   "in the HF_TOKEN environment variable, or run `hf auth login`.")
 ACTIVE = ("queued", "resolving", "downloading", "verifying")
 FINISHED = ("done", "error", "cancelled")
 
@@ -44,7 +45,7 @@ class DownloadSettings:
     civitai_key: str | None = None         # None: $CIVITAI_API_KEY
     civitai_enabled: bool = True
     hf_base: str = "https://huggingface.co"
-    hf_token: str | None = None            # None: $HF_TOKEN
+    hf_token: str | None = None            # None: $HF_TOKEN or the token `hf auth login` saved
     preview_level: str | None = "PG13"     # previews more explicit than this are not downloaded
     timeout: float = 60.0                  # per connect / per read
     max_retries: int = 4
@@ -254,7 +255,7 @@ class DownloadQueue:
 
         base = HttpSettings(timeout=s.timeout, max_retries=s.max_retries, user_agent=f"lora_core/{__version__}")
         civ_key = s.civitai_key or os.environ.get("CIVITAI_API_KEY") or None
-        hf_token = s.hf_token or os.environ.get("HF_TOKEN") or None
+        hf_token = s.hf_token or hf_token_from_env()
         civ = HttpClient(base, api_key=civ_key, auth_host=host_of(s.civitai_base))
         hf = HttpClient(HttpSettings(timeout=s.timeout, max_retries=s.max_retries, service="Hugging Face",
                                      user_agent=base.user_agent), api_key=hf_token, auth_host=host_of(s.hf_base))

@@ -86,9 +86,9 @@ def resolve(recipe: Recipe, library: Any, civitai: Any = None,
     tag_name = tag_name or (lambda entry: entry.name)
     result = RecipeResult(negative=recipe.negative, source=recipe.source, notes=list(recipe.notes),
                           settings=dict(recipe.settings))
-    prompt = recipe.prompt
     lookups = 0
     appended = []
+    renames: dict[str, str] = {}  # the picture's name -> the local one, for every tag in the prompt
     for ref in recipe.loras:
         item = ResolvedLora(name=ref.name, te=ref.te, unet=ref.unet, hash=ref.hashes[0] if ref.hashes else "",
                             version_id=ref.version_id)
@@ -103,12 +103,26 @@ def resolve(recipe: Recipe, library: Any, civitai: Any = None,
         if local:
             item.tag = _tag(ref, local)
             if ref.tag:
-                prompt = prompt.replace(ref.tag, item.tag, 1)
+                renames.setdefault(ref.name, local)
             else:
                 appended.append(item.tag)
         result.loras.append(item)
-    result.prompt = _join(prompt, appended)
+    result.prompt = _join(_rename_tags(recipe.prompt, renames), appended)
     return result
+
+
+def _rename_tags(prompt: str, renames: dict[str, str]) -> str:
+    """Every <lora:NAME...>/<lyco:NAME...> tag of the prompt with NAME in `renames` (a LoRA may be
+    named by several tags: all of them) gets the local name; its weights and options are kept. One
+    pass over the original text, so a new name is never renamed again."""
+    def rename(m: re.Match) -> str:
+        name, sep, rest = m.group(2).partition(":")
+        local = renames.get(name.strip().replace("\\", "/"))  # the name as tags/parser reads it
+        return m.group(0) if local is None else f"<{m.group(1)}:{local}{sep}{rest}>"
+    return _PROMPT_TAG.sub(rename, prompt) if renames else prompt
+
+
+_PROMPT_TAG = re.compile(r"<(lora|lyco):([^<>]*)>", re.IGNORECASE)  # tags/parser's tag, LoRA kinds only
 
 
 def _local(ref: LoraRef, library: Any) -> tuple[Any, str, str]:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from lora_core import cpu_threads
+from lora_core.formats.family import family_fits
 from lora_core.patcher import batched_writes
 from lora_core.patcher.active import ActiveLora
 from lora_core.patcher.errors import AdapterFailure, PatchError
@@ -93,9 +94,7 @@ def _signature(contribs: list | None) -> tuple:
 
 def _family_problem(lora: Any, model_family: str | None) -> str | None:
     fam = getattr(lora, "family", None) or "unknown"
-    if model_family in (None, "unknown") or fam == "unknown" or fam == model_family:
-        return None
-    return f"LoRA is for {fam}, the model is {model_family}"
+    return None if family_fits(fam, model_family) else f"LoRA is for {fam}, the model is {model_family}"
 
 
 class Patcher:

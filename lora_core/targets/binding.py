@@ -244,6 +244,7 @@ class Binding:
             by_own: dict[str, Any] = {}
             for m in pairs:
                 by_own.setdefault(m.openclip, []).append(m)
+        qkv_groups: dict[str, dict[int, _Module]] = {}  # hf namespace: in_proj name -> q/k/v modules
         for path, module in modules.items():
             pair = by_own.get(path)
             if pair is None:
@@ -253,14 +254,38 @@ class Binding:
             elif namespace == "hf":
                 # the OpenCLIP name of a fused q/k/v part names the whole in_proj, not this module
                 self._register(module, (path,) if pair.fused is not None else (path, pair.openclip))
+                if pair.fused is not None:
+                    qkv_groups.setdefault(pair.openclip, {})[pair.fused] = module
             else:
                 for m in pair:
                     if m.fused is None:
                         self._register(module, (m.hf, path))
                     else:
                         self._register(_fused_part(module, m.fused), (m.hf,))
-                # the whole fused in_proj stays reachable under its OpenCLIP name
-                self._register(module, (path,), primary=False)
+                if any(m.fused is not None for m in pair):
+                    self._add_in_proj_rows(module, path)
+        for path, group in qkv_groups.items():
+            self._add_in_proj_split(component, path, group)
+
+    def _add_in_proj_rows(self, module: _Module, path: str) -> None:
+        """A live OpenCLIP in_proj: its own (whole-tensor) key resolves by the q/k/v rows its part
+        keys use, so a stack of an in_proj-keyed LoRA and a q/k/v-keyed one adds up."""
+        own = f"{module.component}:{naming.flat(path)}"
+        self._register(module, (path,), primary=False)
+        rows = [slice(*naming.fused_rows(i, int(module.tensors["weight"].shape[0]))) for i in range(3)]
+        self._parts[own] = [(module, r, r) for r in rows]
+        self._split_only.add(own)
+
+    def _add_in_proj_split(self, component: str, path: str, group: Mapping[int, _Module]) -> None:
+        """An HF CLIP with q/k/v apart: an in_proj-keyed ΔW (3d rows) goes to q, k, v by rows."""
+        if sorted(group) != [0, 1, 2] or any("weight" not in m.tensors for m in group.values()):
+            return
+        entries, start = [], 0
+        for i in range(3):
+            rows = int(group[i].tensors["weight"].shape[0])
+            entries.append((group[i], None, slice(start, start + rows)))
+            start += rows
+        self._parts[f"{component}:{naming.flat(path)}"] = entries
 
     # -- constructors ---------------------------------------------------------------------------
 
