@@ -21,12 +21,13 @@
 # little is left it is skipped with a note in bench_flux_gpu.md. The SD1.5 bench and the training
 # check have not been timed on a GPU either, so with 15 minutes of device time in all, prefer one call
 # with the steps that matter now, e.g. `DEVICE_CHECKS="sd15 flux" bash tools/device_check.sh`, or
-# `DEVICE_CHECKS=flux` alone. DEVICE_CHECKS picks the steps (default "sd15 train flux").
+# `DEVICE_CHECKS=flux` alone. DEVICE_CHECKS picks the steps (default "sd15 app train flux"; app: the
+# standalone app's --device cuda on the demo model, app_check.txt, ~1 min).
 set -u -o pipefail
 OUT=${OUT:-/tmp/device_out}
 BUDGET_S=${BUDGET_S:-530}
 FLUX_MIN_S=${FLUX_MIN_S:-300}
-CHECKS=" ${DEVICE_CHECKS:-sd15 train flux} "
+CHECKS=" ${DEVICE_CHECKS:-sd15 app train flux} "
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -41,6 +42,11 @@ if [[ $CHECKS == *" sd15 "* ]]; then
 fi
 if [[ $CHECKS == *" train "* ]]; then
   python3 tools/gpu_train_check.py --out /tmp/gpucheck 2>"$OUT/train_check.log" | tee "$OUT/train_check.txt"
+fi
+if [[ $CHECKS == *" app "* ]]; then
+  # the standalone app on the GPU (--device cuda): the demo model with a demo LoRA, then without it;
+  # each picture against the CPU's (same seeds: the CPU generator on both), and the timings
+  python3 tools/device_app_check.py --out "$OUT" 2>"$OUT/app_check.log" | tee "$OUT/app_check.txt"
 fi
 if [[ $CHECKS == *" flux "* ]]; then
   left=$((BUDGET_S - SECONDS))

@@ -22,6 +22,7 @@ and its LoRAs are made is `lora_core.demo` (which imports the app, never the oth
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -115,32 +116,37 @@ def _weights_hash(components: dict) -> str:
     return h.hexdigest()[:10]
 
 
-def load_demo_handle(data_dir, assets=None):
+def load_demo_handle(data_dir, assets=None, placement=None):
     """The embedded default: the shipped trained demo model, or the random-weight fallback (with a
     warning in the log and in `handle.notes`) when its files are missing, altered or unloadable.
-    assets: another folder with the asset layout (default: demo_pack.assets_dir())."""
+    assets: another folder with the asset layout (default: demo_pack.assets_dir()). placement: the
+    device (app.placement); the tiny demo model stays fp32 unless a precision is named, as its
+    pictures and LoRA calibration were measured in fp32."""
     from lora_core.app.demo_pack import DemoPackError, load_verified_pack
 
+    if placement is not None and placement.precision == "auto":
+        placement = dataclasses.replace(placement, precision="fp32")
     try:
         # a damaged LoRA only keeps that LoRA out (ensure_demo_loras), not the model
         pack = load_verified_pack(assets, loras=False)
-        return _trained_handle(pack, data_dir)
+        return _trained_handle(pack, data_dir, placement)
     except DemoPackError as exc:
         problem = str(exc)
     except Exception as exc:  # an unloadable file must not stop the app from starting
         problem = f"cannot load the shipped demo checkpoint ({type(exc).__name__}: {exc})"
     logger.warning("trained demo model unavailable: %s; falling back to the random-weight demo model", problem)
-    handle = random_demo_handle(data_dir)
+    handle = random_demo_handle(data_dir).place(placement)
     handle.notes.append(f"The trained demo model could not be used ({problem}); "
                         "using random weights instead (pictures are coloured noise).")
     return handle
 
 
-def _trained_handle(pack, data_dir):
+def _trained_handle(pack, data_dir, placement=None):
     from lora_core.app.pipeline import PipelineHandle
 
     # the very path a user checkpoint takes; only the shipped configs are named
-    handle = PipelineHandle.load(pack.checkpoint, data_dir=data_dir, config_root=pack.config_root)
+    handle = PipelineHandle.load(pack.checkpoint, data_dir=data_dir, config_root=pack.config_root,
+                                 placement=placement)
     handle.is_demo = True
     handle.label = LABEL
     handle.model_name = DEMO_NAME

@@ -1,7 +1,7 @@
 """`python -m lora_core generate "PROMPT <lora:x:0.8>" --out a.png`: one-shot txt2img from the command line.
 
 Writes PNGs with the A1111 `parameters` text chunk. Heavy imports happen inside run().
-Exit status: 0 written, 1 no image, 2 the --checkpoint given cannot be loaded.
+Exit status: 0 written, 1 no image, 2 the --checkpoint given cannot be loaded or the --device cannot be used.
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from lora_core.app import placement
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None, help="default: the model's native size (64 for the demo)")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--batch-count", type=int, default=1)
+    placement.add_arguments(parser)
 
 
 def _out_paths(out: Path, n: int) -> list[Path]:
@@ -48,14 +51,16 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lora_core.app.infotext import PNG_KEY, png_info
+    from lora_core.app.placement import PlacementError, from_args
     from lora_core.app.session import CheckpointLoadError, Session
     from lora_core.library.locations import lora_dirs, models_dir
 
     try:
         # an explicit --checkpoint must load: no silent fall-back to the demo model
         session = Session(models_dir(args), args.data_dir, checkpoint=args.checkpoint,
-                          lora_dirs=lora_dirs(args), strict=args.checkpoint is not None)
-    except CheckpointLoadError as exc:
+                          lora_dirs=lora_dirs(args), strict=args.checkpoint is not None,
+                          placement=from_args(args))
+    except (CheckpointLoadError, PlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -98,34 +98,67 @@ class PipelineHandle:
         self.num_threads = num_threads
         # One generation at a time; the session also holds it around LoRA activation + generation.
         self.lock = threading.RLock()
+        self.placement = None  # app.placement.Placement once placed (None: the CPU, as built)
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def load(cls, checkpoint, *, data_dir, config_root=None, dtype=None) -> "PipelineHandle":
+    def load(cls, checkpoint, *, data_dir, config_root=None, dtype=None, placement=None) -> "PipelineHandle":
         """A single-file checkpoint or a diffusers-format Flux/SD3 folder (the embedded demo model:
-        `demo.load_demo_handle`, which loads its shipped file through here)."""
+        `demo.load_demo_handle`, which loads its shipped file through here). `placement`
+        (app.placement.Placement): the device and precision; None keeps the CPU and `dtype`
+        (default fp32)."""
         if checkpoint is None:
             raise TypeError("PipelineHandle.load needs a checkpoint file; the demo model is demo.load_demo_handle")
         from lora_core.app.checkpoints import load_checkpoint, file_sha256
-        from lora_core.app.diffusers_folders import DISPLAY_NAMES, is_diffusers_folder, load_folder
+        from lora_core.app.diffusers_folders import DISPLAY_NAMES, folder_family, is_diffusers_folder, load_folder
 
         path = Path(checkpoint)
         if is_diffusers_folder(path):
+            if dtype is None and placement is not None:
+                dtype = placement.dtype_for(folder_family(path))
             folder = load_folder(path, dtype=dtype)
             # A1111's model hash is a file's; a folder of several files has none
-            return cls(folder.pipe, family=folder.family, is_demo=False,
-                       label=f"{path.name} ({DISPLAY_NAMES[folder.family]}, diffusers folder)", checkpoint_path=path,
-                       model_name=path.name, model_hash=None,
-                       base_scheduler_config=dict(folder.pipe.scheduler.config),
-                       default_size=folder.default_size, notes=folder.notes)
+            handle = cls(folder.pipe, family=folder.family, is_demo=False,
+                         label=f"{path.name} ({DISPLAY_NAMES[folder.family]}, diffusers folder)",
+                         checkpoint_path=path, model_name=path.name, model_hash=None,
+                         base_scheduler_config=dict(folder.pipe.scheduler.config),
+                         default_size=folder.default_size, notes=folder.notes)
+            return handle.place(placement)
+        if dtype is None and placement is not None:
+            dtype = placement.dtype_for(None)  # single files are SD1/SD2/SDXL
         loaded = load_checkpoint(path, data_dir, config_root=config_root, dtype=dtype)
         pipe = build_pipeline(loaded.family, loaded.components)
         model_hash = file_sha256(path, data_dir)[:10]
         label = f"{path.stem} ({loaded.family.upper()}, {model_hash})"
-        return cls(pipe, family=loaded.family, is_demo=False, label=label, checkpoint_path=path,
-                   model_name=path.stem, model_hash=model_hash,
-                   base_scheduler_config=dict(loaded.components["scheduler"].config),
-                   default_size=loaded.default_size or DEFAULT_SIZE[loaded.family], notes=loaded.notes)
+        handle = cls(pipe, family=loaded.family, is_demo=False, label=label, checkpoint_path=path,
+                     model_name=path.stem, model_hash=model_hash,
+                     base_scheduler_config=dict(loaded.components["scheduler"].config),
+                     default_size=loaded.default_size or DEFAULT_SIZE[loaded.family], notes=loaded.notes)
+        return handle.place(placement)
+
+    def place(self, placement) -> "PipelineHandle":
+        """Move the pipeline to `placement`'s device (None: stay where it is). Done before the LoRA
+        binding is built, so the engine patches the weights where they run."""
+        if placement is None:
+            return self
+        if self._binding is not None:
+            raise RuntimeError("place() after the LoRA binding was built would leave it on the old tensors")
+        dtype = placement.dtype_for(self.family)
+        denoiser = self.pipe.transformer if self.is_flow else self.pipe.unet
+        first = next(denoiser.parameters(), None)
+        if not placement.on_cpu or (first is not None and first.dtype != dtype):
+            self.pipe.to(placement.device, dtype)
+        self.placement = placement
+        return self
+
+    @property
+    def device_label(self) -> str:
+        """`cpu, float32`, `cuda, float16`: where the model runs, for the UI and the log."""
+        denoiser = self.pipe.transformer if self.is_flow else self.pipe.unet
+        first = next(denoiser.parameters(), None)
+        if first is None:
+            return "cpu"
+        return f"{first.device}, {str(first.dtype).removeprefix('torch.')}"
 
     @property
     def is_flow(self) -> bool:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lora_core.app import placement
+
 if TYPE_CHECKING:
     from lora_core.app.session import Session
 
@@ -44,11 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nsfw-threshold", default="PG13", choices=["PG", "PG13", "R", "X", "XXX", "show all"],
                         help="previews rated above this are blurred and not downloaded (default PG13)")
     parser.add_argument("--no-civitai", action="store_true", help="never contact Civitai")
+    placement.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from lora_core.app.placement import PlacementError, from_args
     from lora_core.app.session import CheckpointLoadError, Session
     from lora_core.library.locations import lora_dirs
 
@@ -56,8 +60,13 @@ def run(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else Path("data")
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        placement = from_args(args)
+    except PlacementError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
         session = Session(models_dir, data_dir, checkpoint=args.checkpoint, lora_dirs=lora_dirs(args),
-                          strict=args.checkpoint is not None)
+                          strict=args.checkpoint is not None, placement=placement)
     except CheckpointLoadError as exc:
         log.error("%s", exc)
         return 2

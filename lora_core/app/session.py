@@ -30,10 +30,11 @@ class Session:
     lora_dirs: the LoRA folders (the CLI's --lora-dir; default: `models_dir/Lora`).
     strict: a checkpoint that cannot be loaded raises CheckpointLoadError instead of falling back
     to the demo model (the CLI's explicit --checkpoint).
+    placement: app.placement.Placement (the CLI's --device/--precision); None: the CPU in fp32.
     """
 
     def __init__(self, models_dir, data_dir, checkpoint=None, *, config_root=None, scan: bool = True,
-                 lora_dirs=None, strict: bool = False):
+                 lora_dirs=None, strict: bool = False, placement=None):
         from lora_core.library import Library
 
         self.models_dir = Path(models_dir)
@@ -44,6 +45,7 @@ class Session:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.lora_dir.mkdir(parents=True, exist_ok=True)
         self.config_root = config_root
+        self.placement = placement
         self.messages: list[str] = []  # startup/switch notes for the UI
         self._lock = threading.RLock()
         self.pipeline = None
@@ -119,7 +121,7 @@ class Session:
             self.engine = Engine(handle.binding)
             # Each note is logged once, here or where it arose (the demo model's fallback warning,
             # "wrote N demo LoRAs"); hosts show self.messages but do not log them again.
-            logger.info("loaded %s", handle.label)
+            logger.info("loaded on %s: %s", handle.device_label, handle.label)
             if not handle.is_demo:  # the demo model's one note (its fallback) is logged by demo.py
                 for note in handle.notes:
                     logger.info("%s", note)
@@ -135,10 +137,11 @@ class Session:
         if path is None:
             from lora_core.app.demo import load_demo_handle
 
-            return load_demo_handle(self.data_dir)
+            return load_demo_handle(self.data_dir, placement=self.placement)
         from lora_core.app.pipeline import PipelineHandle
 
-        return PipelineHandle.load(path, data_dir=self.data_dir, config_root=self.config_root)
+        return PipelineHandle.load(path, data_dir=self.data_dir, config_root=self.config_root,
+                                   placement=self.placement)
 
     def _write_demo_loras(self, handle) -> list[str]:
         from lora_core.app.demo import ensure_demo_loras
