@@ -23,19 +23,21 @@ def family_of(sd_model: Any) -> str | None:
     return _forge_dit_family(sd_model)
 
 
-# huggingface_guess `unet_config["image_model"]` values of the engines Forge runs without a flag
-_FORGE_IMAGE_MODELS = {"flux": "flux"}
-
-
 def _forge_dit_family(sd_model: Any) -> str | None:
     """Forge sets no is_flux: its Flux engine (backend/diffusion_engine/flux.py) is the one whose
-    `is_webui_legacy_model()` is False, and its `model_config` (huggingface_guess's Flux /
-    FluxSchnell, built from the detected config) says `unet_config["image_model"] == "flux"`."""
+    `model_config` is huggingface_guess's `Flux` / `FluxSchnell`, named by its `huggingface_repo`
+    ("black-forest-labs/FLUX.1-dev" / "-schnell"); Forge's own LoRA code tells Flux the same way
+    ('flux' in the repo name). Its `unet_config` does NOT say "image_model": huggingface_guess.guess
+    deletes that entry before Forge builds the transformer from the config (found in the real
+    Forge dfdcbab, tools/forge_flux_check.sh); it is still read in case a version keeps it."""
     config = getattr(sd_model, "model_config", None)
+    repo = getattr(config, "huggingface_repo", None)
+    if isinstance(repo, str) and "flux" in repo.lower():
+        return "flux"
     unet_config = getattr(config, "unet_config", None)
-    if not isinstance(unet_config, dict):
-        return None
-    return _FORGE_IMAGE_MODELS.get(unet_config.get("image_model"))
+    if isinstance(unet_config, dict) and unet_config.get("image_model") == "flux":
+        return "flux"
+    return None
 
 
 def create_cache(cache_count: int | None, cache_mb: int | None) -> Any:

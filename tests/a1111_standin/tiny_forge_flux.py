@@ -8,7 +8,8 @@ clip.py, t5.py, huggingface_guess/model_list.py):
 * `shared.sd_model` is a `Flux(ForgeDiffusionEngine)`: not a torch module; `is_sd1`/`is_sd2`/
   `is_sdxl`/`is_sd3` all False (no `is_flux` exists), `is_webui_legacy_model()` False,
   `use_distilled_cfg_scale` True for dev; `model_config` is huggingface_guess's `Flux` /
-  `FluxSchnell` instance, whose `unet_config` holds the detected config with `image_model: "flux"`.
+  `FluxSchnell` instance (`huggingface_repo` "black-forest-labs/FLUX.1-dev" / "-schnell"), whose
+  `unet_config` holds the detected config minus `image_model` (guess() deletes it).
 * `forge_objects.unet.model.diffusion_model` is `IntegratedFluxTransformer2DModel`, whose parameter
   names are the BFL checkpoint's (`img_in`, `double_blocks.N.img_attn.qkv`,
   `double_blocks.N.img_attn.norm.query_norm.scale`, `single_blocks.N.linear1`, `final_layer...`).
@@ -34,12 +35,18 @@ TEXT_CKPT_PREFIX = "text_encoders."
 
 
 class FluxModelConfig:
-    """huggingface_guess.model_list.Flux as Forge keeps it in `engine.model_config`."""
+    """huggingface_guess.model_list.Flux as Forge keeps it in `engine.model_config`: `unet_config`
+    is the detected transformer config WITHOUT "image_model" (huggingface_guess.guess deletes it;
+    what the real Forge dfdcbab holds, seen with tools/forge_flux_check.sh); only the class and its
+    `huggingface_repo` say Flux."""
 
     huggingface_repo = "black-forest-labs/FLUX.1-dev"
 
     def __init__(self, guidance_embed: bool = True):
-        self.unet_config = {"image_model": "flux", "guidance_embed": guidance_embed}
+        self.unet_config = {"in_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096, "hidden_size": 3072,
+                            "mlp_ratio": 4.0, "num_heads": 24, "depth": 19, "depth_single_blocks": 38,
+                            "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
+                            "guidance_embed": guidance_embed}
 
 
 class IntegratedFluxTransformer2DModel(nn.Module):
