@@ -134,7 +134,8 @@ def test_locon_and_style_stacked_both_show(session):
         rows.append({"stripes": (demo_check.stripes(plain), demo_check.stripes(both)),
                      "checker": (demo_check.checker(plain), demo_check.checker(both))})
     print(f"\nstacked: {rows}")
-    # measured: stripes 0.6 -> 1.1/3.4/2.9 (weaker when stacked than alone, ~7), checker 7.8 -> 29/24/16
+    # measured: stripes 0.6 -> 1.1/3.4/2.9 (weaker when stacked than alone, ~7), checker 7.8 -> 29/24/16;
+    # session 7's LoCon stripes and lr 5e-4 checker: stripes 0.6 -> 0.8/1.8/1.4, checker 7.8 -> 23/28/28
     assert all(r["stripes"][1] > r["stripes"][0] for r in rows)
     assert np.mean([r["stripes"][1] / max(r["stripes"][0], 0.1) for r in rows]) > 1.3
     assert sum(r["checker"][1] > max(1.5 * r["checker"][0], r["checker"][0] + 2.0) for r in rows) >= 2
@@ -204,18 +205,14 @@ def test_each_demo_lora_alone_shows_its_effect_and_keeps_the_object(generate, na
 DEMO_LORAS = ("demo_stripes", "demo_lcshape", "demo_checker", "demo_warm", "demo_cool", "demo_green")
 PAIRS = [(a, b) for i, a in enumerate(DEMO_LORAS) for b in DEMO_LORAS[i + 1:]]
 # Open (issue 14 item 5): pairs measured short of the bar with the committed files (docs/DEMO_MODEL.md,
-# "Pairs"); the assertions stay, so each reports XPASS once it meets them.
+# "Pairs"); the assertions stay, so each reports XPASS once it meets them. Session 7's LoCon
+# demo_stripes and gentler demo_checker (lr 5e-4) made 5 more pairs strict passes (the bar unchanged).
 _OPEN_PAIRS = {
-    ("demo_stripes", "demo_lcshape"): "demo_stripes shows in 3/4 samples, demo_lcshape in 2/4, the object kept in 2/4",
-    ("demo_stripes", "demo_checker"): "demo_stripes shows in 2/4 samples, demo_checker in 2/4, the object kept in 1/4",
-    ("demo_stripes", "demo_warm"): "demo_stripes shows in 2/4 samples, demo_warm in 4/4, the object kept in 2/4",
-    ("demo_stripes", "demo_cool"): "demo_stripes shows in 2/4 samples, demo_cool in 4/4, the object kept in 2/4",
-    ("demo_stripes", "demo_green"): "demo_stripes shows in 3/4 samples, demo_green in 0/4, the object kept in 1/4",
-    ("demo_lcshape", "demo_checker"): "demo_lcshape shows in 3/4 samples, demo_checker in 4/4, the object kept in 2/4",
+    ("demo_stripes", "demo_green"): "demo_stripes shows in 4/4 samples, demo_green in 2/4, the object kept in 2/4",
+    ("demo_lcshape", "demo_checker"): "demo_lcshape shows in 1/4 samples, demo_checker in 4/4, the object kept in 1/4",
     ("demo_lcshape", "demo_warm"): "demo_lcshape shows in 1/4 samples, demo_warm in 3/4, the object kept in 0/4",
     ("demo_lcshape", "demo_green"): "demo_lcshape shows in 2/4 samples, demo_green in 3/4, the object kept in 2/4",
-    ("demo_checker", "demo_warm"): "demo_checker shows in 4/4 samples, demo_warm in 2/4, the object kept in 3/4",
-    ("demo_checker", "demo_green"): "demo_checker shows in 2/4 samples, demo_green in 3/4, the object kept in 1/4",
+    ("demo_checker", "demo_green"): "demo_checker shows in 3/4 samples, demo_green in 3/4, the object kept in 1/4",
     ("demo_warm", "demo_green"): "demo_warm shows in 4/4 samples, demo_green in 0/4, the object kept in 1/4",
     ("demo_cool", "demo_green"): "demo_cool shows in 3/4 samples, demo_green in 3/4, the object kept in 1/4",
 }

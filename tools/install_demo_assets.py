@@ -161,9 +161,26 @@ def measure(dest: Path, manifest: dict, handle, engine) -> dict:
     for _ in range(3):
         handle.generate(warm)
     per_image = (time.perf_counter() - t) / 3
+    effects = measure_effects(dest, manifest, handle, engine)
+    stacking = measure_stacking(dest, manifest, handle, engine)
+    engine.restore()
+    return {
+        "stacking": stacking,
+        "held_out": {k: v for k, v in quality.items() if k != "samples"},
+        "held_out_failures": [s for s in quality["samples"] if not s["passed"]],
+        "generation_s_per_image": per_image,
+        "generation_settings": {"size": demo_check.SIZE, "steps": demo_check.STEPS, "sampler": demo_check.SAMPLER,
+                                "cfg": demo_check.CFG, "threads": handle.num_threads},
+        "lora_effects": effects,
+    }
+
+
+def measure_effects(dest: Path, manifest: dict, handle, engine, names=None) -> dict:
+    """Stripe score, checker score and shape of the README example (8 seeds) without / with each
+    style, concept and LoCon LoRA (names: only these)."""
     effects = {}
     for item in manifest["loras"]:
-        if item["kind"] not in demo_check.EXAMPLES:
+        if item["kind"] not in demo_check.EXAMPLES or (names is not None and item["name"] not in names):
             continue
         ex = demo_check.EXAMPLES[item["kind"]]
         rows = []
@@ -177,17 +194,8 @@ def measure(dest: Path, manifest: dict, handle, engine) -> dict:
                           demo_check.object_shape(with_lora, "red", "white")),
             })
         effects[item["name"]] = rows
-    stacking = measure_stacking(dest, manifest, handle, engine)
     engine.restore()
-    return {
-        "stacking": stacking,
-        "held_out": {k: v for k, v in quality.items() if k != "samples"},
-        "held_out_failures": [s for s in quality["samples"] if not s["passed"]],
-        "generation_s_per_image": per_image,
-        "generation_settings": {"size": demo_check.SIZE, "steps": demo_check.STEPS, "sampler": demo_check.SAMPLER,
-                                "cfg": demo_check.CFG, "threads": handle.num_threads},
-        "lora_effects": effects,
-    }
+    return effects
 
 
 STACKING_SEEDS = (1, 2)
@@ -293,6 +301,11 @@ def install(build, dest=ASSETS_DIR, data_dir=None, previews=True, do_measure=Fal
         elif kept is not None:
             manifest["quality"] = kept
             if measure_loras:
+                # the README-example effects of the LoRAs with none kept (their files changed),
+                # then every LoRA alone and stacked
+                missing = {lo["name"] for lo in manifest["loras"]} - set(kept.get("lora_effects", {}))
+                kept.setdefault("lora_effects", {}).update(
+                    measure_effects(staging, manifest, handle, engine, names=missing))
                 manifest["quality"]["stacking"] = measure_stacking(staging, manifest, handle, engine)
                 engine.restore()
         if screenshots:
@@ -327,7 +340,8 @@ def main(argv=None) -> int:
                    help="without --measure: keep the installed manifest's measurements when the checkpoint is "
                         "the same (a LoRA-only update)")
     p.add_argument("--measure-loras", action="store_true",
-                   help="with --keep-quality: measure the LoRAs alone and stacked on the example prompts")
+                   help="with --keep-quality: measure the LoRAs alone and stacked on the example prompts "
+                        "(and the README-example effects of the LoRA files that changed)")
     p.add_argument("--screenshots", default=None, help="folder for the README before/after strip")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

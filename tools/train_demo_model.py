@@ -9,6 +9,9 @@ Writes <out>/lora_core-demo.safetensors (A1111/LDM single-file layout, fp16), <o
 <out>/lora_core-demo.json (manifest: seed, steps, sha256, timings, losses). Deterministic for a seed
 (same machine type and torch version). --loras then trains the demo LoRAs with `lora_core train`.
 
+    python tools/train_demo_model.py --out build/demo_loras --from-installed --loras --only demo_stripes
+        # a LoRA-only rebuild: the installed checkpoint and the other LoRAs, copied; demo_stripes retrained
+
 Time (measured on the 2-core dev machine, 1 thread): ~1.0 s per VAE step (batch 32) and ~0.66 s
 per UNet step (batch 64): the defaults (1200 + 4000 steps) take about 65 minutes; the demo LoRAs
 add ~0.1 s per step, ~5 minutes for the three.
@@ -28,6 +31,31 @@ from lora_core.demo.model import DemoArch, DemoTrainSettings, train_demo_model  
 from lora_core.demo.refine import RefineSettings, refine_demo_model  # noqa: E402
 
 
+def build_from_installed(out: Path) -> dict:
+    """Fill `out` as a finished build of the installed demo assets (same checkpoint, configs and
+    LoRAs, and a build manifest from the installed one), for a LoRA-only retrain; returns the
+    build manifest."""
+    import shutil
+
+    from lora_core.app.demo_pack import ASSETS_DIR, MANIFEST_NAME, sha256_of
+
+    installed = json.loads((ASSETS_DIR / MANIFEST_NAME).read_text())
+    ckpt = ASSETS_DIR / installed["checkpoint"]["file"]
+    if sha256_of(ckpt) != installed["checkpoint"]["sha256"]:
+        raise SystemExit(f"{ckpt}: sha256 differs from {ASSETS_DIR / MANIFEST_NAME}; reinstall the demo assets first")
+    (out / "loras").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ckpt, out / ckpt.name)
+    shutil.copytree(ASSETS_DIR / installed.get("configs", "configs"), out / "configs", dirs_exist_ok=True)
+    for item in installed["loras"]:
+        shutil.copyfile(ASSETS_DIR / item["file"], out / "loras" / Path(item["file"]).name)
+    manifest = {**installed["training"], "file": ckpt.name, "sha256": installed["checkpoint"]["sha256"],
+                "bytes": installed["checkpoint"]["bytes"], "name": installed.get("name"),
+                "seed": installed.get("seed"), "vae_steps": installed.get("vae_steps"),
+                "unet_steps": installed.get("unet_steps")}
+    (out / "lora_core-demo.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
 def main(argv=None) -> int:
     defaults = DemoTrainSettings()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,6 +71,11 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="tokenizer cache folder (default: <out>/.cache)")
     p.add_argument("--loras", action="store_true",
                    help="then train the demo LoRAs (style, concept, LoCon) with `lora_core train` into <out>/loras")
+    p.add_argument("--from-installed", action="store_true",
+                   help="no base-model training: start <out> from the installed demo assets (checkpoint, configs, "
+                        "LoRAs), so --loras --only NAME retrains some LoRAs for install_demo_assets.py --keep-quality")
+    p.add_argument("--only", action="append", default=None, metavar="NAME",
+                   help="with --loras: train only this demo LoRA (repeatable; default all six)")
     p.add_argument("--lora-steps", type=int, default=None, help="override each demo LoRA's step count")
     p.add_argument("--vae-object-weight", type=float, default=defaults.vae_object_weight,
                    help="extra loss weight on (and 2 px around) the object when training the VAE (0: plain loss)")
@@ -70,7 +103,9 @@ def main(argv=None) -> int:
                        partial_caption_rate=args.partial_captions)
     if args.smoke:
         settings = replace(settings, n_images=64, vae_steps=2, unet_steps=2, warmup=1)
-    if args.refine:
+    if args.from_installed:
+        manifest = build_from_installed(Path(args.out))
+    elif args.refine:
         src = Path(args.refine)
         stage1_json = src.with_suffix(".json")
         stage1 = json.loads(stage1_json.read_text()) if stage1_json.is_file() else None
@@ -92,7 +127,7 @@ def main(argv=None) -> int:
         written = train_demo_loras(out / manifest["file"], out / "configs", out / "loras", out / "lora_data",
                                    data_dir=args.data_dir, seed=args.seed,
                                    steps=2 if args.smoke else args.lora_steps, images=8 if args.smoke else None,
-                                   preview=not args.smoke)
+                                   preview=not args.smoke, only=tuple(args.only) if args.only else None)
         print("demo LoRAs: " + ", ".join(str(p) for p in written))
     return 0
 

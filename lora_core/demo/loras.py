@@ -36,13 +36,17 @@ class DemoLoraRecipe:
 
 
 RECIPES = (
-    DemoLoraRecipe("demo_stripes", "style", STYLE, "attn_ff", 4, 4.0, 800),
+    # locon: the conv layers draw the bands where the background is and leave the object alone;
+    # the attn_ff LoRA drew faint, lilac bands and dented or moved the square "at the top" (alone:
+    # effect and object in 75% of 16 example samples; locon: 94% / 100%; docs/DEMO_MODEL.md)
+    DemoLoraRecipe("demo_stripes", "style", STYLE, "locon", 4, 4.0, 800),
     # locon: the conv layers draw the cross's arms; with attn_ff only, the cross came out as a
     # blob in 6 of 16 example samples (62%; locon: 81%; 1600 attn_ff steps: still 62%)
     DemoLoraRecipe("demo_lcshape", "concept", CONCEPT, "locon", 8, 8.0, 1000),
     # 0.6: at 1 its blotchy fill hid the object's shape in half the example prompts (0.6: effect in
-    # 3 of 4, shape in 4 of 4; docs/DEMO_MODEL.md)
-    DemoLoraRecipe("demo_checker", "locon", LOCON, "locon", 4, 4.0, 800, preferred_weight=0.6),
+    # 3 of 4, shape in 4 of 4; docs/DEMO_MODEL.md). lr 5e-4 (was 1e-3): a gentler fill that keeps the
+    # object's outline, so it stacks with demo_stripes and demo_warm (session 7, docs/DEMO_MODEL.md)
+    DemoLoraRecipe("demo_checker", "locon", LOCON, "locon", 4, 4.0, 800, lr=5e-4, preferred_weight=0.6),
     # The colour casts: the base scenes under a colour grade (lora_core.demo.data.WARM/COOL/GREEN),
     # trigger word last. They replace the rank-1 conv_out LoRAs once calibrated against the model by
     # a pinv solve, whose Jacobian is near zero on scene prompts (warm washed a scene yellow, cool
