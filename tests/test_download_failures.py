@@ -3,6 +3,8 @@ half-written file under a final name (a resumable failure keeps only the hidden 
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import shutil
 from collections import namedtuple
@@ -11,7 +13,7 @@ import pytest
 
 from tests.civitai_mock import Reply
 from tests.download_fixture import env, lora_bytes, mock  # noqa: F401 - fixtures
-from lora_core.library import download_transfer
+from lora_core.library import download_sink, download_transfer
 from lora_core.library.civitai_http import HttpClient, HttpSettings
 from lora_core.library.download_transfer import Control
 
@@ -71,18 +73,27 @@ def test_wrong_hash_deletes_the_download(env):
     assert env.files() == []
 
 
-def test_disk_full_while_writing_leaves_nothing(env, monkeypatch):
+@pytest.mark.parametrize("direct", [True, False], ids=["O_DIRECT", "buffered"])
+def test_disk_full_while_writing_leaves_nothing(env, monkeypatch, direct):
+    """Both writers: the direct one (Linux) and the buffered one (elsewhere, or a file system that
+    refuses O_DIRECT). The disk fills after the first write."""
+    if direct and not download_sink.USE_DIRECT:
+        pytest.skip("no O_DIRECT on this system")
+    monkeypatch.setattr(download_sink, "USE_DIRECT", direct)
+    monkeypatch.setattr(download_sink, "DIRECT_BUFFER", 16 * 4096)  # several direct writes for 200 kB
     env.mock.add_download(5, 6, lora_bytes(22, rows=3200), "full.safetensors", chunk=4096, chunk_delay=0.001)
     written = []
 
-    def full_disk(fh, data):
+    def full_disk(*args):
         if written:
             raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(len(data))
-        fh.write(data)
+        written.append(len(args[1]))
+        return real(*args)
 
-    monkeypatch.setattr(download_transfer, "_write", full_disk)
+    real = getattr(download_sink, "_pwrite" if direct else "_write")
+    monkeypatch.setattr(download_sink, "_pwrite" if direct else "_write", full_disk)
     job = _fail(env)
+    assert written, "the disk-full seam was never reached"
     assert "disk full" in job["message"] and "Free some space" in job["message"]
     assert str(env.lora_dir) in job["message"]
     assert env.files() == []
@@ -200,3 +211,57 @@ def test_timeout_on_a_stalled_server_is_resumable(env, mock):
     assert job["state"] == "error" and job["resumable"], job
     assert "ended early" in job["message"] or "did not answer" in job["message"]
     assert env.lora_files() == []
+
+
+def _whole_part(tmp_path, mock, content, sha, etag=None, name="whole.safetensors"):
+    """A part holding every byte of the file and its record, as a pause or a crash after the
+    last byte and before the link leaves it."""
+    served = mock.add_file(name, content, etag=etag)
+    final = str(tmp_path / name)
+    part, meta = download_transfer.part_paths(final)
+    with open(part, "wb") as fh:
+        fh.write(content)
+    with open(meta, "w") as fh:
+        json.dump({"url": f"{mock.base_url}/files/{name}", "sha256": sha, "etag": served.current_etag(),
+                   "last_modified": None, "total": len(content)}, fh)
+    return served, final
+
+
+def test_a_part_with_every_byte_is_checked_and_finished_without_downloading(tmp_path, mock):
+    content = lora_bytes(42, rows=640)
+    sha = hashlib.sha256(content).hexdigest().upper()
+    served, final = _whole_part(tmp_path, mock, content, sha)
+    notes = []
+    got = download_transfer.fetch(HttpClient(HttpSettings(timeout=5)), f"{mock.base_url}/files/whole.safetensors",
+                                  final, Control(note=notes.append), sha256=sha)
+    assert got == sha and open(final, "rb").read() == content
+    assert [s[1] for s in served.served] == [416]  # one request, no body downloaded again
+    assert any("already held the whole file" in n for n in notes), notes
+    assert sorted(os.listdir(tmp_path)) == ["whole.safetensors"]
+
+
+def test_a_whole_part_with_wrong_bytes_is_downloaded_again(tmp_path, mock):
+    content = lora_bytes(43, rows=640)
+    sha = hashlib.sha256(content).hexdigest().upper()
+    served, final = _whole_part(tmp_path, mock, content, sha)
+    part, _ = download_transfer.part_paths(final)
+    with open(part, "r+b") as fh:  # same length, one byte different (a bad disk, a changed file)
+        fh.seek(len(content) // 2)
+        fh.write(bytes([content[len(content) // 2] ^ 0xFF]))
+    notes = []
+    download_transfer.fetch(HttpClient(HttpSettings(timeout=5)), f"{mock.base_url}/files/whole.safetensors",
+                            final, Control(note=notes.append), sha256=sha)
+    assert open(final, "rb").read() == content
+    assert [s[1] for s in served.served] == [416, 200]
+    assert any("does not match the published hash" in n for n in notes), notes
+    assert sorted(os.listdir(tmp_path)) == ["whole.safetensors"]
+
+
+def test_a_whole_part_nothing_vouches_for_is_downloaded_again(tmp_path, mock):
+    """No published hash and no strong ETag: the length alone does not prove the bytes."""
+    content = lora_bytes(44, rows=640)
+    served, final = _whole_part(tmp_path, mock, content, None, etag='W/"weak"')
+    download_transfer.fetch(HttpClient(HttpSettings(timeout=5)), f"{mock.base_url}/files/whole.safetensors",
+                            final, Control())
+    assert open(final, "rb").read() == content
+    assert [s[1] for s in served.served] == [416, 200]

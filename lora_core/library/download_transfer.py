@@ -6,9 +6,12 @@ The bytes go to `.<name>.part` in the target folder (hidden; the library scans o
 extensions), with `.<name>.part.json` recording the URL, ETag/Last-Modified and total size so an
 interrupted transfer resumes with `Range` + `If-Range`. A server that answers 200 to a Range (it
 ignores ranges, or the file changed), a Content-Range total that differs from the one recorded,
-or a wrong hash after a resume restart the transfer from byte 0. The finished file is hashed
+or a wrong hash after a resume restart the transfer from byte 0; a 416 saying the part already
+holds the whole file (`bytes */<part size>`) finishes from the part when the published hash or
+the same strong ETag vouches for it. The finished file is hashed
 (SHA256, compared with the published one), fsynced and hard-linked into place (so an existing
-file is never replaced), then the part is removed.
+file is never replaced), then the part is removed. The bytes are hashed and written on two
+threads while the next piece arrives (`download_sink`: O_DIRECT where the file system takes it).
 
 Every failure raises `DownloadError(kind, message, resumable)`; pause/cancel raise `Interrupted`.
 After a failure that cannot be resumed (disk full, wrong hash, cancel) no part file is left.
@@ -22,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,13 +35,17 @@ import urllib3
 
 from .atomic import current_umask, fsync_folder
 from .civitai_http import CivitaiHttpError, HttpClient, short_url
+from .download_sink import Sink
 
 logger = logging.getLogger(__name__)
 
+# One socket read. 256 KiB pieces hash ~10% faster (still in the CPU cache) but cost the receiving
+# thread 60% more Python per byte, 4 MiB ones were slower too (docs/BENCHMARKS.md "Downloads").
 CHUNK = 1024 * 1024
 MAX_RESTARTS = 3  # automatic resumes/restarts of one file before giving up
 SPACE_MARGIN = 16 * 1024 * 1024  # keep this much free beyond the file itself
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.I)  # a 416's "bytes */<size>"
 _SHA256 = re.compile(r'^(?:W/)?"?([0-9a-fA-F]{64})"?$')
 
 
@@ -88,11 +94,6 @@ def remove_parts(final_path: str) -> None:
             logger.warning("cannot remove %s: %s", p, exc)
 
 
-def _write(fh, data) -> None:
-    """One write (a seam for tests that simulate a full disk)."""
-    fh.write(data)
-
-
 def _load_meta(meta_path: str) -> dict:
     try:
         with open(meta_path, encoding="utf-8") as fh:
@@ -138,79 +139,6 @@ def _status_error(resp: requests.Response, url: str, control: Control) -> Downlo
                          status == 429, status=status)
 
 
-class _Sink:
-    """Writes on one thread and hashes on another while the next piece arrives: socket reads, file
-    writes and SHA256 all release the GIL, so the three overlap on two cores (one loop would run
-    them one after the other and trail curl by the hashing time; one thread for both writing and
-    hashing was the slowest of the three, docs/BENCHMARKS.md "Downloads")."""
-
-    # Every WRITEBACK_BYTES the kernel is asked to start writing what came so far (not waited for),
-    # so the fsync before the link only waits for the last stretch instead of the whole file
-    # (docs/BENCHMARKS.md, "Downloads": the fsync was a third of a 1 GB download's time).
-    WRITEBACK_BYTES = 64 << 20
-
-    def __init__(self, fh, h):
-        self.fh, self.h = fh, h
-        # at most 32 pieces (<= 32 MiB) waiting for each of the two threads
-        self._to_disk: queue.Queue = queue.Queue(maxsize=32)
-        self._to_hash: queue.Queue = queue.Queue(maxsize=32)
-        self.error: OSError | None = None
-        self._start = self._mark = fh.tell()
-        self._written = 0
-        self.threads = [threading.Thread(target=loop, name=f"lora_core-download-{what}", daemon=True)
-                        for what, loop in (("write", self._write_loop), ("hash", self._hash_loop))]
-        for t in self.threads:
-            t.start()
-
-    def _write_loop(self) -> None:
-        while True:
-            chunk = self._to_disk.get()
-            if chunk is None:
-                return
-            if self.error is None:  # after an error keep draining so put() never blocks
-                try:
-                    _write(self.fh, chunk)
-                    self._written += len(chunk)
-                    if self._written - (self._mark - self._start) >= self.WRITEBACK_BYTES:
-                        self._start_writeback()
-                except OSError as exc:
-                    self.error = exc
-
-    def _hash_loop(self) -> None:
-        while True:
-            chunk = self._to_hash.get()
-            if chunk is None:
-                return
-            self.h.update(chunk)
-
-    def _start_writeback(self) -> None:
-        """Start writing the bytes since the last mark to disk, without waiting (Linux: fadvise
-        DONTNEED starts writeback of dirty pages; elsewhere nothing happens here)."""
-        end = self._start + self._written
-        advise = getattr(os, "posix_fadvise", None)
-        if advise is not None:
-            self.fh.flush()
-            try:
-                advise(self.fh.fileno(), self._mark, end - self._mark, os.POSIX_FADV_DONTNEED)
-            except OSError:  # a file system without it: the final fsync does all the work
-                pass
-        self._mark = end
-
-    def put(self, chunk: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self._to_disk.put(chunk)
-        self._to_hash.put(chunk)
-
-    def close(self) -> None:
-        self._to_disk.put(None)
-        self._to_hash.put(None)
-        for t in self.threads:
-            t.join()
-        if self.error is not None:
-            raise self.error
-
-
 def _chunks(resp: requests.Response):
     """The body as it arrives: read1 hands over each piece at once, so a connection that breaks
     mid-file loses nothing already received (a resume continues from the last byte written);
@@ -220,8 +148,11 @@ def _chunks(resp: requests.Response):
     if read1 is None:
         yield from resp.iter_content(CHUNK)
         return
+    # undecoded when nothing is encoded: urllib3 then hands the socket's piece over as it is
+    # instead of passing it through its decoded-bytes queue (a copy for every short read)
+    encoded = resp.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity")
     while True:
-        chunk = read1(CHUNK, decode_content=True)
+        chunk = read1(CHUNK, decode_content=encoded)
         if not chunk:
             return
         yield chunk
@@ -232,7 +163,7 @@ def _hash_file(path: str, upto: int) -> "hashlib._Hash":
     with open(path, "rb") as fh:
         left = upto
         while left > 0:
-            block = fh.read(min(8 * CHUNK, left))
+            block = fh.read(min(8 << 20, left))
             if not block:
                 break
             h.update(block)
@@ -303,6 +234,8 @@ def _transfer(http, url, final_path, part, meta_path, meta, offset, control, exp
     with resp:
         status = resp.status_code
         if status == 416 and offset:
+            if _part_is_whole_file(resp, offset, meta, expected):
+                return _finish_whole_part(part, final_path, offset, expected, control)
             raise _Restart("the server refused to resume; restarting from the start", keep=False)
         if status not in (200, 206):
             raise _status_error(resp, url, control)
@@ -341,7 +274,8 @@ def _transfer(http, url, final_path, part, meta_path, meta, offset, control, exp
             with open(part, "r+b" if start else "wb") as fh:
                 fh.seek(start)
                 fh.truncate()
-                sink = _Sink(fh, h)
+                sink = Sink(fh, part, start, h)
+                control.stats["direct_io"] = sink.direct
                 try:
                     for chunk in _chunks(resp):
                         if control.cancel.is_set() or control.pause.is_set():
@@ -382,6 +316,35 @@ def _transfer(http, url, final_path, part, meta_path, meta, offset, control, exp
         raise DownloadError("hash", f"{name}: SHA256 mismatch (expected {expected.upper()[:16]}…, got "
                                     f"{digest[:16]}…); the download was deleted")
     control.stats["verified"] = bool(expected)  # compared with a published hash (not just computed)
+    _place(part, final_path)
+    remove_parts(final_path)
+    return digest
+
+
+def _part_is_whole_file(resp: requests.Response, offset: int, meta: dict, expected: str | None) -> bool:
+    """A 416 to `Range: bytes=<offset>-` with `Content-Range: bytes */<offset>`: the part already
+    holds every byte (a pause or a crash after the last byte, before the link). Only worth
+    finishing when something besides the length can vouch for the bytes: the caller's SHA256, or
+    the same strong ETag as when the part was written."""
+    m = _UNSATISFIED_RANGE.match(resp.headers.get("Content-Range", ""))
+    if not m or int(m.group(1)) != offset or (meta.get("total") not in (None, offset)):
+        return False
+    etag, _ = _validator(resp)
+    return bool(expected) or bool(etag and meta.get("etag") == etag)
+
+
+def _finish_whole_part(part: str, final_path: str, size: int, expected: str | None, control: Control) -> str:
+    """Hash the complete part; the right bytes are made durable and linked into place, the wrong
+    ones start the transfer over (the caller's restart)."""
+    control.progress(size, size)
+    digest = _hash_file(part, size).hexdigest().upper()
+    if expected and digest != expected.upper():
+        raise _Restart("the kept part does not match the published hash; restarting from the start",
+                       keep=False, kind="hash")
+    with open(part, "r+b") as fh:
+        os.fsync(fh.fileno())  # a crash before the link may have left it only in the page cache
+    control.note("the kept part already held the whole file; checked and finished without downloading")
+    control.stats["verified"] = bool(expected)
     _place(part, final_path)
     remove_parts(final_path)
     return digest
