@@ -273,6 +273,8 @@ def test_checkpoint_refresh_and_unloadable_checkpoint(page, server):
     # the demo model stays loaded, says so, and the picker shows it again
     assert "Demo model loaded" in pg.locator("#lora_core_banner").inner_text()
     pg.wait_for_function("document.querySelector('#lora_core_checkpoint input').value.startsWith('Demo model')")
+    # the picker says where the model runs (the demo on this CPU: fp32)
+    assert "Checkpoint (cpu, float32)" in pg.locator("#lora_core_checkpoint").inner_text()
     assert not pg.errors, pg.errors
 
 

@@ -194,6 +194,13 @@ def gallery_classes(width: int, height: int) -> list[str]:
     return ["lora-core-gallery"] + (["lora-core-gallery-small"] if small else [])
 
 
+def checkpoint_label(session: Session) -> str:
+    """The picker's label says where the model runs (`--device`/`--precision`): `Checkpoint (cpu,
+    float32)`, `Checkpoint (cuda:0, float16)`."""
+    where = getattr(session.pipeline, "device_label", None)
+    return f"Checkpoint ({where})" if where else "Checkpoint"
+
+
 class SessionNotes:
     """The checkpoint status line's notes: the session's current notes (start-up, or the last
     checkpoint switch) without the model's own label, each one-time note shown once only."""
@@ -279,7 +286,7 @@ def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, 
             checkpoints = session.checkpoints()
             current = session.current_checkpoint()
             ckpt = gr.Dropdown(choices=checkpoints, value=current if current in checkpoints else None,
-                               label="Checkpoint", elem_id="lora_core_checkpoint", scale=4,
+                               label=checkpoint_label(session), elem_id="lora_core_checkpoint", scale=4,
                                allow_custom_value=False)
             ckpt_refresh = gr.Button("↻", elem_id="lora_core_checkpoint_refresh", scale=0, min_width=50)
         # Its own full-width line (wraps, never clipped); filled by the page load below.
@@ -378,7 +385,7 @@ def build_blocks(session: Session, models_dir: str | os.PathLike | None = None, 
             names, default = _sampler_names(session)
             cfg_now = _default_cfg(session)
             return (model_banner_html(session, models_dir), _messages_html(notes), size, size,
-                    gr.update(choices=session.checkpoints(), value=loaded),
+                    gr.update(choices=session.checkpoints(), value=loaded, label=checkpoint_label(session)),
                     gr.update(placeholder=prompt_placeholder(session)),
                     gr.update(choices=names, value=current_sampler if current_sampler in names else default),
                     gr.update(value=cfg_now) if cfg_now != cfg_before else gr.update())
