@@ -67,7 +67,6 @@ def measure(args) -> int:
     from lora_core.demo import check as demo_check
     from lora_core.demo import effects
     from lora_core.engine import Engine
-    from lora_core.request import ApplyRequest
 
     torch.set_num_threads(1)
     manifest = json.loads((ASSETS_DIR / MANIFEST_NAME).read_text())
@@ -83,18 +82,7 @@ def measure(args) -> int:
         if weight:
             infos[name] = replace(infos[name], weight=float(weight))
     handle = demo.load_demo_handle(Path(args.data_dir or tempfile.mkdtemp(prefix="demo_lora_trial.")), assets=ASSETS_DIR)
-    engine = Engine(handle.binding)
-    cache = {}
-
-    def generate(prompt, seed, loras):
-        key = (prompt, seed, tuple(loras))
-        if key not in cache:
-            engine.apply([ApplyRequest(str(files[n]), w, w, None, None) for n, w in loras])
-            try:
-                cache[key] = demo_check.generate(handle, prompt, seed)
-            finally:
-                engine.apply([])
-        return cache[key]
+    generate = demo_check.engine_generator(Engine(handle.binding), handle, files)
 
     seeds = tuple(int(s) for s in args.seeds.split(","))
     alone_seeds = tuple(int(s) for s in args.alone_seeds.split(","))

@@ -209,18 +209,8 @@ def measure_stacking(dest: Path, manifest: dict, handle, engine, seeds=STACKING_
     the object recognisable."""
     from lora_core.demo import effects as demo_effects
 
-    files = {item["name"]: dest / item["file"] for item in manifest["loras"]}
-    cache = {}
-
-    def generate(prompt, seed, loras):
-        key = (prompt, seed, tuple(loras))
-        if key not in cache:
-            engine.apply([ApplyRequest(str(files[n]), w, w, None, None) for n, w in loras])
-            try:
-                cache[key] = demo_check.generate(handle, prompt, seed)
-            finally:
-                engine.apply([])
-        return cache[key]
+    generate = demo_check.engine_generator(engine, handle,
+                                           {item["name"]: dest / item["file"] for item in manifest["loras"]})
 
     infos = demo_effects.infos_from_manifest(manifest)
     combos = [demo_effects.measure_combo(generate, combo, seeds=alone_seeds if len(combo) == 1 else seeds)

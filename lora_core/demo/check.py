@@ -51,6 +51,27 @@ def generate(handle, prompt: str, seed: int, steps: int = STEPS):
     return handle.generate(params(prompt, seed, steps))[0]
 
 
+def engine_generator(engine, handle, files: dict):
+    """generate(prompt, seed, [(name, weight)]) for lora_core.demo.effects: the LoRAs (files: name ->
+    path) applied through `engine` at those weights, the model restored after each picture;
+    pictures cached per (prompt, seed, loras), as the alone and stacked checks share many."""
+    from lora_core.request import ApplyRequest
+
+    cache = {}
+
+    def gen(prompt, seed, loras):
+        key = (prompt, seed, tuple(loras))
+        if key not in cache:
+            engine.apply([ApplyRequest(str(files[n]), w, w, None, None) for n, w in loras])
+            try:
+                cache[key] = generate(handle, prompt, seed)
+            finally:
+                engine.apply([])
+        return cache[key]
+
+    return gen
+
+
 def held_out_quality(handle, n: int = 16, seed: int = 1000, steps: int = STEPS) -> dict:
     """Generate the n held-out prompts (shape/colour pairs no training set had) and read each
     picture back. A sample passes when both the requested colour and shape are there.
