@@ -1,6 +1,6 @@
 """Where a download's bytes go while they arrive: hashed on one thread, written on another.
 
-    sink = Sink(fh, start, h)   # fh: the part file, open for writing, `start` bytes long
+    sink = Sink(fh, path, start, h)   # fh: the part file at `path`, open for writing, `start` bytes long
     sink.put(chunk) ...         # from the receiving thread, in order
     sink.close()                # every byte put is in the file (not yet fsynced); raises a write's OSError
 
@@ -76,7 +76,7 @@ class _BufferedWriter:
         self.fh.flush()
 
     def release(self) -> None:
-        pass
+        """Nothing to free: the file object belongs to the caller (the direct writer frees its buffer)."""
 
 
 class _DirectWriter:
