@@ -86,6 +86,33 @@ def test_train_command_bad_input_is_a_clear_error(checkpoint, tmp_path, capsys):
     assert "lora.safetensors" in capsys.readouterr().out
 
 
+def test_base_and_folder_loras_from_the_command_line(checkpoint, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    base = tmp_path / "base.safetensors"
+    assert _run(_argv(checkpoint, base, "--steps", "2", "--lr", "0.05", "--no-preview")) == 0
+    outs = {}
+    for name, extra in (("plain", ()), ("on_base", ("--base-lora", f"{base}:0.5")),
+                        ("on_folder", ("--folder-lora", f"2_scenes={base}:0.5"))):
+        outs[name] = tmp_path / f"{name}.safetensors"
+        assert _run(_argv(checkpoint, outs[name], "--steps", "2", "--seed", "1", "--no-preview", *extra)) == 0
+    plain, on_base, on_folder = (load_file(str(outs[n])) for n in ("plain", "on_base", "on_folder"))
+    assert plain.keys() == on_base.keys()
+    assert not all(torch_equal(plain[k], on_base[k]) for k in plain)
+    assert all(torch_equal(on_folder[k], on_base[k]) for k in plain)  # the one folder holds every image
+    capsys.readouterr()
+    for extra, message in ((("--folder-lora", "2_scenes"), "want FOLDER=FILE[:WEIGHT]"),
+                           (("--folder-lora", f"9_none={base}"), "no data folder named 9_none"),
+                           (("--base-lora", str(tmp_path / "gone.safetensors")), "gone.safetensors: file not found")):
+        assert _run(_argv(checkpoint, tmp_path / "x.safetensors", "--steps", "1", "--no-preview", *extra)) == 2
+        assert message in capsys.readouterr().out
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def torch_equal(a, b):
+    return bool(__import__("torch").equal(a, b))
+
+
 def test_ctrl_c_writes_the_lora_so_far(checkpoint, tmp_path, monkeypatch, capsys):
     from lora_core.formats import load_lora
     from lora_core.train import trainer

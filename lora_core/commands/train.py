@@ -55,6 +55,12 @@ def add_arguments(parser) -> None:
                         help="train the text encoder too (default)")
     parser.add_argument("--no-train-te", dest="train_te", action="store_false", help="UNet only")
     # (SDXL: both text encoders are trained unless --no-train-te)
+    parser.add_argument("--base-lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                        help="a LoRA held frozen in the model while this one trains (kohya's --base_weights); "
+                             "repeatable")
+    parser.add_argument("--folder-lora", action="append", default=[], metavar="FOLDER=FILE[:WEIGHT]",
+                        help="a LoRA held frozen while the images of one data sub-folder (e.g. 1_mix) train, so "
+                             "the new LoRA learns to stack with it; repeatable; needs --batch-size 1")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute precision of the frozen model")
     parser.add_argument("--name", default=None, help="ss_output_name (default: the output file's stem)")
     parser.add_argument("--data-dir", default=None,
@@ -117,6 +123,19 @@ def _bad_numbers(args) -> str | None:
     return None
 
 
+def _base_lora_plan(args):
+    """--base-lora / --folder-lora as a BaseLoraPlan; ValueError for a malformed --folder-lora."""
+    from lora_core.train.base_loras import BaseLora, BaseLoraPlan
+
+    by_folder: dict[str, tuple] = {}
+    for text in args.folder_lora:
+        folder, sep, spec = text.partition("=")
+        if not sep or not folder or not spec:
+            raise ValueError(f"--folder-lora {text!r}: want FOLDER=FILE[:WEIGHT], e.g. 1_mix=other.safetensors:0.8")
+        by_folder[folder] = by_folder.get(folder, ()) + (BaseLora.parse(spec),)
+    return BaseLoraPlan(tuple(BaseLora.parse(t) for t in args.base_lora), by_folder)
+
+
 def run(args) -> int:
     import torch
 
@@ -139,6 +158,7 @@ def run(args) -> int:
         print(f"error: {problem}")
         return 2
     try:
+        base_loras = _base_lora_plan(args)
         spec = NetworkSpec(rank=args.rank, alpha=args.alpha, targets=args.targets, conv_rank=args.conv_rank,
                            conv_alpha=args.conv_alpha, train_te=args.train_te)
         dataset = scan_folder(args.data, trigger=args.trigger)
@@ -172,8 +192,8 @@ def run(args) -> int:
           f"device={device}")
     print(_what_is_trained(loaded.family, spec))
     try:
-        result = train_lora(parts, dataset, config)
-    except DatasetError as exc:
+        result = train_lora(parts, dataset, config, base_loras=base_loras, family=loaded.family)
+    except (DatasetError, ValueError) as exc:
         print(f"error: {exc}")
         return 2
     name = args.name or out.stem

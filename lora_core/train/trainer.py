@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .base_loras import BaseLoraPlan, FrozenLoras
 from .conditioning import SDConditioning, SDXLConditioning, time_ids
 from .dataset import TrainingSet, load_image_crop
 from .network import LoRANetwork, NetworkSpec
@@ -188,10 +189,19 @@ def _restore_denormals(switched: bool) -> None:
 
 
 def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
-               progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+               progress: bool = True, on_step: Callable[[int, float], None] | None = None,
+               base_loras: BaseLoraPlan | None = None, family: str | None = None) -> TrainResult:
     """Train a LoRA. on_step(step, loss) is called after each optimizer step (a KeyboardInterrupt
-    raised there, like Ctrl-C anywhere in the loop, stops training and keeps the result)."""
+    raised there, like Ctrl-C anywhere in the loop, stops training and keeps the result).
+
+    base_loras: LoRAs held frozen in the model while it trains, for every image or per data folder
+    (train/base_loras.py; family: the model's, for matching them); the model is back to its own
+    weights when this returns."""
     started = time.time()
+    if base_loras:
+        problem = base_loras.problem([item.subset for item in dataset.items], config.batch_size)
+        if problem:
+            raise ValueError(problem)
     unet, vae = parts.unet, parts.vae
     device = torch.device(config.device)
     for m in (unet, vae, *parts.text_encoders):
@@ -212,7 +222,7 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
     total = config.total_steps(dataset)
     generator = torch.Generator("cpu").manual_seed(int(config.seed))
     latents = _LatentCache(vae, dataset, config.resolution, config.dtype, device)
-    frozen_te_cache: dict[str, dict[str, torch.Tensor]] = {}
+    frozen_te_cache: dict[tuple, dict[str, torch.Tensor]] = {}
     n_timesteps = int(noise_sched.config.num_train_timesteps)
 
     bar = None
@@ -220,8 +230,11 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
     step = epoch = 0
     interrupted = False
     flushing = _flush_denormals()
+    frozen = None
     try:
         latents.prepare(progress)
+        if base_loras:
+            frozen = FrozenLoras(base_loras, unet, parts.text_encoders, family)
         if progress:
             from tqdm import tqdm
 
@@ -235,6 +248,8 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
                 if step >= total:
                     break
                 batch = order[start:start + config.batch_size]
+                if frozen is not None:  # a batch is one folder when there are per-folder LoRAs
+                    frozen.select(dataset.items[batch[0]].subset)
                 x0 = torch.cat([latents.sample(i, generator) for i in batch])
                 captions = [dataset.items[i].caption for i in batch]
                 noise = torch.randn(x0.shape, generator=generator)
@@ -250,14 +265,16 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
                     if te_params:
                         encoded = cond.encode(captions)
                     else:
-                        missing = [c for c in captions if c not in frozen_te_cache]
+                        # a frozen text encoder encodes a caption the same way for the same base LoRAs
+                        under = frozen.plan.for_folder(dataset.items[batch[0]].subset) if frozen else ()
+                        missing = [c for c in captions if (under, c) not in frozen_te_cache]
                         if missing:
                             with torch.no_grad():
                                 enc = cond.encode(missing)
-                            frozen_te_cache.update({c: {k: v[j:j + 1].float() for k, v in enc.items()}
+                            frozen_te_cache.update({(under, c): {k: v[j:j + 1].float() for k, v in enc.items()}
                                                     for j, c in enumerate(missing)})
-                        encoded = {k: torch.cat([frozen_te_cache[c][k] for c in captions])
-                                   for k in frozen_te_cache[captions[0]]}
+                        encoded = {k: torch.cat([frozen_te_cache[(under, c)][k] for c in captions])
+                                   for k in frozen_te_cache[(under, captions[0])]}
                     pred = unet(noisy, t, **cond.unet_kwargs(encoded, sizes)).sample
                 loss = F.mse_loss(pred.float(), target.float())
                 optimizer.zero_grad(set_to_none=True)
@@ -280,6 +297,8 @@ def train_lora(parts: Components, dataset: TrainingSet, config: TrainConfig,
         network.remove()  # leave the caller's model as it was
         raise
     finally:
+        if frozen is not None:
+            frozen.restore()
         _restore_denormals(flushing)
         if bar is not None:
             bar.close()
