@@ -206,15 +206,13 @@ DEMO_LORAS = ("demo_stripes", "demo_lcshape", "demo_checker", "demo_warm", "demo
 PAIRS = [(a, b) for i, a in enumerate(DEMO_LORAS) for b in DEMO_LORAS[i + 1:]]
 # Open (issue 14 item 5): pairs measured short of the bar with the committed files (docs/DEMO_MODEL.md,
 # "Pairs"); the assertions stay, so each reports XPASS once it meets them. Session 7's LoCon
-# demo_stripes and gentler demo_checker (lr 5e-4) made 5 more pairs strict passes (the bar unchanged).
+# demo_stripes and gentler demo_checker (lr 5e-4) made 5 more pairs strict passes; session 9's
+# demo_green (paints the object, trained on top of each other demo LoRA) 3 more (the bar unchanged).
 _OPEN_PAIRS = {
-    ("demo_stripes", "demo_green"): "demo_stripes shows in 4/4 samples, demo_green in 2/4, the object kept in 2/4",
     ("demo_lcshape", "demo_checker"): "demo_lcshape shows in 1/4 samples, demo_checker in 4/4, the object kept in 1/4",
     ("demo_lcshape", "demo_warm"): "demo_lcshape shows in 1/4 samples, demo_warm in 3/4, the object kept in 0/4",
-    ("demo_lcshape", "demo_green"): "demo_lcshape shows in 2/4 samples, demo_green in 3/4, the object kept in 2/4",
-    ("demo_checker", "demo_green"): "demo_checker shows in 3/4 samples, demo_green in 3/4, the object kept in 1/4",
-    ("demo_warm", "demo_green"): "demo_warm shows in 4/4 samples, demo_green in 0/4, the object kept in 1/4",
-    ("demo_cool", "demo_green"): "demo_cool shows in 3/4 samples, demo_green in 3/4, the object kept in 1/4",
+    ("demo_warm", "demo_green"): "demo_warm shows in 0/4 samples, demo_green in 3/4, the object kept in 4/4",
+    ("demo_cool", "demo_green"): "demo_cool shows in 3/4 samples, demo_green in 4/4, the object kept in 2/4",
 }
 
 

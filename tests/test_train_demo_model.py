@@ -106,6 +106,25 @@ def test_tool_smoke_run_writes_an_ldm_checkpoint_and_manifest(tmp_path):
     sidecar = json.loads((tmp_path / "loras" / "demo_stripes.json").read_text())
     assert sidecar["activation text"] == "lcstripes"
     assert json.loads(loras["demo_lcshape"].metadata["ss_tag_frequency"])["1_cross"]
+    # a recipe with companions also trained on both looks with each companion held in the model
+    green = next(r for r in RECIPES if r.name == "demo_green")
+    folders = set(json.loads(loras["demo_green"].metadata["ss_dataset_dirs"]))
+    assert folders == ({"1_green"} | {f"1_with_{c}" for c in green.companions}
+                       | {f"1_words_{c}" for c in green.companions if c != "demo_lcshape"})  # lcshape names a shape
+
+
+def test_recipes_train_after_their_companions():
+    from dataclasses import replace
+
+    from lora_core.demo.loras import RECIPES, training_order
+
+    order = [r.name for r in training_order()]
+    assert sorted(order) == sorted(r.name for r in RECIPES)
+    for r in RECIPES:
+        assert all(order.index(c) < order.index(r.name) for c in r.companions)
+    looped = [replace(RECIPES[0], companions=(RECIPES[1].name,)), replace(RECIPES[1], companions=(RECIPES[0].name,))]
+    with pytest.raises(ValueError, match="cycle"):
+        training_order(looped)
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path):

@@ -5,12 +5,13 @@
     python tools/demo_lora_trials.py measure --set demo_stripes=build/trials/st_locon.safetensors \\
         --alone demo_stripes --pairs demo_stripes --seeds 1,2
 
-`train` renders the recipe's own data set with its own seeds (as lora_core/demo/loras.py does) and
-trains it with `lora_core train` against the installed demo checkpoint, with the recipe's settings
-except those given. `measure` runs lora_core.demo.effects.measure_combo through Engine.apply, as
-tools/install_demo_assets.py does, with the installed LoRAs except those replaced by --set
+`train` renders the recipe's own data set with its own seeds, and its companion folders (as
+lora_core/demo/loras.py does), and trains it with `lora_core train` against the installed demo
+checkpoint, with the recipe's settings except those given (`--with NAME[=PATH]`: train on top of
+these demo LoRAs instead of the recipe's companions). `measure` runs
+lora_core.demo.effects.measure_combo through Engine.apply, as tools/install_demo_assets.py does, with the installed LoRAs except those replaced by --set
 (NAME=PATH, or NAME=PATH@WEIGHT for another weight than the preferred one). docs/DEMO_MODEL.md
-("Session 7") records what these found.
+("Session 7" to "Session 9") records what these found.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ BAR = 0.75  # tests/test_demo_quality.py's ALONE_MIN / STACKED_MIN
 
 def train(args) -> int:
     from lora_core.commands import train as train_command
-    from lora_core.demo.loras import RECIPES
+    from lora_core.demo.loras import RECIPES, write_training_data
 
     names = [r.name for r in RECIPES]
     if args.name not in names:
@@ -40,16 +41,33 @@ def train(args) -> int:
         return 2
     i = names.index(args.name)
     changes = {k: v for k, v in (("targets", args.targets), ("rank", args.rank), ("alpha", args.alpha),
-                                 ("steps", args.steps), ("lr", args.lr)) if v is not None}
+                                 ("steps", args.steps), ("lr", args.lr), ("companion_images", args.companion_images))
+               if v is not None}
+    companion_files = {}
+    if args.companions is not None:  # --with NAME[=PATH] (repeatable; --with none: no companions)
+        for spec in args.companions:
+            name, _, path = spec.partition("=")
+            if name == "none":
+                continue
+            if name not in names or name == args.name or (path and not Path(path).is_file()):
+                print(f"error: --with {spec}: want another demo LoRA's name, and an existing file if PATH is given")
+                return 2
+            companion_files[name] = Path(path) if path else None
+        changes["companions"] = tuple(companion_files)
     recipe = replace(RECIPES[i], **changes)
     work = Path(tempfile.mkdtemp(prefix="demo_lora_trial."))
     data = work / "data"
-    recipe.dataset.write(data, seed=SEED + 100 + i, n=recipe.images, repeats=1)  # as train_demo_loras
+    folders = write_training_data(recipe, data, SEED + 100 + i)  # as train_demo_loras
+    manifest = json.loads((ASSETS_DIR / MANIFEST_NAME).read_text())
+    installed = {item["name"]: (ASSETS_DIR / item["file"], item.get("preferred_weight", 1.0)) for item in manifest["loras"]}
     argv = ["--checkpoint", str(ASSETS_DIR / "lora_core-demo.safetensors"), "--config-root", str(ASSETS_DIR / "configs"),
             "--data", str(data), "--out", str(args.out), "--rank", str(recipe.rank), "--alpha", str(recipe.alpha),
             "--lr", str(recipe.lr), "--steps", str(recipe.steps), "--targets", recipe.targets,
             "--seed", str(SEED + i), "--data-dir", str(args.data_dir or work / ".cache"), "--threads", "1",
             "--no-preview"]
+    for folder, name in folders.items():
+        path = companion_files.get(name) or installed[name][0]
+        argv += ["--folder-lora", f"{folder}={path}:{installed[name][1]:g}"]
     if args.te_lr is not None:
         argv += ["--te-lr", str(args.te_lr)]
     if args.no_train_te:
@@ -111,6 +129,10 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--te-lr", type=float)
+    t.add_argument("--with", dest="companions", action="append", default=None, metavar="NAME[=PATH]",
+                   help="train to stack with this demo LoRA (the installed file unless PATH; repeatable; "
+                        "replaces the recipe's companions; --with none: no companions)")
+    t.add_argument("--companion-images", type=int)
     t.add_argument("--no-train-te", action="store_true")
     t.add_argument("--data-dir", default=None, help="tokenizer cache folder")
     m = sub.add_parser("measure", help="measure LoRAs alone and stacked on the example prompts")

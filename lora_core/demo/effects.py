@@ -11,11 +11,10 @@ seed, loras)` function (loras: [(name, weight)]), e.g. the app's prompt tags or 
   style: stripe score of the background up by STRIPE_EFFECT; locon: texture score inside the
   object up by CHECKER_EFFECT; concept: the object is a cross; colour: the picture's mean colour
   moved by COLOUR_EFFECT levels (of 255) in the LoRA's direction.
-* recognisable: an object stands out from the (possibly cast, striped or repainted: demo_green
-  paints the backdrop green) background, with the
-  prompt's shape (a cross with the concept LoRA), size and position. Its colour name is counted
-  apart (`colour`): a colour cast is meant to move colours, and the demo palette's blue and purple,
-  or red, orange and yellow, lie close together.
+* recognisable: an object stands out from the (possibly cast, striped or repainted) background,
+  with the prompt's shape (a cross with the concept LoRA), size and position. Its colour name is
+  counted apart (`colour`): a colour LoRA is meant to move colours (demo_green paints the object
+  green), and the demo palette's blue and purple, or red, orange and yellow, lie close together.
 """
 from __future__ import annotations
 
@@ -111,8 +110,8 @@ def background_references(arr: np.ndarray, scene: Scene, striped: bool) -> list[
             median = np.median(mine, axis=0)
             if np.sqrt(((median - r) ** 2).sum()) < 120:
                 moved.append(median)
-    # A LoRA may repaint the whole backdrop in another palette colour (demo_green paints it green,
-    # a colour the demo VAE draws, where it cannot draw a green tint): a palette colour covering a
+    # A LoRA may repaint the whole backdrop in another palette colour (session 6's demo_green
+    # painted it green: the demo VAE draws palette colours, not tints): a palette colour covering a
     # quarter of the frame is background too. Objects sit inside the frame, so it is never theirs.
     names = colour_names(frame)
     close = np.sqrt(((frame - _PALETTE_ARRAY[names]) ** 2).sum(-1)) < BACKDROP_TOLERANCE

@@ -29,6 +29,12 @@ class DemoLoraRecipe:
     lr: float = 1e-3
     images: int = 200
     preferred_weight: float = 1.0
+    # other demo LoRAs this one learns to stack with: per companion, `companion_images` pictures of
+    # both looks at once (captions with both trigger words) train with the companion held frozen in
+    # the model at its preferred weight (`train --folder-lora`), and as many of this LoRA's own look
+    # with both trigger words and no companion, so a trigger word alone does not draw the other look
+    companions: tuple[str, ...] = ()
+    companion_images: int = 40
 
     @property
     def activation_text(self) -> str:
@@ -47,15 +53,16 @@ RECIPES = (
     # 3 of 4, shape in 4 of 4; docs/DEMO_MODEL.md). lr 5e-4 (was 1e-3): a gentler fill that keeps the
     # object's outline, so it stacks with demo_stripes and demo_warm (session 7, docs/DEMO_MODEL.md)
     DemoLoraRecipe("demo_checker", "locon", LOCON, "locon", 4, 4.0, 800, lr=5e-4, preferred_weight=0.6),
-    # The colour casts: the base scenes under a colour grade (lora_core.demo.data.WARM/COOL/GREEN),
+    # The colour casts: the base scenes under a colour grade (lora_core.demo.data.WARM/COOL),
     # trigger word last. They replace the rank-1 conv_out LoRAs once calibrated against the model by
     # a pinv solve, whose Jacobian is near zero on scene prompts (warm washed a scene yellow, cool
     # moved a blue star by 3 levels of 255): measured in docs/DEMO_MODEL.md.
     DemoLoraRecipe("demo_warm", "colour", WARM, "locon", 4, 4.0, 800, preferred_weight=1.2),
     DemoLoraRecipe("demo_cool", "colour", COOL, "locon", 4, 4.0, 400),
-    # green paints the backdrop (GREEN's note says why); attn_ff, 1600 steps kept more objects'
-    # colour names than locon at 800 (25% vs 0% of 16 example samples), same effect and shapes
-    DemoLoraRecipe("demo_green", "colour", GREEN, "attn_ff", 4, 4.0, 1600),
+    # green paints the object (GREEN's note says why) and trains on top of each other demo LoRA:
+    # with them its pairs went from 0 of 5 meeting the bar to 3 (docs/DEMO_MODEL.md, "Session 9")
+    DemoLoraRecipe("demo_green", "colour", GREEN, "attn_ff", 4, 4.0, 2800,
+                   companions=("demo_stripes", "demo_lcshape", "demo_checker", "demo_warm", "demo_cool")),
 )
 
 
@@ -68,6 +75,48 @@ def example_prompt(recipe: DemoLoraRecipe) -> str:
                                            recipe.preferred_weight)])
 
 
+def training_order(recipes=RECIPES) -> list[DemoLoraRecipe]:
+    """The recipes, each after the companions it trains with (their files must exist first)."""
+    names = {r.name for r in recipes}
+    for r in recipes:
+        if set(r.companions) - names or r.name in r.companions:
+            raise ValueError(f"{r.name}: companions {r.companions} must be other demo LoRAs")
+    done: list[DemoLoraRecipe] = []
+    pending = list(recipes)
+    while pending:
+        ready = [r for r in pending if all(c in {d.name for d in done} for c in r.companions)]
+        if not ready:
+            raise ValueError("demo LoRA companions form a cycle: " + ", ".join(r.name for r in pending))
+        done += ready
+        pending = [r for r in pending if r not in ready]
+    return done
+
+
+def write_training_data(recipe: DemoLoraRecipe, root, seed: int, images: int | None = None) -> dict[str, str]:
+    """Render a recipe's data set (and its companion folders) under root; returns {data folder:
+    companion name} for the folders that train with a companion held in the model."""
+    from lora_core.demo.data import combined, write_kohya_folder
+    from lora_core.demo.effects import DemoLoraInfo, prompt_for
+
+    recipe.dataset.write(root, seed=seed, n=images or recipe.images, repeats=1)
+    names = [r.name for r in RECIPES]
+    by_name = {r.name: r for r in RECIPES}
+    folders = {}
+    for k, name in enumerate(recipe.companions):
+        pair = sorted((recipe, by_name[name]), key=lambda r: names.index(r.name))  # the order tags stack in
+        infos = [DemoLoraInfo(r.name, r.kind, r.activation_text, r.preferred_weight) for r in pair]
+        n = min(recipe.companion_images, images) if images else recipe.companion_images  # smoke runs: few
+        both = combined(*(r.dataset for r in pair))
+        folder = f"1_with_{name}"
+        write_kohya_folder(root, folder[2:], ((img, prompt_for(r.scene, infos)) for img, _, r in
+                                              both.items(seed + 400 + 17 * k, n)))
+        folders[folder] = name
+        if "concept" not in {recipe.kind, by_name[name].kind}:  # a concept's word is its shape's name
+            write_kohya_folder(root, f"words_{name}", ((img, prompt_for(r.scene, infos)) for img, _, r in
+                                                        recipe.dataset.items(seed + 800 + 17 * k, n)))
+    return folders
+
+
 def train_demo_loras(checkpoint, config_root, out_dir, work_dir, data_dir=None, seed: int = 1234,
                      steps: int | None = None, images: int | None = None, preview: bool = True,
                      only: tuple[str, ...] | None = None, threads: int = 1) -> list[Path]:
@@ -78,17 +127,21 @@ def train_demo_loras(checkpoint, config_root, out_dir, work_dir, data_dir=None, 
 
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     written = []
-    for i, recipe in enumerate(RECIPES):
+    weights = {r.name: r.preferred_weight for r in RECIPES}
+    for recipe in training_order():
+        i = RECIPES.index(recipe)  # each recipe keeps its seeds whatever the training order
         if only is not None and recipe.name not in only:
             continue
         data = work_dir / recipe.name
-        recipe.dataset.write(data, seed=seed + 100 + i, n=images or recipe.images, repeats=1)
+        folders = write_training_data(recipe, data, seed + 100 + i, images)
         out = out_dir / f"{recipe.name}.safetensors"
         argv = ["--checkpoint", str(checkpoint), "--config-root", str(config_root), "--data", str(data),
                 "--out", str(out), "--rank", str(recipe.rank), "--alpha", str(recipe.alpha),
                 "--lr", str(recipe.lr), "--steps", str(steps or recipe.steps), "--targets", recipe.targets,
                 "--seed", str(seed + i), "--data-dir", str(data_dir or work_dir / ".cache"),
                 "--threads", str(threads)]
+        for folder, name in folders.items():
+            argv += ["--folder-lora", f"{folder}={out_dir / (name + '.safetensors')}:{weights[name]:g}"]
         if not preview:
             argv.append("--no-preview")
         parser = argparse.ArgumentParser()

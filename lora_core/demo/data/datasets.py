@@ -6,8 +6,8 @@ the held-out prompts that no training set contains. Each data set writes a kohya
 * concept "lcshape": a new shape (a cross / plus sign) the base model never saw.
 * LoCon "lccheck": objects with a checkered fill, a local texture that conv layers learn well.
 * colours "lcwarm", "lccool": the base scenes with a colour grade over the whole picture
-  (`grade`), for demo_warm / demo_cool; "lcmint": the base scenes on a green backdrop (`backdrop`),
-  for demo_green.
+  (`grade`), for demo_warm / demo_cool; "lcmint": the base scenes with the object painted green
+  (`recolour`), for demo_green.
 """
 from __future__ import annotations
 
@@ -57,9 +57,11 @@ class DemoDataset:
     # a colour grade over the whole picture: (R, G, B) levels (of 255) added to every pixel, clipped
     grade: tuple[float, float, float] | None = None
     # a palette colour painted over every background (captions keep the asked background): the
-    # demo VAE draws its 8 palette colours but pulls tints back (docs/DEMO_MODEL.md), so a green
-    # LoRA it can show paints the backdrop green rather than tinting the picture
+    # demo VAE draws its 8 palette colours but pulls tints back (docs/DEMO_MODEL.md), so session
+    # 6's green LoRA painted the backdrop green rather than tinting the picture
     backdrop: str | None = None
+    # a palette colour painted over every object (captions keep the asked colour)
+    recolour: str | None = None
 
     def caption(self, scene: Scene) -> str:
         if self.trigger_is_shape_name:
@@ -68,12 +70,17 @@ class DemoDataset:
 
     def items(self, seed: int, n: int, size: int = 64) -> Iterator[tuple]:
         """n (PIL image, caption, Rendered) triples, identical for the same arguments."""
-        exclude = is_held_out
-        if self.backdrop:  # an object of the backdrop's colour would vanish into it
-            exclude = lambda s: is_held_out(s) or s.colour == self.backdrop  # noqa: E731
+        def exclude(s: Scene) -> bool:
+            if is_held_out(s) or (self.backdrop and s.colour == self.backdrop):
+                return True  # an object of the backdrop's colour would vanish into it
+            if self.recolour:  # nor may the recoloured object vanish or be a held-out pair
+                return (s.colour == self.recolour or self.recolour in (s.background, self.backdrop)
+                        or is_held_out(replace(s, colour=self.recolour)))
+            return False
+
         for r in render_many(seed, n, size, shapes=self.shapes, style=self.style, exclude=exclude):
-            if self.backdrop:
-                r = with_backdrop(r, self.backdrop, size)
+            if self.backdrop or self.recolour:
+                r = repainted(r, size, backdrop=self.backdrop, recolour=self.recolour)
             yield (graded(r.image, self.grade) if self.grade else r.image), self.caption(r.scene), r
 
     def write(self, root, seed: int, n: int, repeats: int = 1, size: int = 64) -> Path:
@@ -98,21 +105,40 @@ COOL = DemoDataset("cool", "lccool", SHAPES, None, "colour cast: cool (blue up, 
                    grade=(-65.0, 0.0, 65.0))
 # Green: a grade toward green (-60, +30, -60), or a 30% blend toward the palette green, comes back
 # from the VAE's encode + decode less green than it went in (pale greens decode pinkish white), so
-# the LoRA trained on it did nothing; a palette-green backdrop survives the round trip (80-95
-# levels along green on white backgrounds, 28 on yellow).
-GREEN = DemoDataset("green", "lcmint", SHAPES, None, "colour: a green backdrop behind the object",
-                    backdrop="green")
+# the LoRA trained on it did nothing. The palette green survives the round trip: session 6 painted
+# the backdrop with it, which fought the prompt's background word and lost the object under any
+# second LoRA; painting the object green leaves the background to the prompt and the other LoRAs
+# (docs/DEMO_MODEL.md, "Session 9").
+GREEN = DemoDataset("green", "lcmint", SHAPES, None, "colour: the object painted green", recolour="green")
 DEMO_LORA_DATASETS = {"style": STYLE, "concept": CONCEPT, "locon": LOCON, "warm": WARM, "cool": COOL,
                       "green": GREEN}
 
 
-def with_backdrop(rendered: Rendered, backdrop: str, size: int) -> Rendered:
-    """The same scene (objects at the same place) drawn on the `backdrop` colour; its caption (the
-    returned Rendered's scene) still names the background the scene asked for."""
+def combined(*sets: DemoDataset) -> DemoDataset:
+    """One data set drawing every given set's look at once (a cross with a checkered fill, a
+    warm-graded scene with a green object, ...): what two demo LoRAs stacked should draw.
+    Captions are the caller's (see lora_core.demo.loras): each set's trigger word in the order the
+    sets are stacked. At most one style (stripes or checker) and one grade can be drawn together."""
+    styles = {s.style for s in sets if s.style}
+    grades = {s.grade for s in sets if s.grade}
+    if len(styles) > 1 or len(grades) > 1:
+        raise ValueError(f"cannot draw {', '.join(s.name for s in sets)} together")
+    concept = next((s for s in sets if s.trigger_is_shape_name), None)
+    return DemoDataset("+".join(s.name for s in sets), None, concept.shapes if concept else SHAPES,
+                       next(iter(styles), None), " and ".join(s.description for s in sets),
+                       grade=next(iter(grades), None), backdrop=next((s.backdrop for s in sets if s.backdrop), None),
+                       recolour=next((s.recolour for s in sets if s.recolour), None))
+
+
+def repainted(rendered: Rendered, size: int, backdrop: str | None = None, recolour: str | None = None) -> Rendered:
+    """The same scene (objects at the same place) drawn on the `backdrop` colour and/or with its
+    objects in the `recolour` colour; its caption (the returned Rendered's scene) still names the
+    background and colour the scene asked for."""
     want = object_centres(rendered.scene, size)[0]
     jitter = (rendered.centres[0][0] - want[0], rendered.centres[0][1] - want[1])
-    painted = render(replace(rendered.scene, background=backdrop), size, jitter)
-    return replace(painted, scene=rendered.scene)
+    drawn = replace(rendered.scene, background=backdrop or rendered.scene.background,
+                    colour=recolour or rendered.scene.colour)
+    return replace(render(drawn, size, jitter), scene=rendered.scene)
 
 
 def graded(image, grade) -> Image.Image:
